@@ -1,0 +1,125 @@
+"""The one embedding-model type every backend returns: an open_clip model plus its preprocessing."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def apply_threads(threads: int) -> None:
+    if threads and threads > 0:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class EmbeddingModel:
+    """A CLIP-family model ready to embed RGB tiles and text into one unit-norm space.
+
+    ``model`` is an open_clip model (``encode_image`` / ``encode_text``); ``tokenizer`` turns
+    strings into its token tensor. ``model_id`` names the exact weights (name + sha256 prefix) and
+    is stored in every index, so that indexes built with other weights are refused.
+    """
+
+    name: str
+    model_id: str
+    model: torch.nn.Module
+    tokenizer: Callable[[list[str]], Any]
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 64
+    text_cache_size: int = 1024
+    _text_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.model.eval().to(self.device)
+        self.half = self.device.type == "cuda"
+        if self.half:
+            self.model.half()
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.encode_text(["an aerial image"]).shape[1])
+
+    # -- images -----------------------------------------------------------------------------
+    def preprocess(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> normalised float tensor (N, 3, S, S) on the model's device."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              antialias=True, align_corners=False)
+        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        return x.half() if self.half else x
+
+    @torch.inference_mode()
+    def encode_images(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """Embed RGB uint8 images (N, H, W, 3); returns float32 (N, D), L2-normalised."""
+        if isinstance(images, list):
+            images = np.stack([self._square(im) for im in images]) if images else np.zeros((0, 1, 1, 3), np.uint8)
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            x = self.preprocess(images[start:start + self.batch_size])
+            feats = self.model.encode_image(x)
+            out.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
+        if not out:
+            return np.zeros((0, self._dim_guess()), np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+    def _square(self, im: np.ndarray) -> np.ndarray:
+        if im.shape[0] == im.shape[1] == self.image_size:
+            return im
+        t = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float()
+        t = F.interpolate(t, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        return t[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+
+    def _dim_guess(self) -> int:
+        return int(getattr(self.model, "embed_dim", 0) or self.encode_text(["x"]).shape[1])
+
+    # -- text -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Embed strings; results are cached per string (LRU)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            tokens = self.tokenizer(missing)
+            if isinstance(tokens, torch.Tensor):
+                tokens = tokens.to(self.device)
+            feats = F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
+            for text, vec in zip(missing, feats):
+                self._text_cache[text] = vec.astype(np.float32)
+                if len(self._text_cache) > self.text_cache_size:
+                    self._text_cache.popitem(last=False)
+        for t in texts:
+            if t in self._text_cache:
+                self._text_cache.move_to_end(t)
+        return np.stack([self._text_cache[t] for t in texts]) if texts else np.zeros((0, 1), np.float32)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

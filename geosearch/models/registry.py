@@ -1,0 +1,209 @@
+"""Registry of embedding models and their weights (after torchgeo's get_model / get_weight).
+
+A model name is either a registered preset (``geosearch-starter``, ``remoteclip-vit-b-32``, ...)
+or ``ARCH:CHECKPOINT`` for any open_clip architecture plus a local checkpoint file
+(``ViT-B-32:/models/RemoteCLIP-ViT-B-32.pt``). Architectures are data: the JSON configs in
+``geosearch/models/configs`` are registered with open_clip at import.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from geosearch.errors import GeoSearchError, WeightsMissingError
+from geosearch.models.base import EmbeddingModel, apply_threads, resolve_device, sha256_file
+from geosearch.settings import Settings, get_settings
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+_configs_registered = False
+
+
+def register_configs() -> None:
+    """Make our architecture JSONs known to open_clip (idempotent)."""
+    global _configs_registered
+    if _configs_registered:
+        return
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    _configs_registered = True
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model: an open_clip architecture plus where its weights come from."""
+
+    name: str
+    arch: str
+    description: str
+    weights_file: str | None = None       # file name looked up in models_dir
+    hub_repo: str | None = None            # Hugging Face repo id, used only when online
+    hub_filename: str | None = None
+    builder: Callable[[ModelSpec, torch.device, Settings], EmbeddingModel] | None = None
+    default: bool = False
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def model_specs() -> list[ModelSpec]:
+    _ensure_builtin()
+    return list(_REGISTRY.values())
+
+
+def default_model_name() -> str:
+    _ensure_builtin()
+    for spec in _REGISTRY.values():
+        if spec.default:
+            return spec.name
+    return "geosearch-starter"
+
+
+def get_weight(name: str, settings: Settings | None = None, *, download: bool = True) -> Path:
+    """Local path of a preset's weights; downloads from the hub only when online and allowed."""
+    settings = settings or get_settings()
+    spec = _spec(name)
+    if spec.weights_file is None:
+        raise GeoSearchError(f"model {name!r} has no separate weights file")
+    candidates = [Path(settings.models_dir) / spec.weights_file, Path(spec.weights_file)]
+    for path in candidates:
+        if path.is_file():
+            return path
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("GEOSEARCH_OFFLINE") == "1"
+    if download and not offline and spec.hub_repo:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(spec.hub_repo, spec.hub_filename or spec.weights_file,
+                                        cache_dir=str(settings.models_dir)))
+        except Exception as exc:  # noqa: BLE001 - any hub failure becomes the same clear message
+            reason = f" (download failed: {type(exc).__name__})"
+    else:
+        reason = ""
+    raise WeightsMissingError(
+        f"weights for {name!r} not found: put {spec.weights_file!r} in {settings.models_dir} "
+        f"(from https://huggingface.co/{spec.hub_repo}) or pass {spec.arch}:/path/to/checkpoint"
+        + reason
+    )
+
+
+def weights_present(name: str, settings: Settings | None = None) -> bool:
+    spec = _spec(name)
+    if spec.weights_file is None:
+        return spec.builder is not None
+    try:
+        get_weight(name, settings, download=False)
+        return True
+    except GeoSearchError:
+        return False
+
+
+def get_model(name: str | None = None, *, device: str | None = None,
+              settings: Settings | None = None) -> EmbeddingModel:
+    """Build a ready-to-use :class:`EmbeddingModel` by registry name or ``ARCH:CHECKPOINT``."""
+    settings = settings or get_settings()
+    name = name or settings.model or default_model_name()
+    apply_threads(settings.threads)
+    dev = resolve_device(device or settings.device)
+    _ensure_builtin()
+    if name in _REGISTRY:
+        spec = _REGISTRY[name]
+        if spec.builder is not None:
+            return spec.builder(spec, dev, settings)
+        return _build_open_clip(name, spec.arch, get_weight(name, settings), dev, settings)
+    if ":" in name:
+        arch, ckpt = name.split(":", 1)
+        path = Path(ckpt).expanduser()
+        if not path.is_file():
+            raise WeightsMissingError(f"checkpoint file not found: {path}")
+        return _build_open_clip(name, arch, path, dev, settings)
+    known = ", ".join(sorted(_REGISTRY))
+    raise GeoSearchError(f"unknown model {name!r}; known: {known}, or ARCH:/path/to/checkpoint")
+
+
+def _build_open_clip(name: str, arch: str, checkpoint: Path | None, device: torch.device,
+                     settings: Settings) -> EmbeddingModel:
+    import open_clip
+
+    register_configs()
+    if arch not in open_clip.list_models():
+        raise GeoSearchError(f"unknown open_clip architecture {arch!r}")
+    model = open_clip.create_model(arch, pretrained=None)
+    model_id = f"{name}"
+    if checkpoint is not None:
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise GeoSearchError(f"cannot read checkpoint {checkpoint}: {exc}") from exc
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if len(missing) > 0.5 * len(model.state_dict()):
+            raise GeoSearchError(f"checkpoint {checkpoint} does not fit architecture {arch}")
+        model_id = f"{arch}@{sha256_file(checkpoint)[:16]}"
+    else:
+        model_id = f"{arch}@random-seed0"
+    cfg = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
+    image_size = model.visual.image_size
+    image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
+    return EmbeddingModel(
+        name=name, model_id=model_id, model=model, tokenizer=open_clip.get_tokenizer(arch),
+        image_size=image_size,
+        mean=tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
+        device=device, batch_size=settings.batch_size, text_cache_size=settings.text_cache_size,
+    )
+
+
+def _build_tiny(spec: ModelSpec, device: torch.device, settings: Settings) -> EmbeddingModel:
+    """A tiny randomly initialised model (fixed seed) for tests and smoke runs: no weights."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return _build_open_clip(spec.name, spec.arch, None, device, settings)
+
+
+def _spec(name: str) -> ModelSpec:
+    _ensure_builtin()
+    if name not in _REGISTRY:
+        raise GeoSearchError(f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+_builtin_done = False
+
+
+def _ensure_builtin() -> None:
+    global _builtin_done
+    if _builtin_done:
+        return
+    _builtin_done = True
+    presets = [
+        ModelSpec("remoteclip-rn50", "RN50", "RemoteCLIP ResNet-50 (Liu et al. 2024)",
+                  "RemoteCLIP-RN50.pt", "chendelong/RemoteCLIP"),
+        ModelSpec("remoteclip-vit-b-32", "ViT-B-32", "RemoteCLIP ViT-B/32",
+                  "RemoteCLIP-ViT-B-32.pt", "chendelong/RemoteCLIP"),
+        ModelSpec("remoteclip-vit-l-14", "ViT-L-14", "RemoteCLIP ViT-L/14",
+                  "RemoteCLIP-ViT-L-14.pt", "chendelong/RemoteCLIP"),
+        ModelSpec("georsclip-vit-b-32", "ViT-B-32", "GeoRSCLIP ViT-B/32 trained on RS5M",
+                  "RS5M_ViT-B-32.pt", "Zilun/GeoRSCLIP", "ckpt/RS5M_ViT-B-32.pt"),
+        ModelSpec("geosearch-tiny", "geosearch-tiny",
+                  "tiny random-weight model for tests and smoke runs (not for real search)",
+                  builder=_build_tiny),
+    ]
+    for spec in presets:
+        _REGISTRY.setdefault(spec.name, spec)
+    try:  # the shipped starter model registers itself as the default
+        from geosearch.models import starter  # noqa: F401
+    except ImportError:
+        pass

@@ -1,0 +1,1 @@
+"""GeoSearch front ends: the CLI, the MCP server and the LangGraph planner."""

@@ -1,0 +1,75 @@
+"""The ``geosearch`` command line.
+
+Each sub-command lives in ``server/commands/<name>.py`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func``. A :class:`~geosearch.errors.GeoSearchError` (bad input)
+becomes a one-line message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from geosearch.errors import GeoSearchError
+
+COMMAND_MODULES = [
+    "server.commands.index",
+    "server.commands.search",
+    "server.commands.info",
+    "server.commands.models",
+    "server.commands.train",
+    "server.commands.eval",
+    "server.commands.bench",
+    "server.commands.layers",
+    "server.commands.relate",
+    "server.commands.serve",
+    "server.commands.ask",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        self.exit(2, f"geosearch: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="geosearch", description="Find places in Earth-observation imagery by describing them.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # command not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from geosearch import __version__
+
+    return f"geosearch {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except GeoSearchError as exc:
+        print(f"geosearch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("geosearch: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
