@@ -9,9 +9,9 @@ or ``ARCH:CHECKPOINT`` for any open_clip architecture plus a local checkpoint fi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -138,6 +138,9 @@ def _build_open_clip(name: str, arch: str, checkpoint: Path | None, device: torc
     register_configs()
     if arch not in open_clip.list_models():
         raise GeoSearchError(f"unknown open_clip architecture {arch!r}")
+    import logging
+
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # open_clip warns on random init
     model = open_clip.create_model(arch, pretrained=None)
     model_id = f"{name}"
     if checkpoint is not None:

@@ -1,0 +1,138 @@
+"""Coordinate helpers: metres in any CRS, WGS84 round trips, search areas."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import shapely
+from pyproj import CRS, Geod, Transformer
+from shapely.geometry import box, mapping, shape
+from shapely.ops import transform as shapely_transform
+
+from geosearch.errors import InputError
+
+WGS84 = CRS.from_epsg(4326)
+_GEOD = Geod(ellps="WGS84")
+
+Bounds = tuple[float, float, float, float]
+
+
+def as_crs(crs) -> CRS:
+    if isinstance(crs, CRS):
+        return crs
+    if hasattr(crs, "to_wkt"):
+        return CRS.from_wkt(crs.to_wkt())
+    return CRS.from_user_input(crs)
+
+
+@lru_cache(maxsize=64)
+def _transformer(src_wkt: str, dst_wkt: str) -> Transformer:
+    return Transformer.from_crs(CRS.from_wkt(src_wkt), CRS.from_wkt(dst_wkt), always_xy=True)
+
+
+def transformer(src, dst) -> Transformer:
+    """A cached always_xy transformer (x = easting / longitude, y = northing / latitude)."""
+    return _transformer(as_crs(src).to_wkt(), as_crs(dst).to_wkt())
+
+
+def reproject_geom(geom, src, dst):
+    if as_crs(src) == as_crs(dst):
+        return geom
+    return shapely_transform(transformer(src, dst).transform, geom)
+
+
+def reproject_bounds(bounds: Bounds, src, dst, densify: int = 21) -> Bounds:
+    if as_crs(src) == as_crs(dst):
+        return tuple(bounds)  # type: ignore[return-value]
+    return tuple(transformer(src, dst).transform_bounds(*bounds, densify_pts=densify))  # type: ignore[return-value]
+
+
+def pixel_size_m(crs, transform, bounds: Bounds) -> tuple[float, float]:
+    """Ground size of one pixel in metres (x, y), measured geodesically for geographic CRSs."""
+    crs = as_crs(crs)
+    rx, ry = abs(transform.a), abs(transform.e)
+    if crs.is_geographic:
+        cx, cy = (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2
+        _, _, dx = _GEOD.inv(cx - rx / 2, cy, cx + rx / 2, cy)
+        _, _, dy = _GEOD.inv(cx, cy - ry / 2, cx, cy + ry / 2)
+        return float(dx), float(dy)
+    factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return rx * factor, ry * factor
+
+
+def utm_crs_for(lon: float, lat: float) -> CRS:
+    """The UTM zone CRS of a WGS84 point: a suitable metric CRS for distances and areas."""
+    zone = int(math.floor((lon + 180) / 6) % 60) + 1
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+
+
+def metric_crs_for_bounds_wgs84(bounds: Bounds) -> CRS:
+    return utm_crs_for((bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2)
+
+
+def area_from_bbox(values: list[float] | tuple[float, ...], crs="EPSG:4326"):
+    if len(values) != 4 or not all(np.isfinite(v) for v in values):
+        raise InputError("a bbox needs four finite numbers: minx miny maxx maxy")
+    minx, miny, maxx, maxy = map(float, values)
+    if minx >= maxx or miny >= maxy:
+        raise InputError("bbox must satisfy minx < maxx and miny < maxy")
+    return box(minx, miny, maxx, maxy), as_crs(crs)
+
+
+def load_area(source: str | Path | dict) -> tuple[shapely.Geometry, CRS]:
+    """Read a search area from a GeoJSON file / dict or any vector file (first layer, union)."""
+    if isinstance(source, dict):
+        return _geojson_to_geom(source), WGS84
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"area file not found: {path}")
+    if path.suffix.lower() in {".geojson", ".json"}:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"area file {path} is not valid GeoJSON: {exc}") from exc
+        crs = WGS84
+        name = (data.get("crs") or {}).get("properties", {}).get("name") if isinstance(data, dict) else None
+        if name:
+            crs = as_crs(name)
+        return _geojson_to_geom(data), crs
+    import geopandas as gpd
+
+    try:
+        frame = gpd.read_file(path)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"cannot read area file {path}: {exc}") from exc
+    if frame.empty or frame.crs is None:
+        raise InputError(f"area file {path} is empty or has no CRS")
+    return shapely.union_all(frame.geometry.values), as_crs(frame.crs)
+
+
+def _geojson_to_geom(data: dict):
+    try:
+        kind = data.get("type")
+        if kind == "FeatureCollection":
+            geoms = [shape(f["geometry"]) for f in data["features"] if f.get("geometry")]
+            if not geoms:
+                raise InputError("the area FeatureCollection has no geometry")
+            geom = shapely.union_all(geoms)
+        elif kind == "Feature":
+            geom = shape(data["geometry"])
+        else:
+            geom = shape(data)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"invalid GeoJSON area: {exc}") from exc
+    if geom.is_empty:
+        raise InputError("the search area is empty")
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+    return geom
+
+
+def geom_to_geojson(geom) -> dict:
+    return mapping(geom)

@@ -1,0 +1,346 @@
+"""The tile index: one DuckDB file per mosaic collection.
+
+Tables
+    ``meta(key, value)``   JSON values: model, mosaic fingerprint and description, tiling settings,
+                           CRS (WKT), build statistics, ``status`` (building / complete).
+    ``tiles``              one row per embedded tile: id, scale (m), grid row/col, bounds and
+                           geometry in the mosaic CRS and in EPSG:4326, valid share, date and the
+                           embedding (float32 little-endian BLOB).
+
+Building commits every batch in its own transaction, so a killed build leaves a consistent index
+and a rerun embeds only the tiles that are missing. Opening an index with another model, mosaic or
+tiling than the one it was built with raises :class:`IndexMismatchError` instead of mixing them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import shapely
+from shapely.geometry import box
+
+from geosearch import db
+from geosearch.errors import GeoSearchError, IndexMismatchError, InputError
+from geosearch.geo import WGS84, Bounds, as_crs, reproject_geom, transformer
+from geosearch.models import EmbeddingModel, get_model
+from geosearch.mosaic import Mosaic, open_mosaic
+from geosearch.settings import Settings, get_settings
+from geosearch.tiling import Tile, tiles_for_mosaic
+
+FORMAT_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS tiles (
+    tile_id VARCHAR PRIMARY KEY,
+    scale_m DOUBLE NOT NULL,
+    "row" INTEGER, col INTEGER,
+    x0 DOUBLE, y0 DOUBLE, x1 DOUBLE, y1 DOUBLE,
+    geom GEOMETRY,
+    geom_wgs84 GEOMETRY,
+    valid_fraction DOUBLE,
+    date VARCHAR,
+    embedding BLOB NOT NULL
+);
+"""
+
+
+@dataclass
+class BuildReport:
+    tiles_total: int
+    tiles_embedded: int
+    tiles_skipped_nodata: int
+    seconds: float
+    model_seconds: float
+    read_seconds: float
+    area_km2: float
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles_embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        out = self.__dict__.copy()
+        out["tiles_per_s"] = round(self.tiles_per_s, 2)
+        out["km2_per_min"] = round(self.area_km2 / (self.seconds / 60), 3) if self.seconds > 0 else 0.0
+        out["share_outside_model"] = round(1 - self.model_seconds / self.seconds, 3) if self.seconds > 0 else 0.0
+        return out
+
+
+def _index_settings(settings: Settings, mosaic: Mosaic) -> dict:
+    return {"scales_m": sorted(float(s) for s in settings.scales_m), "overlap": settings.overlap,
+            "min_valid_fraction": settings.min_valid_fraction, "rgb_bands": list(mosaic.bands),
+            "stretch": mosaic.stretch}
+
+
+def tile_polygons_wgs84(bounds: np.ndarray, crs) -> list:
+    """Tile boxes (mosaic CRS, shape (N, 4)) as EPSG:4326 polygons (edges densified)."""
+    boxes = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
+    if as_crs(crs) == WGS84:
+        return list(boxes)
+    step = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]) / 4
+    dense = shapely.segmentize(boxes, step)
+    t = transformer(crs, WGS84)
+    return list(shapely.transform(dense, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1]))))
+
+
+def build_index(inputs: Sequence[str | Path], out: str | Path, *, model: str | EmbeddingModel | None = None,
+                settings: Settings | None = None, bands: Sequence[int] | None = None,
+                stretch: str = "auto", overwrite: bool = False, progress: bool = True,
+                date: str | None = None, on_batch: Callable[[int, int], None] | None = None) -> BuildReport:
+    """Embed every valid tile of the mosaic into the index at ``out`` (resumable)."""
+    settings = settings or get_settings()
+    t_start = time.perf_counter()
+    mosaic = open_mosaic(inputs, bands=bands, stretch=stretch)  # type: ignore[arg-type]
+    emb_model = model if isinstance(model, EmbeddingModel) else get_model(model, settings=settings)
+    out = Path(out)
+    if out.exists() and overwrite:
+        out.unlink()
+        Path(str(out) + ".wal").unlink(missing_ok=True)
+    if out.exists() and out.is_dir():
+        raise InputError(f"index path is a folder: {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    con = db.connect(out)
+    try:
+        con.execute(SCHEMA)
+        meta = _read_meta(con)
+        fingerprint = mosaic.fingerprint()
+        tiling = _index_settings(settings, mosaic)
+        if meta:
+            _check_compatible(meta, emb_model.model_id, fingerprint, tiling, out)
+            mosaic._stretch_params = [tuple(p) for p in meta["mosaic"]["stretch_params"]]
+        else:
+            bw = mosaic.bounds_wgs84
+            _write_meta(con, {
+                "format_version": FORMAT_VERSION, "model_name": emb_model.name, "model_id": emb_model.model_id,
+                "mosaic_fingerprint": fingerprint, "mosaic": mosaic.describe(), "tiling": tiling,
+                "crs": as_crs(mosaic.crs).to_wkt(), "bounds_wgs84": list(bw), "status": "building",
+                "build_seconds": 0.0, "model_seconds": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "date": date,
+            })
+        tiles, fracs = tiles_for_mosaic(mosaic, tiling["scales_m"], tiling["overlap"], tiling["min_valid_fraction"])
+        if not tiles:
+            raise InputError("no tile fits the mosaic: it is smaller than the smallest scale "
+                             f"({min(tiling['scales_m']):g} m) or has no valid data")
+        done = {r[0] for r in con.execute("SELECT tile_id FROM tiles").fetchall()}
+        todo = [(t, f) for t, f in zip(tiles, fracs) if t.tile_id not in done]
+        planned_total = len(tiles)
+        report = BuildReport(planned_total, 0, 0, 0.0, 0.0, 0.0, mosaic.area_km2)
+        batch = max(1, settings.batch_size)
+        bar = _progress(planned_total, len(done), progress)
+        model_seconds = read_seconds = 0.0
+        size = emb_model.image_size
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for start in range(0, len(todo), batch):
+                chunk = todo[start:start + batch]
+                t0 = time.perf_counter()
+                images = list(pool.map(lambda tf: mosaic.read(tf[0].bounds, size).rgb, chunk))
+                t1 = time.perf_counter()
+                emb = emb_model.encode_images(np.stack(images))
+                t2 = time.perf_counter()
+                read_seconds += t1 - t0
+                model_seconds += t2 - t1
+                _insert_tiles(con, mosaic, [t for t, _ in chunk], np.array([f for _, f in chunk]), emb, date)
+                report.tiles_embedded += len(chunk)
+                bar.update(len(chunk))
+                if on_batch:
+                    on_batch(len(done) + report.tiles_embedded, planned_total)
+        bar.close()
+        report.seconds = time.perf_counter() - t_start
+        report.model_seconds, report.read_seconds = model_seconds, read_seconds
+        meta = _read_meta(con)
+        _write_meta(con, {"status": "complete",
+                          "build_seconds": float(meta.get("build_seconds", 0)) + report.seconds,
+                          "model_seconds": float(meta.get("model_seconds", 0)) + model_seconds,
+                          "tiles_embedded": planned_total, "area_km2": mosaic.area_km2})
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    return report
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="tile", desc="embedding", dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def _insert_tiles(con, mosaic: Mosaic, tiles: list[Tile], fracs: np.ndarray, emb: np.ndarray,
+                  date: str | None) -> None:
+    bounds = np.array([t.bounds for t in tiles], dtype=np.float64)
+    polys = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
+    polys84 = tile_polygons_wgs84(bounds, mosaic.crs)
+    frame = pd.DataFrame({
+        "tile_id": [t.tile_id for t in tiles], "scale_m": [t.scale_m for t in tiles],
+        "row": [t.row for t in tiles], "col": [t.col for t in tiles],
+        "x0": bounds[:, 0], "y0": bounds[:, 1], "x1": bounds[:, 2], "y1": bounds[:, 3],
+        "wkb": list(shapely.to_wkb(polys)), "wkb84": list(shapely.to_wkb(polys84)),
+        "valid_fraction": fracs.astype(float), "date": [date] * len(tiles),
+        "embedding": [e.astype("<f4").tobytes() for e in emb],
+    })
+    con.register("new_tiles", frame)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        con.execute("""INSERT INTO tiles SELECT tile_id, scale_m, "row", col, x0, y0, x1, y1,
+                       ST_GeomFromWKB(wkb), ST_GeomFromWKB(wkb84), valid_fraction, date, embedding
+                       FROM new_tiles""")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("new_tiles")
+
+
+def _read_meta(con) -> dict:
+    try:
+        rows = con.execute("SELECT key, value FROM meta").fetchall()
+    except Exception:  # noqa: BLE001 - not an index
+        return {}
+    return {k: json.loads(v) for k, v in rows}
+
+
+def _write_meta(con, values: dict) -> None:
+    con.execute("BEGIN TRANSACTION")
+    for k, v in values.items():
+        con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [k, json.dumps(v)])
+    con.execute("COMMIT")
+
+
+def _check_compatible(meta: dict, model_id: str, fingerprint: str, tiling: dict, path: Path) -> None:
+    if meta.get("model_id") != model_id:
+        raise IndexMismatchError(
+            f"index {path} was built with model {meta.get('model_id')!r}, not {model_id!r}; "
+            "use --overwrite to rebuild it or pick another --out")
+    if meta.get("mosaic_fingerprint") != fingerprint:
+        raise IndexMismatchError(f"index {path} was built from another mosaic; use --overwrite or another --out")
+    if meta.get("tiling") != tiling:
+        raise IndexMismatchError(
+            f"index {path} was built with other tiling settings {meta.get('tiling')}; use --overwrite")
+
+
+@dataclass
+class TileIndex:
+    """An index loaded for search: tile arrays and the embedding matrix in memory (read-only)."""
+
+    path: Path
+    meta: dict
+    tile_ids: np.ndarray
+    scales: np.ndarray
+    bounds: np.ndarray          # (N, 4) mosaic CRS
+    embeddings: np.ndarray      # (N, D) float32, unit norm
+    dates: np.ndarray
+    _mosaic: Mosaic | None = field(default=None, repr=False)
+    _model: EmbeddingModel | None = field(default=None, repr=False)
+    _polys84: list | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> TileIndex:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"index not found: {path}")
+        try:
+            con = db.connect(path, read_only=True)
+        except GeoSearchError as exc:
+            raise InputError(f"not a GeoSearch index: {path}") from exc
+        try:
+            meta = _read_meta(con)
+            if not meta or "model_id" not in meta:
+                raise InputError(f"not a GeoSearch index (no meta table): {path}")
+            rows = con.execute("""SELECT tile_id, scale_m, x0, y0, x1, y1, date, embedding FROM tiles
+                                  ORDER BY scale_m, tile_id""").fetchall()
+        finally:
+            con.close()
+        if not rows:
+            raise InputError(f"index {path} has no tiles yet (build it with `geosearch index`)")
+        ids, scales, x0, y0, x1, y1, dates, embs = zip(*rows)
+        emb = np.frombuffer(b"".join(embs), dtype="<f4").reshape(len(rows), -1).astype(np.float32)
+        return cls(path=path, meta=meta, tile_ids=np.array(ids, dtype=object),
+                   scales=np.array(scales, dtype=np.float64),
+                   bounds=np.column_stack([x0, y0, x1, y1]).astype(np.float64), embeddings=emb,
+                   dates=np.array(dates, dtype=object))
+
+    def __len__(self) -> int:
+        return len(self.tile_ids)
+
+    @property
+    def crs(self):
+        return as_crs(self.meta["crs"])
+
+    @property
+    def complete(self) -> bool:
+        return self.meta.get("status") == "complete"
+
+    @property
+    def bounds_wgs84(self) -> Bounds:
+        return tuple(self.meta["bounds_wgs84"])  # type: ignore[return-value]
+
+    @property
+    def mosaic_bounds(self) -> Bounds:
+        return tuple(self.meta["mosaic"]["bounds"])  # type: ignore[return-value]
+
+    def position(self, tile_id: str) -> int:
+        hits = np.flatnonzero(self.tile_ids == tile_id)
+        if not len(hits):
+            raise InputError(f"no tile {tile_id!r} in index {self.path.name}")
+        return int(hits[0])
+
+    def polygons_wgs84(self) -> list:
+        if self._polys84 is None:
+            self._polys84 = tile_polygons_wgs84(self.bounds, self.crs)
+        return self._polys84
+
+    def mosaic(self) -> Mosaic:
+        """Reopen the indexed mosaic with the same bands and stretch as when it was built."""
+        if self._mosaic is None:
+            m = self.meta["mosaic"]
+            missing = [f for f in m["files"] if not Path(f).exists()]
+            if missing:
+                raise InputError(f"mosaic file(s) of index {self.path.name} are gone: {missing[:3]}")
+            self._mosaic = open_mosaic(m["files"], bands=m["rgb_bands"], stretch=m["stretch"],
+                                       stretch_params=[tuple(p) for p in m["stretch_params"]])
+        return self._mosaic
+
+    def model(self, settings: Settings | None = None) -> EmbeddingModel:
+        """The model the index was built with (refuses other weights under the same name)."""
+        if self._model is None:
+            model = get_model(self.meta["model_name"], settings=settings)
+            self.attach_model(model)
+        return self._model  # type: ignore[return-value]
+
+    def attach_model(self, model: EmbeddingModel) -> None:
+        if model.model_id != self.meta["model_id"]:
+            raise IndexMismatchError(f"index {self.path.name} was built with {self.meta['model_id']!r}, "
+                                     f"the model given is {model.model_id!r}")
+        self._model = model
+
+    def tile_polygon_map(self, i: int):
+        return box(*self.bounds[i])
+
+    def area_to_mosaic_crs(self, geom, crs):
+        return reproject_geom(geom, crs, self.crs)
+
+    def info(self) -> dict:
+        m = self.meta
+        per_scale = {f"{s:g}": int((self.scales == s).sum()) for s in np.unique(self.scales)}
+        return {"path": str(self.path), "status": m.get("status"), "model": m.get("model_name"),
+                "model_id": m.get("model_id"), "tiles": len(self), "tiles_per_scale_m": per_scale,
+                "embed_dim": int(self.embeddings.shape[1]), "mosaic": m.get("mosaic"),
+                "tiling": m.get("tiling"), "bounds_wgs84": m.get("bounds_wgs84"),
+                "build_seconds": round(float(m.get("build_seconds", 0)), 2), "created": m.get("created"),
+                "date": m.get("date")}

@@ -1,0 +1,314 @@
+"""Mosaics: one raster, a list, a folder or a VRT, read as one georeferenced RGB surface.
+
+Every read returns one :class:`ImageData` (after rio-tiler): the RGB the models need, a validity
+mask, the raw bands (for spectral indices) and the bounds/CRS it covers. Reads are windowed at any
+output size; GDAL picks overviews when they exist. Reads whose output resolution is within 1.5x of
+the native resolution are counted as full-resolution window reads (a cost the pyramid reports).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.transform import Affine
+from rasterio.windows import from_bounds
+
+from geosearch.errors import InputError
+from geosearch.geo import WGS84, Bounds, as_crs, pixel_size_m, reproject_bounds, transformer
+
+RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".geotiff"}
+Stretch = Literal["auto", "percentile", "minmax", "none"]
+
+
+@dataclass
+class ImageData:
+    """Pixels of one window: ``rgb`` (H, W, 3) uint8, ``mask`` (H, W) True where valid,
+    ``bands`` (C, H, W) float32 raw values of all bands, and the window's bounds and CRS."""
+
+    rgb: np.ndarray
+    mask: np.ndarray
+    bands: np.ndarray
+    bounds: Bounds
+    crs: object
+
+    @property
+    def valid_fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+
+@dataclass
+class ReadStats:
+    reads: int = 0
+    full_res_reads: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, full_res: bool) -> None:
+        with self.lock:
+            self.reads += 1
+            self.full_res_reads += int(full_res)
+
+
+class _Source:
+    """One raster file; the dataset handle is per thread (rasterio handles are not thread-safe)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._local = threading.local()
+        try:
+            with rasterio.open(path) as ds:
+                self.crs = ds.crs
+                self.transform = ds.transform
+                self.width, self.height = ds.width, ds.height
+                self.count = ds.count
+                self.dtype = ds.dtypes[0]
+                self.nodata = ds.nodata
+                self.bounds: Bounds = tuple(ds.bounds)  # type: ignore[assignment]
+                self.has_overviews = bool(ds.count and ds.overviews(1))
+                self.colorinterp = [c.name for c in ds.colorinterp]
+        except RasterioIOError as exc:
+            raise InputError(f"not a readable raster: {path} ({str(exc).splitlines()[0]})") from exc
+        if self.crs is None:
+            raise InputError(f"raster has no CRS (not georeferenced): {path}")
+        if self.transform.b != 0 or self.transform.d != 0:
+            raise InputError(f"rotated rasters are not supported: {path}")
+
+    @property
+    def dataset(self):
+        ds = getattr(self._local, "ds", None)
+        if ds is None or ds.closed:
+            ds = rasterio.open(self.path)
+            self._local.ds = ds
+        return ds
+
+
+def collect_raster_paths(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand files and folders into a sorted list of raster files; errors name the bad input."""
+    if not inputs:
+        raise InputError("no mosaic given")
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in RASTER_SUFFIXES and q.is_file())
+            if not found:
+                raise InputError(f"no raster files (.tif/.vrt/...) in folder {p}")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise InputError(f"mosaic file not found: {p}")
+    return paths
+
+
+class Mosaic:
+    """Several rasters in one CRS, seen as one surface."""
+
+    def __init__(self, inputs: Sequence[str | Path], *, bands: Sequence[int] | None = None,
+                 stretch: Stretch = "auto", stretch_params: list[tuple[float, float]] | None = None,
+                 percentiles: tuple[float, float] = (2.0, 98.0)):
+        self.paths = collect_raster_paths(inputs)
+        self.sources = [_Source(p) for p in self.paths]
+        first = self.sources[0]
+        for src in self.sources[1:]:
+            if as_crs(src.crs) != as_crs(first.crs):
+                raise InputError(
+                    f"mixed CRS in mosaic: {first.path.name} is {first.crs.to_string()} but "
+                    f"{src.path.name} is {src.crs.to_string()}; reproject them to one CRS first")
+            if src.count != first.count:
+                raise InputError(f"band counts differ in mosaic: {first.path.name} has {first.count}, "
+                                 f"{src.path.name} has {src.count}")
+        self.crs = first.crs
+        self.count = first.count
+        self.dtype = first.dtype
+        self.nodata = first.nodata
+        xs0, ys0, xs1, ys1 = zip(*(s.bounds for s in self.sources))
+        self.bounds: Bounds = (min(xs0), min(ys0), max(xs1), max(ys1))
+        self.res = (min(abs(s.transform.a) for s in self.sources), min(abs(s.transform.e) for s in self.sources))
+        self.pixel_size_m = pixel_size_m(self.crs, Affine(self.res[0], 0, 0, 0, -self.res[1], 0), self.bounds)
+        self.bands = self._check_bands(bands)
+        self.stretch = stretch
+        self.percentiles = percentiles
+        self.stats = ReadStats()
+        self._stretch_params = stretch_params
+
+    # -- description ------------------------------------------------------------------------
+    def _check_bands(self, bands: Sequence[int] | None) -> tuple[int, int, int]:
+        if bands is None:
+            bands = (1, 2, 3) if self.count >= 3 else (1, 1, 1)
+        bands = tuple(int(b) for b in bands)
+        if len(bands) == 1:
+            bands = bands * 3
+        if len(bands) != 3:
+            raise InputError("band selection needs 1 or 3 band numbers (e.g. --bands 4 3 2)")
+        bad = [b for b in bands if not 1 <= b <= self.count]
+        if bad:
+            raise InputError(f"band(s) {bad} out of range: the mosaic has {self.count} band(s)")
+        return bands  # type: ignore[return-value]
+
+    @property
+    def size_px(self) -> tuple[int, int]:
+        return (round((self.bounds[2] - self.bounds[0]) / self.res[0]),
+                round((self.bounds[3] - self.bounds[1]) / self.res[1]))
+
+    @property
+    def bounds_wgs84(self) -> Bounds:
+        return reproject_bounds(self.bounds, self.crs, WGS84)
+
+    @property
+    def area_km2(self) -> float:
+        w, h = self.size_px
+        return w * h * self.pixel_size_m[0] * self.pixel_size_m[1] / 1e6
+
+    def fingerprint(self) -> str:
+        """Content fingerprint: CRS, grid and a hash of each file's head/tail bytes and size."""
+        h = hashlib.sha256()
+        h.update(as_crs(self.crs).to_wkt().encode())
+        for src in sorted(self.sources, key=lambda s: s.path.name):
+            h.update(src.path.name.encode())
+            h.update(repr(tuple(src.transform)[:6]).encode())
+            h.update(f"{src.width}x{src.height}x{src.count}".encode())
+            size = src.path.stat().st_size
+            h.update(str(size).encode())
+            with open(src.path, "rb") as fh:
+                h.update(fh.read(1 << 20))
+                if size > 2 << 20:
+                    fh.seek(-(1 << 20), 2)
+                    h.update(fh.read())
+        return h.hexdigest()
+
+    def describe(self) -> dict:
+        return {
+            "files": [str(p) for p in self.paths], "crs": self.crs.to_string(), "bounds": list(self.bounds),
+            "bounds_wgs84": list(self.bounds_wgs84), "band_count": self.count, "dtype": self.dtype,
+            "rgb_bands": list(self.bands), "pixel_size_m": list(self.pixel_size_m),
+            "size_px": list(self.size_px), "area_km2": round(self.area_km2, 4),
+            "stretch": self.stretch, "stretch_params": self.stretch_params,
+        }
+
+    # -- stretch ----------------------------------------------------------------------------
+    @property
+    def stretch_params(self) -> list[tuple[float, float]]:
+        """Per RGB band (low, high) raw values mapped to 0..255; computed once per mosaic."""
+        if self._stretch_params is None:
+            self._stretch_params = self._compute_stretch()
+        return self._stretch_params
+
+    def _compute_stretch(self) -> list[tuple[float, float]]:
+        mode = self.stretch
+        if mode == "auto":
+            mode = "none" if self.dtype == "uint8" else "percentile"
+        if mode == "none":
+            return [(0.0, 255.0)] * 3
+        w, h = self.size_px
+        scale = max(1.0, max(w, h) / 1024)
+        img = self._read_raw(self.bounds, (max(1, int(h / scale)), max(1, int(w / scale))),
+                             count_stats=False, bands=self.bands)
+        params = []
+        for b in range(3):
+            vals = img.bands[b][img.mask]
+            if vals.size == 0:
+                params.append((0.0, 1.0))
+                continue
+            lo, hi = ((np.percentile(vals, self.percentiles)) if mode == "percentile"
+                      else (vals.min(), vals.max()))
+            params.append((float(lo), float(hi if hi > lo else lo + 1)))
+        return params
+
+    def to_rgb(self, bands: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out = np.empty(bands.shape[1:] + (3,), np.uint8)
+        for i, (lo, hi) in enumerate(self.stretch_params):
+            v = (bands[i].astype(np.float32) - lo) * (255.0 / (hi - lo))
+            out[..., i] = np.clip(v, 0, 255).astype(np.uint8)
+        out[~mask] = 0
+        return out
+
+    # -- reading ----------------------------------------------------------------------------
+    def read(self, bounds: Bounds, size: int | tuple[int, int], *, all_bands: bool = False,
+             resampling: Resampling = Resampling.bilinear) -> ImageData:
+        """Read ``bounds`` (mosaic CRS) into ``size`` pixels (int = square, or (height, width))."""
+        if isinstance(size, int):
+            size = (size, size)
+        band_list = tuple(range(1, self.count + 1)) if all_bands else self.bands
+        raw = self._read_raw(bounds, size, bands=band_list, resampling=resampling)
+        rgb_bands = raw.bands if not all_bands else raw.bands[[b - 1 for b in self.bands]]
+        raw.rgb = self.to_rgb(rgb_bands, raw.mask)
+        return raw
+
+    def _read_raw(self, bounds: Bounds, size: tuple[int, int], *, bands: Sequence[int],
+                  count_stats: bool = True, resampling: Resampling = Resampling.bilinear) -> ImageData:
+        h, w = int(size[0]), int(size[1])
+        x0, y0, x1, y1 = bounds
+        if not (x1 > x0 and y1 > y0) or h < 1 or w < 1:
+            raise InputError(f"empty read window {bounds}")
+        out = np.zeros((len(bands), h, w), np.float32)
+        mask = np.zeros((h, w), bool)
+        px_x, px_y = (x1 - x0) / w, (y1 - y0) / h
+        if count_stats:
+            self.stats.add(full_res=px_x <= 1.5 * self.res[0] and px_y <= 1.5 * self.res[1])
+        unique_bands = list(dict.fromkeys(bands))
+        for src in self.sources:
+            ix0, iy0 = max(x0, src.bounds[0]), max(y0, src.bounds[1])
+            ix1, iy1 = min(x1, src.bounds[2]), min(y1, src.bounds[3])
+            if ix1 <= ix0 or iy1 <= iy0:
+                continue
+            c0 = int(round((ix0 - x0) / px_x))
+            c1 = int(round((ix1 - x0) / px_x))
+            r0 = int(round((y1 - iy1) / px_y))
+            r1 = int(round((y1 - iy0) / px_y))
+            if c1 <= c0 or r1 <= r0:
+                continue
+            ds = src.dataset
+            win = from_bounds(ix0, iy0, ix1, iy1, transform=src.transform)
+            data = ds.read(unique_bands, window=win, out_shape=(len(unique_bands), r1 - r0, c1 - c0),
+                           resampling=resampling, masked=True, boundless=False)
+            valid = ~np.ma.getmaskarray(data).any(axis=0)
+            if src.nodata is None and self.nodata is None and ds.count >= 4 and src.dtype == "uint8" \
+                    and src.colorinterp[-1] == "alpha":
+                valid &= ds.read(ds.count, window=win, out_shape=(r1 - r0, c1 - c0)) > 0
+            arr = np.asarray(data.filled(0), np.float32)
+            band_pos = {b: i for i, b in enumerate(unique_bands)}
+            sel = arr[[band_pos[b] for b in bands]]
+            region = (slice(None), slice(r0, r1), slice(c0, c1))
+            take = valid & ~mask[r0:r1, c0:c1]
+            out[region][:, take] = sel[:, take]
+            mask[r0:r1, c0:c1] |= valid
+        return ImageData(rgb=np.zeros((h, w, 3), np.uint8), mask=mask, bands=out,
+                         bounds=(x0, y0, x1, y1), crs=self.crs)
+
+    def valid_mask(self, max_side: int = 2048) -> tuple[np.ndarray, Affine]:
+        """A coarse validity mask of the whole mosaic (for skipping all-nodata tiles)."""
+        w, h = self.size_px
+        scale = max(1.0, max(w, h) / max_side)
+        mh, mw = max(1, int(np.ceil(h / scale))), max(1, int(np.ceil(w / scale)))
+        img = self._read_raw(self.bounds, (mh, mw), bands=(self.bands[0],), count_stats=False,
+                             resampling=Resampling.nearest)
+        x0, y0, x1, y1 = self.bounds
+        return img.mask, Affine((x1 - x0) / mw, 0, x0, 0, -(y1 - y0) / mh, y1)
+
+    # -- coordinates ------------------------------------------------------------------------
+    def pixel_to_map(self, col: float, row: float) -> tuple[float, float]:
+        return (self.bounds[0] + col * self.res[0], self.bounds[3] - row * self.res[1])
+
+    def map_to_pixel(self, x: float, y: float) -> tuple[float, float]:
+        return ((x - self.bounds[0]) / self.res[0], (self.bounds[3] - y) / self.res[1])
+
+    def map_to_wgs84(self, x, y):
+        return transformer(self.crs, WGS84).transform(x, y)
+
+    def wgs84_to_map(self, lon, lat):
+        return transformer(WGS84, self.crs).transform(lon, lat)
+
+
+def open_mosaic(inputs: Sequence[str | Path] | str | Path, **kwargs) -> Mosaic:
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    return Mosaic(list(inputs), **kwargs)

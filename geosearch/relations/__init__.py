@@ -1,0 +1,1 @@
+"""Relations and geo-constraints on vector layers (DuckDB spatial)."""

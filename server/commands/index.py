@@ -1,0 +1,52 @@
+"""``geosearch index MOSAIC... --out INDEX``: build or resume a tile index."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("index", help="build (or resume) a multi-scale tile index of a mosaic")
+    p.add_argument("mosaic", nargs="+", help="raster files, folders of rasters or a VRT (one CRS)")
+    p.add_argument("--out", required=True, help="index file to create or resume (DuckDB)")
+    p.add_argument("--model", default=None, help="model name or ARCH:CHECKPOINT (default: the starter model)")
+    p.add_argument("--scales", type=float, nargs="+", default=None, help="tile sizes in metres (default 128 256 512 1024)")
+    p.add_argument("--overlap", type=float, default=None, help="tile overlap share (default 0.5)")
+    p.add_argument("--bands", type=int, nargs="+", default=None, help="band numbers giving R G B (or one band)")
+    p.add_argument("--stretch", choices=["auto", "percentile", "minmax", "none"], default="auto")
+    p.add_argument("--date", default=None, help="acquisition date of this mosaic (YYYY-MM-DD)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="rebuild from scratch if the index exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args):
+    from geosearch.settings import get_settings
+
+    updates = {}
+    for name in ("model", "overlap", "batch_size", "device", "threads"):
+        value = getattr(args, name, None)
+        if value is not None:
+            updates[name] = value
+    if getattr(args, "scales", None):
+        updates["scales_m"] = args.scales
+    settings = get_settings().model_copy(update=updates)
+    if not 0 <= settings.overlap < 1:
+        from geosearch.errors import InputError
+
+        raise InputError("--overlap must be in [0, 1)")
+    return settings
+
+
+def run(args) -> int:
+    from geosearch.index import build_index
+
+    settings = settings_from_args(args)
+    report = build_index(args.mosaic, args.out, model=settings.model, settings=settings, bands=args.bands,
+                         stretch=args.stretch, overwrite=args.overwrite, progress=not args.quiet,
+                         date=args.date)
+    print(json.dumps({"index": args.out, **report.as_dict()}, indent=2))
+    return 0

@@ -1,0 +1,60 @@
+"""``geosearch search INDEX "text"``: coarse text search over the tiles."""
+
+from __future__ import annotations
+
+import json
+
+from server.commands._common import format_table
+
+
+def register(sub) -> None:
+    p = sub.add_parser("search", help="rank tiles of an index by a text query")
+    p.add_argument("index")
+    p.add_argument("text")
+    p.add_argument("-k", type=int, default=10)
+    area = p.add_mutually_exclusive_group()
+    area.add_argument("--area", help="GeoJSON / vector file restricting the search")
+    area.add_argument("--bbox", type=float, nargs=4, metavar=("MINX", "MINY", "MAXX", "MAXY"))
+    p.add_argument("--bbox-crs", default="EPSG:4326")
+    p.add_argument("--scales", type=float, nargs="+", default=None)
+    p.add_argument("--format", choices=["table", "geojson", "json"], default="table")
+    p.set_defaults(func=run)
+
+
+def parse_area(args):
+    from geosearch.geo import area_from_bbox, load_area
+
+    if getattr(args, "area", None):
+        return load_area(args.area)
+    if getattr(args, "bbox", None):
+        return area_from_bbox(args.bbox, args.bbox_crs)
+    return None, "EPSG:4326"
+
+
+def hits_geojson(hits) -> dict:
+    from shapely.geometry import mapping
+
+    return {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": mapping(h.polygon_wgs84),
+         "properties": {k: v for k, v in h.as_dict().items() if k != "polygon_wgs84"}} for h in hits]}
+
+
+def run(args) -> int:
+    from geosearch.errors import InputError
+    from geosearch.index import TileIndex
+    from geosearch.search import search
+
+    if not args.text.strip():
+        raise InputError("empty query: give some words to search for")
+    index = TileIndex.open(args.index)
+    area, crs = parse_area(args)
+    hits = search(index, args.text, args.k, area=area, area_crs=crs, scales=args.scales)
+    if args.format == "geojson":
+        print(json.dumps(hits_geojson(hits)))
+    elif args.format == "json":
+        print(json.dumps([h.as_dict() for h in hits], indent=2))
+    else:
+        rows = [{"rank": h.rank, "score": h.score, "scale_m": h.scale_m, "tile_id": h.tile_id,
+                 "bbox_wgs84": [round(v, 6) for v in h.bbox_wgs84]} for h in hits]
+        print(format_table(rows, ["rank", "score", "scale_m", "tile_id", "bbox_wgs84"]))
+    return 0
