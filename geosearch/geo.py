@@ -11,7 +11,6 @@ import numpy as np
 import shapely
 from pyproj import CRS, Geod, Transformer
 from shapely.geometry import box, mapping, shape
-from shapely.ops import transform as shapely_transform
 
 from geosearch.errors import InputError
 
@@ -42,7 +41,8 @@ def transformer(src, dst) -> Transformer:
 def reproject_geom(geom, src, dst):
     if as_crs(src) == as_crs(dst):
         return geom
-    return shapely_transform(transformer(src, dst).transform, geom)
+    t = transformer(src, dst)
+    return shapely.transform(geom, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
 
 
 def reproject_bounds(bounds: Bounds, src, dst, densify: int = 21) -> Bounds:

@@ -3,9 +3,16 @@
 Tables
     ``meta(key, value)``   JSON values: model, mosaic fingerprint and description, tiling settings,
                            CRS (WKT), build statistics, ``status`` (building / complete).
-    ``tiles``              one row per embedded tile: id, scale (m), grid row/col, bounds and
-                           geometry in the mosaic CRS and in EPSG:4326, valid share, date and the
-                           embedding (float32 little-endian BLOB).
+    ``tiles``              one row per embedded tile and date: id, scale (m), grid row/col, bounds
+                           and geometry in the mosaic CRS and in EPSG:4326, valid share, date and
+                           the embedding (float32 little-endian BLOB).
+    ``mosaics``            one row per date: date, files, fingerprint, description (JSON).
+
+Multi-date indexes: ``build_index(new_mosaic, out, date=...)`` on an existing index whose first
+mosaic has a date adds that date. Its tiles are planned on the *first* date's grid, so the same grid
+cell keeps the same ``tile_id`` at every date (tiles are keyed by ``(tile_id, date)``); the new
+mosaic must have the same CRS and pixel size and overlap the first one, else
+:class:`IndexMismatchError`. Each date keeps its own stretch.
 
 Building commits every batch in its own transaction, so a killed build leaves a consistent index
 and a rerun embeds only the tiles that are missing. Opening an index with another model, mosaic or
@@ -32,14 +39,14 @@ from geosearch.geo import WGS84, Bounds, as_crs, reproject_geom, transformer
 from geosearch.models import EmbeddingModel, get_model
 from geosearch.mosaic import Mosaic, open_mosaic
 from geosearch.settings import Settings, get_settings
-from geosearch.tiling import Tile, tiles_for_mosaic
+from geosearch.tiling import Tile, plan_tiles, tiles_for_mosaic, valid_fractions
 
 FORMAT_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS tiles (
-    tile_id VARCHAR PRIMARY KEY,
+    tile_id VARCHAR NOT NULL,
     scale_m DOUBLE NOT NULL,
     "row" INTEGER, col INTEGER,
     x0 DOUBLE, y0 DOUBLE, x1 DOUBLE, y1 DOUBLE,
@@ -49,6 +56,7 @@ CREATE TABLE IF NOT EXISTS tiles (
     date VARCHAR,
     embedding BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS mosaics (date VARCHAR, files VARCHAR, fingerprint VARCHAR, description VARCHAR);
 """
 
 
@@ -113,9 +121,9 @@ def build_index(inputs: Sequence[str | Path], out: str | Path, *, model: str | E
         meta = _read_meta(con)
         fingerprint = mosaic.fingerprint()
         tiling = _index_settings(settings, mosaic)
+        grid = mosaic
         if meta:
-            _check_compatible(meta, emb_model.model_id, fingerprint, tiling, out)
-            mosaic._stretch_params = [tuple(p) for p in meta["mosaic"]["stretch_params"]]
+            date, grid = _prepare_date(con, meta, mosaic, emb_model.model_id, fingerprint, tiling, out, date)
         else:
             bw = mosaic.bounds_wgs84
             _write_meta(con, {
@@ -123,13 +131,22 @@ def build_index(inputs: Sequence[str | Path], out: str | Path, *, model: str | E
                 "mosaic_fingerprint": fingerprint, "mosaic": mosaic.describe(), "tiling": tiling,
                 "crs": as_crs(mosaic.crs).to_wkt(), "bounds_wgs84": list(bw), "status": "building",
                 "build_seconds": 0.0, "model_seconds": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "date": date,
+                "date": date, "dates": [date] if date else [],
             })
-        tiles, fracs = tiles_for_mosaic(mosaic, tiling["scales_m"], tiling["overlap"], tiling["min_valid_fraction"])
+            _add_mosaic_row(con, date, mosaic, fingerprint)
+        if grid is mosaic:
+            tiles, fracs = tiles_for_mosaic(mosaic, tiling["scales_m"], tiling["overlap"],
+                                            tiling["min_valid_fraction"])
+        else:  # a further date: the first date's grid, this mosaic's valid pixels
+            planned = plan_tiles(grid, tiling["scales_m"], tiling["overlap"])
+            all_fracs = valid_fractions(mosaic, planned)
+            keep = all_fracs > max(tiling["min_valid_fraction"], 0.0)
+            tiles, fracs = [t for t, k in zip(planned, keep) if k], all_fracs[keep]
         if not tiles:
             raise InputError("no tile fits the mosaic: it is smaller than the smallest scale "
                              f"({min(tiling['scales_m']):g} m) or has no valid data")
-        done = {r[0] for r in con.execute("SELECT tile_id FROM tiles").fetchall()}
+        done = {r[0] for r in con.execute("SELECT tile_id FROM tiles WHERE date IS NOT DISTINCT FROM ?",
+                                          [date]).fetchall()}
         todo = [(t, f) for t, f in zip(tiles, fracs) if t.tile_id not in done]
         planned_total = len(tiles)
         report = BuildReport(planned_total, 0, 0, 0.0, 0.0, 0.0, mosaic.area_km2)
@@ -156,10 +173,12 @@ def build_index(inputs: Sequence[str | Path], out: str | Path, *, model: str | E
         report.seconds = time.perf_counter() - t_start
         report.model_seconds, report.read_seconds = model_seconds, read_seconds
         meta = _read_meta(con)
+        first = grid is mosaic and meta.get("date") == date
         _write_meta(con, {"status": "complete",
                           "build_seconds": float(meta.get("build_seconds", 0)) + report.seconds,
                           "model_seconds": float(meta.get("model_seconds", 0)) + model_seconds,
-                          "tiles_embedded": planned_total, "area_km2": mosaic.area_km2})
+                          "tiles_embedded": con.execute("SELECT count(*) FROM tiles").fetchone()[0],
+                          **({"area_km2": mosaic.area_km2} if first else {})})
         con.execute("CHECKPOINT")
     finally:
         con.close()
@@ -222,6 +241,100 @@ def _write_meta(con, values: dict) -> None:
     con.execute("COMMIT")
 
 
+class _GridRef:
+    """The first date's tile grid, rebuilt from its stored description (for :func:`plan_tiles`)."""
+
+    def __init__(self, desc: dict):
+        self.bounds = tuple(desc["bounds"])
+        w, h = desc["size_px"]
+        self.res = ((self.bounds[2] - self.bounds[0]) / w, (self.bounds[3] - self.bounds[1]) / h)
+        self.pixel_size_m = tuple(desc["pixel_size_m"])
+        self.size_px = (int(w), int(h))
+
+
+def _add_mosaic_row(con, date: str | None, mosaic: Mosaic, fingerprint: str) -> None:
+    con.execute("INSERT INTO mosaics VALUES (?, ?, ?, ?)",
+                [date, json.dumps([str(p) for p in mosaic.paths]), fingerprint, json.dumps(mosaic.describe())])
+
+
+def _mosaic_rows(con, meta: dict) -> list[tuple[str | None, str, dict]]:
+    """(date, fingerprint, description) per date; indexes built before ``mosaics`` use meta."""
+    rows = [(d, f, json.loads(desc)) for d, f, desc in
+            con.execute("SELECT date, fingerprint, description FROM mosaics").fetchall()]
+    if not rows and meta.get("mosaic_fingerprint"):
+        rows = [(meta.get("date"), meta["mosaic_fingerprint"], meta["mosaic"])]
+    return rows
+
+
+def _prepare_date(con, meta: dict, mosaic: Mosaic, model_id: str, fingerprint: str, tiling: dict,
+                  path: Path, date: str | None):
+    """Resume a date already in the index, or register ``mosaic`` as a new date on the first grid."""
+    rows = _mosaic_rows(con, meta)
+    same = [r for r in rows if r[1] == fingerprint]
+    if same:
+        known = same[0]
+        if date is not None and known[0] is not None and date != known[0]:
+            raise IndexMismatchError(f"this mosaic is already in index {path} as date {known[0]}, not {date}")
+        first_fp = meta.get("mosaic_fingerprint")
+        _check_compatible(meta, model_id, first_fp, tiling, path)
+        mosaic._stretch_params = [tuple(p) for p in known[2]["stretch_params"]]
+        if known[1] == first_fp:
+            return known[0], mosaic
+        return known[0], _GridRef(meta["mosaic"])
+    if date is None:
+        _check_compatible(meta, model_id, fingerprint, tiling, path)  # raises: another mosaic
+    _check_compatible(meta, model_id, meta.get("mosaic_fingerprint", ""), tiling, path)
+    if meta.get("date") is None:
+        raise IndexMismatchError(
+            f"index {path} was built from another mosaic without a date, so no date can be added to it; "
+            "rebuild it with --date for the first mosaic (or use --overwrite / another --out)")
+    if any(r[0] == date for r in rows):
+        raise IndexMismatchError(f"index {path} already holds another mosaic for date {date}; "
+                                 "use another --date or --overwrite")
+    _check_grid(meta["mosaic"], mosaic, path)
+    if not con.execute("SELECT count(*) FROM mosaics").fetchone()[0]:  # index older than ``mosaics``
+        con.execute("INSERT INTO mosaics VALUES (?, ?, ?, ?)", [
+            meta.get("date"), json.dumps(meta["mosaic"]["files"]), meta["mosaic_fingerprint"],
+            json.dumps(meta["mosaic"])])
+    _drop_tile_id_key(con)
+    _add_mosaic_row(con, date, mosaic, fingerprint)
+    dates = sorted({*(meta.get("dates") or [meta.get("date")]), date})
+    _write_meta(con, {"dates": dates, "status": "building"})
+    return date, _GridRef(meta["mosaic"])
+
+
+def _check_grid(first: dict, mosaic: Mosaic, path: Path) -> None:
+    """A further date must share the first date's CRS and pixel size and overlap its extent."""
+    if as_crs(first["crs"]) != as_crs(mosaic.crs):
+        raise IndexMismatchError(
+            f"cannot add this date to {path}: its CRS is {mosaic.crs.to_string()}, the index grid is in "
+            f"{first['crs']}; reproject it onto the first date's grid first")
+    grid = _GridRef(first)
+    if any(abs(a - b) > 0.01 * b for a, b in zip(mosaic.res, grid.res)):
+        raise IndexMismatchError(
+            f"cannot add this date to {path}: pixel size {tuple(round(v, 6) for v in mosaic.res)} differs "
+            f"from the index grid's {tuple(round(v, 6) for v in grid.res)}; resample it first")
+    ix = min(mosaic.bounds[2], grid.bounds[2]) - max(mosaic.bounds[0], grid.bounds[0])
+    iy = min(mosaic.bounds[3], grid.bounds[3]) - max(mosaic.bounds[1], grid.bounds[1])
+    area = (grid.bounds[2] - grid.bounds[0]) * (grid.bounds[3] - grid.bounds[1])
+    if ix <= 0 or iy <= 0 or ix * iy < 0.5 * area:
+        raise IndexMismatchError(
+            f"cannot add this date to {path}: the mosaic covers less than half of the index grid's extent "
+            "(dates of one index must show the same area)")
+
+
+def _drop_tile_id_key(con) -> None:
+    """Indexes from before multi-date support keyed tiles by tile_id alone: rebuild without it."""
+    keyed = con.execute("""SELECT count(*) FROM duckdb_constraints()
+                           WHERE table_name = 'tiles' AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')""").fetchone()[0]
+    if keyed:
+        con.execute("BEGIN TRANSACTION")
+        con.execute("CREATE TABLE tiles_multidate AS SELECT * FROM tiles")
+        con.execute("DROP TABLE tiles")
+        con.execute("ALTER TABLE tiles_multidate RENAME TO tiles")
+        con.execute("COMMIT")
+
+
 def _check_compatible(meta: dict, model_id: str, fingerprint: str, tiling: dict, path: Path) -> None:
     if meta.get("model_id") != model_id:
         raise IndexMismatchError(
@@ -245,7 +358,9 @@ class TileIndex:
     bounds: np.ndarray          # (N, 4) mosaic CRS
     embeddings: np.ndarray      # (N, D) float32, unit norm
     dates: np.ndarray
+    mosaics: dict = field(default_factory=dict)   # date -> mosaic description (multi-date indexes)
     _mosaic: Mosaic | None = field(default=None, repr=False)
+    _date_mosaics: dict = field(default_factory=dict, repr=False)
     _model: EmbeddingModel | None = field(default=None, repr=False)
     _polys84: list | None = field(default=None, repr=False)
 
@@ -263,7 +378,12 @@ class TileIndex:
             if not meta or "model_id" not in meta:
                 raise InputError(f"not a GeoSearch index (no meta table): {path}")
             rows = con.execute("""SELECT tile_id, scale_m, x0, y0, x1, y1, date, embedding FROM tiles
-                                  ORDER BY scale_m, tile_id""").fetchall()
+                                  ORDER BY scale_m, tile_id, date NULLS FIRST""").fetchall()
+            try:
+                mosaics = {d: json.loads(desc) for d, desc in
+                           con.execute("SELECT date, description FROM mosaics").fetchall()}
+            except Exception:  # noqa: BLE001 - index from before multi-date support
+                mosaics = {}
         finally:
             con.close()
         if not rows:
@@ -273,7 +393,7 @@ class TileIndex:
         return cls(path=path, meta=meta, tile_ids=np.array(ids, dtype=object),
                    scales=np.array(scales, dtype=np.float64),
                    bounds=np.column_stack([x0, y0, x1, y1]).astype(np.float64), embeddings=emb,
-                   dates=np.array(dates, dtype=object))
+                   dates=np.array(dates, dtype=object), mosaics=mosaics)
 
     def __len__(self) -> int:
         return len(self.tile_ids)
@@ -294,10 +414,18 @@ class TileIndex:
     def mosaic_bounds(self) -> Bounds:
         return tuple(self.meta["mosaic"]["bounds"])  # type: ignore[return-value]
 
-    def position(self, tile_id: str) -> int:
+    @property
+    def date_list(self) -> list[str]:
+        """The dates held by the index, oldest first (empty for an undated index)."""
+        return sorted({str(d) for d in self.dates if d is not None})
+
+    def position(self, tile_id: str, date: str | None = None) -> int:
         hits = np.flatnonzero(self.tile_ids == tile_id)
+        if date is not None:
+            hits = hits[self.dates[hits] == date]
         if not len(hits):
-            raise InputError(f"no tile {tile_id!r} in index {self.path.name}")
+            at = f" at date {date}" if date is not None else ""
+            raise InputError(f"no tile {tile_id!r}{at} in index {self.path.name}")
         return int(hits[0])
 
     def polygons_wgs84(self) -> list:
@@ -305,8 +433,21 @@ class TileIndex:
             self._polys84 = tile_polygons_wgs84(self.bounds, self.crs)
         return self._polys84
 
-    def mosaic(self) -> Mosaic:
-        """Reopen the indexed mosaic with the same bands and stretch as when it was built."""
+    def mosaic(self, date: str | None = None) -> Mosaic:
+        """Reopen the indexed mosaic with the same bands and stretch as when it was built
+        (``date``: the mosaic of that date in a multi-date index; default the first one)."""
+        if date is not None and date != self.meta.get("date"):
+            if date not in self.mosaics:
+                raise InputError(f"index {self.path.name} has no mosaic for date {date!r}; "
+                                 f"dates: {', '.join(self.date_list) or 'none'}")
+            if date not in self._date_mosaics:
+                m = self.mosaics[date]
+                missing = [f for f in m["files"] if not Path(f).exists()]
+                if missing:
+                    raise InputError(f"mosaic file(s) of index {self.path.name} are gone: {missing[:3]}")
+                self._date_mosaics[date] = open_mosaic(m["files"], bands=m["rgb_bands"], stretch=m["stretch"],
+                                                       stretch_params=[tuple(p) for p in m["stretch_params"]])
+            return self._date_mosaics[date]
         if self._mosaic is None:
             m = self.meta["mosaic"]
             missing = [f for f in m["files"] if not Path(f).exists()]
@@ -343,4 +484,4 @@ class TileIndex:
                 "embed_dim": int(self.embeddings.shape[1]), "mosaic": m.get("mosaic"),
                 "tiling": m.get("tiling"), "bounds_wgs84": m.get("bounds_wgs84"),
                 "build_seconds": round(float(m.get("build_seconds", 0)), 2), "created": m.get("created"),
-                "date": m.get("date")}
+                "date": m.get("date"), "dates": self.date_list}

@@ -10,7 +10,7 @@ from shapely.geometry import mapping
 
 from geosearch.errors import InputError
 from geosearch.geo import Bounds
-from geosearch.index import TileIndex
+from geosearch.index import TileIndex, tile_polygons_wgs84
 
 
 @dataclass
@@ -88,11 +88,13 @@ def search(index: TileIndex, query: str | list[str] | np.ndarray, k: int = 10, *
         if not mask.any():
             raise InputError(f"no tiles at scale(s) {scales}; index has {sorted(set(index.scales.tolist()))}")
     if date is not None:
+        if date not in set(index.dates.tolist()):
+            raise InputError(f"no tiles dated {date!r} in the index; dates: {', '.join(index.date_list) or 'none'}")
         mask &= index.dates == date
-    polys = index.polygons_wgs84()
+    order = top_k(s, k, mask)
+    polys = tile_polygons_wgs84(index.bounds[order], index.crs) if len(order) else []
     hits = []
-    for rank, i in enumerate(top_k(s, k, mask), start=1):
-        poly = polys[i]
+    for rank, (i, poly) in enumerate(zip(order, polys), start=1):
         hits.append(SearchHit(rank, str(index.tile_ids[i]), float(index.scales[i]), float(s[i]),
                               tuple(index.bounds[i]), tuple(poly.bounds), poly, index.dates[i]))
     return hits

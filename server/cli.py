@@ -25,6 +25,8 @@ COMMAND_MODULES = [
     "server.commands.relate",
     "server.commands.serve",
     "server.commands.ask",
+    "server.commands.change",
+    "server.commands.example",
 ]
 
 
@@ -56,7 +58,10 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help / --version (0) and usage errors (2)
+        return int(exc.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,0 +1,100 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from geosearch import db
+from geosearch.errors import IndexMismatchError, InputError
+from geosearch.index import TileIndex, build_index
+from geosearch.settings import Settings
+from tests.fixtures.rasters import write_raster
+
+
+@pytest.fixture()
+def raster(tmp_path):
+    return write_raster(tmp_path / "m.tif", width=256, height=256)
+
+
+def test_build_and_open(tmp_path, raster, tiny_settings):
+    report = build_index([raster], tmp_path / "i.duckdb", settings=tiny_settings, progress=False)
+    assert report.tiles_embedded == 49 + 9
+    idx = TileIndex.open(tmp_path / "i.duckdb")
+    assert len(idx) == 58 and idx.complete
+    assert idx.embeddings.shape == (58, 64)
+    assert np.allclose(np.linalg.norm(idx.embeddings, axis=1), 1, atol=1e-4)
+    info = idx.info()
+    assert info["tiles_per_scale_m"] == {"64": 49, "128": 9}
+    assert info["model_id"] == "geosearch-tiny@random-seed0"
+    # geometry columns are real spatial geometries in both CRSs
+    con = db.connect(tmp_path / "i.duckdb", read_only=True)
+    (minx, maxy), = con.execute("SELECT min(ST_XMin(geom_wgs84)), max(ST_YMax(geom_wgs84)) FROM tiles").fetchall()
+    con.close()
+    assert 14 < minx < 16 and 40 < maxy < 41
+
+
+def test_rerun_is_incremental(tmp_path, raster, tiny_settings):
+    build_index([raster], tmp_path / "i.duckdb", settings=tiny_settings, progress=False)
+    again = build_index([raster], tmp_path / "i.duckdb", settings=tiny_settings, progress=False)
+    assert again.tiles_embedded == 0
+    assert len(TileIndex.open(tmp_path / "i.duckdb")) == 58
+
+
+def test_refuses_model_mismatch(tmp_path, raster, tiny_settings):
+    build_index([raster], tmp_path / "i.duckdb", settings=tiny_settings, progress=False)
+    con = db.connect(tmp_path / "i.duckdb")
+    con.execute("UPDATE meta SET value = ? WHERE key = 'model_id'", [json.dumps("other-model@abc")])
+    con.close()
+    with pytest.raises(IndexMismatchError, match="built with model"):
+        build_index([raster], tmp_path / "i.duckdb", settings=tiny_settings, progress=False)
+    idx = TileIndex.open(tmp_path / "i.duckdb")
+    with pytest.raises(IndexMismatchError):
+        idx.model(tiny_settings)
+
+
+def test_refuses_other_mosaic_and_tiling(tmp_path, raster, tiny_settings):
+    build_index([raster], tmp_path / "i.duckdb", settings=tiny_settings, progress=False)
+    other = write_raster(tmp_path / "other.tif", seed=5)
+    with pytest.raises(IndexMismatchError, match="another mosaic"):
+        build_index([other], tmp_path / "i.duckdb", settings=tiny_settings, progress=False)
+    with pytest.raises(IndexMismatchError, match="tiling"):
+        build_index([raster], tmp_path / "i.duckdb", settings=tiny_settings.model_copy(update={"overlap": 0.25}),
+                    progress=False)
+    build_index([other], tmp_path / "i.duckdb", settings=tiny_settings, progress=False, overwrite=True)
+
+
+def test_resume_after_kill(tmp_path, raster):
+    out = tmp_path / "k.duckdb"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from geosearch.index import build_index
+        from geosearch.settings import Settings
+        s = Settings(model="geosearch-tiny", batch_size=4, scales_m=[64.0, 128.0])
+        batches = []
+        def on_batch(done, total):
+            batches.append(done)
+            if len(batches) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)  # die mid-build, no cleanup
+        build_index([{str(raster)!r}], {str(out)!r}, settings=s, progress=False, on_batch=on_batch)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert proc.returncode == -9
+    partial = TileIndex.open(out)
+    assert len(partial) == 12 and not partial.complete
+    s = Settings(model="geosearch-tiny", batch_size=4, scales_m=[64.0, 128.0])
+    report = build_index([raster], out, settings=s, progress=False)
+    assert report.tiles_embedded == 58 - 12
+    full = TileIndex.open(out)
+    assert len(full) == 58 and full.complete
+    assert len(set(full.tile_ids)) == 58
+
+
+def test_open_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        TileIndex.open(tmp_path / "none.duckdb")
+    bogus = tmp_path / "bogus.duckdb"
+    bogus.write_bytes(b"garbage" * 100)
+    with pytest.raises(InputError):
+        TileIndex.open(bogus)
