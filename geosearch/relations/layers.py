@@ -157,6 +157,7 @@ def get_layer(con: duckdb.DuckDBPyConnection, name: object) -> LayerInfo:
 
 def drop_layer(index: IndexRef, name: str) -> None:
     """Remove a layer (registry row and feature table)."""
+    validate_layer_name(name)
     with open_index(index) as con:
         info = get_layer(con, name)
         con.execute("BEGIN")

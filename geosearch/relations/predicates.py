@@ -27,6 +27,7 @@ from geosearch.relations.safety import (
     Predicate,
     validate_distance,
     validate_fraction,
+    validate_layer_name,
     validate_positive,
     validate_predicate,
 )
@@ -189,6 +190,9 @@ def check_relation(
         dens_thr = validate_positive(threshold, what="density threshold")
     elif threshold is not None:
         raise GeoSearchError(f"{pred.value} takes no threshold")
+    validate_layer_name(layer)
+    if layer_b is not None:
+        validate_layer_name(layer_b)
     ids, geoms = _validate_regions(regions)
     if not ids:
         return []
