@@ -1,0 +1,371 @@
+"""The GeoSearch MCP server (mcp python SDK 2.x, ``MCPServer``): seven tools, resources, a prompt.
+
+Tools are thin async wrappers over the plain functions in ``tools/``: arguments are validated
+against each tool's pydantic input model, the work runs in a worker thread (the server keeps
+answering), progress is reported through the request context, and any failure becomes an MCP tool
+error (``isError``) with a one-line message. Only indexes under the data roots can be opened.
+
+Run: ``geosearch serve --root DIR`` (stdio) or ``geosearch serve --root DIR --http --port 8765``
+(streamable HTTP on ``/mcp``), or ``python -m server.mcp_server --root DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import ipaddress
+import json
+import secrets
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field, ValidationError
+
+from geosearch.errors import GeoSearchError
+from tools import answer as t_answer
+from tools import check_relation as t_rel
+from tools import coarse_search as t_coarse
+from tools import explain as t_explain
+from tools import parse_query as t_parse
+from tools import segment_region as t_seg
+from tools import zoom_tile as t_zoom
+from tools.common import Workspace, tool_error_message
+
+INSTRUCTIONS = """GeoSearch finds places in indexed Earth-observation mosaics from a description in words.
+Call `answer` for the whole chain, or parse_query -> coarse_search -> zoom_tile / segment_region ->
+check_relation -> explain step by step. Read `geosearch://indexes` for the available indexes and the
+prompt `answer_region_query` for guidance. Coordinates are lon/lat (EPSG:4326)."""
+
+
+class _ToolSpec(BaseModel):
+    name: str
+    title: str
+    description: str
+    input_model: Any
+    output_model: Any
+    fn: Any
+    images: bool = False
+    sampling: bool = False
+
+
+TOOLS: list[_ToolSpec] = [
+    _ToolSpec(name="parse_query", title="Parse a region query",
+              description="Parse a query in words into targets, attributes, relations (near, far_from, within, "
+                          "intersects, contains, along, between, density, edge_of with layer and distance), geo "
+                          "constraints, time (dates, change), exclusions and the positive/negative prompts to embed.",
+              input_model=t_parse.ParseQueryInput, output_model=t_parse.ParseQueryOutput, fn=t_parse.run,
+              sampling=True),
+    _ToolSpec(name="coarse_search", title="Coarse tile search",
+              description="Rank the tiles of an index for a query (or prompts), optionally inside an area; returns "
+                          "tile id, scale, bbox and polygon in EPSG:4326 and score.",
+              input_model=t_coarse.CoarseSearchInput, output_model=t_coarse.CoarseSearchOutput, fn=t_coarse.run),
+    _ToolSpec(name="zoom_tile", title="Zoom into a tile",
+              description="One pyramid step inside a tile (or bbox): ranked finer sub-windows plus a PNG preview "
+                          "of the window (image content, ≤ 1 MB).",
+              input_model=t_zoom.ZoomTileInput, output_model=t_zoom.ZoomTileOutput, fn=t_zoom.run, images=True),
+    _ToolSpec(name="segment_region", title="Segment candidate regions",
+              description="Candidate region polygons (EPSG:4326) with scores inside a tile or bbox.",
+              input_model=t_seg.SegmentRegionInput, output_model=t_seg.SegmentRegionOutput, fn=t_seg.run,
+              images=True),
+    _ToolSpec(name="check_relation", title="Check a spatial relation",
+              description="For each region: does it hold near / far_from / within / intersects / contains / along / "
+                          "between / density / edge_of a layer of the index (name or role: roads, water, "
+                          "buildings...)? Returns holds, the measured value and the nearest feature.",
+              input_model=t_rel.CheckRelationInput, output_model=t_rel.CheckRelationOutput, fn=t_rel.run),
+    _ToolSpec(name="explain", title="Explain regions",
+              description="Score breakdown per prompt, relation results, calibration, evidence tiles with previews "
+                          "and a short explanation for regions and a query.",
+              input_model=t_explain.ExplainInput, output_model=t_explain.ExplainOutput, fn=t_explain.run,
+              images=True, sampling=True),
+    _ToolSpec(name="answer", title="Answer a region query",
+              description="The whole chain through the planner (parse, coarse search, relations, zoom/segment, "
+                          "calibrate/abstain, explain): a GeoJSON FeatureCollection of regions with confidence and "
+                          "flags, or an abstention with its reason and the best near-misses.",
+              input_model=t_answer.AnswerInput, output_model=t_answer.AnswerOutput, fn=t_answer.run),
+]
+
+
+def _sampling_complete(ctx: Context) -> Callable[[str], str] | None:
+    """A completion function that asks the client's LLM (MCP sampling), when the client offers it."""
+    try:
+        caps = ctx.client_capabilities
+    except Exception:  # noqa: BLE001
+        return None
+    if caps is None or getattr(caps, "sampling", None) is None:
+        return None
+    from mcp_types import SamplingMessage
+
+    async def ask(prompt: str) -> str:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = await ctx.session.create_message(
+                messages=[SamplingMessage(role="user", content=TextContent(type="text", text=prompt))],
+                max_tokens=1200, temperature=0.0)
+        content = res.content
+        if isinstance(content, list):
+            content = content[0] if content else None
+        return getattr(content, "text", "") or ""
+
+    def complete(prompt: str) -> str:
+        return anyio.from_thread.run(ask, prompt)
+
+    return complete
+
+
+def _make_tool(spec: _ToolSpec, ws: Workspace) -> Callable[..., Any]:
+    model = spec.input_model
+
+    async def tool(ctx: Context, **kwargs: Any) -> Any:
+        try:
+            inp = model.model_validate(kwargs)
+        except ValidationError as exc:
+            raise ToolError(tool_error_message(exc)) from exc
+
+        def progress(done: float, total: float | None, message: str | None) -> None:
+            anyio.from_thread.run(ctx.report_progress, done, total, message)
+
+        extra: dict[str, Any] = {}
+        if spec.sampling and getattr(inp, "use_llm", False) and ws.llm_complete() is None:
+            complete = _sampling_complete(ctx)
+            if complete is not None and spec.name == "parse_query":
+                extra["complete"] = complete
+
+        def work() -> BaseModel:
+            return spec.fn(inp, ws, progress, **extra)
+
+        try:
+            out = await anyio.to_thread.run_sync(work)
+        except (GeoSearchError, ValidationError, ValueError, OSError) as exc:
+            raise ToolError(tool_error_message(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - a bug must still come back as a tool error
+            raise ToolError(f"internal error: {tool_error_message(exc)}") from exc
+        if not spec.images:
+            return out
+        structured = out.model_dump(mode="json")
+        content: list[Any] = [TextContent(type="text", text=json.dumps(structured)[:100_000])]
+        uris = []
+        prev = getattr(out, "preview", None)
+        if prev is not None:
+            uris.append(prev.uri)
+        for reg in getattr(out, "regions", []) or []:
+            p = getattr(reg, "preview", None)
+            if p is not None:
+                uris.append(p.uri)
+        import base64
+
+        for uri in uris[:4]:
+            png = ws.get_preview(uri.rsplit("/", 1)[-1])
+            content.append(ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png"))
+        return CallToolResult(content=content, structured_content=structured)
+
+    params = []
+    annotations: dict[str, Any] = {"ctx": Context}
+    for name, f in model.model_fields.items():
+        ann = Annotated[f.annotation, Field(description=f.description)] if f.description else f.annotation
+        default = inspect.Parameter.empty if f.is_required() else f.get_default(call_default_factory=True)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
+        annotations[name] = ann
+    params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
+    ret = Annotated[CallToolResult, spec.output_model] if spec.images else spec.output_model
+    annotations["return"] = ret
+    tool.__signature__ = inspect.Signature(params, return_annotation=ret)  # type: ignore[attr-defined]
+    tool.__annotations__ = annotations
+    tool.__name__ = spec.name
+    tool.__doc__ = spec.description
+    return tool
+
+
+def create_server(roots: Sequence[str] | None = None, *, settings=None, workspace: Workspace | None = None,
+                  name: str = "geosearch") -> MCPServer:
+    """An MCPServer serving the indexes under ``roots`` (or settings.data_roots)."""
+    ws = workspace or Workspace(roots, settings=settings, restrict=True)
+    mcp = MCPServer(name, title="GeoSearch", instructions=INSTRUCTIONS, version=_version())
+    mcp.workspace = ws  # type: ignore[attr-defined]
+    for spec in TOOLS:
+        read_only = spec.name != "answer"
+        mcp.add_tool(_make_tool(spec, ws), name=spec.name, title=spec.title, description=spec.description,
+                     annotations=ToolAnnotations(read_only_hint=read_only, open_world_hint=False))
+
+    def _res(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except GeoSearchError as exc:
+            raise ResourceError(str(exc)) from exc
+
+    @mcp.resource("geosearch://indexes", name="indexes", title="Index catalogue", mime_type="application/json",
+                  description="GeoSearch indexes under the server's data roots")
+    def catalogue() -> str:
+        return json.dumps({"roots": [str(r) for r in ws.roots], "indexes": ws.catalogue()}, indent=2)
+
+    @mcp.resource("geosearch://indexes/{+name}", name="index-info", title="Index info",
+                  mime_type="application/json", description="Model, tiles per scale, mosaic, bounds and layers")
+    def index_info(name: str) -> str:
+        def get() -> str:
+            h = ws.handle(name)
+            info = h.index.info()
+            info["path"] = h.name
+            info["layers"] = []
+            try:
+                from geosearch import db
+                from geosearch.relations import list_layers
+
+                con = db.connect(h.path, read_only=True)
+                try:
+                    info["layers"] = [li.as_dict() for li in list_layers(con)]
+                finally:
+                    con.close()
+            except Exception:  # noqa: BLE001 - an index without layers support still has info
+                pass
+            return json.dumps(info, indent=2, default=str)
+
+        return _res(get)
+
+    @mcp.resource("geosearch://answers/{answer_id}", name="answer", title="Cached answer (GeoJSON)",
+                  mime_type="application/geo+json", description="An answer returned by the answer tool")
+    def cached_answer(answer_id: str) -> str:
+        return _res(lambda: json.dumps(ws.get_answer(answer_id)))
+
+    @mcp.resource("geosearch://previews/{preview_id}", name="preview", title="Preview (PNG)", mime_type="image/png",
+                  description="A PNG preview made by zoom_tile / segment_region / explain")
+    def preview(preview_id: str) -> bytes:
+        return _res(lambda: ws.get_preview(preview_id))
+
+    @mcp.resource("geosearch://tile-previews/{tile_id}/{+name}", name="tile-preview", title="Tile preview (PNG)",
+                  mime_type="image/png", description="A PNG of one tile of an index")
+    def tile_preview(tile_id: str, name: str) -> bytes:
+        def get() -> bytes:
+            from tools.common import render_png
+
+            with ws.using(name) as h:
+                i = h.index.position(tile_id)
+                return render_png(h.index, tuple(float(v) for v in h.index.bounds[i]))
+
+        return _res(get)
+
+    @mcp.prompt(name="answer_region_query", title="Answer a region query",
+                description="How to answer 'where is ...' questions over an index with these tools")
+    def answer_region_query(question: str, index: str = "") -> str:
+        from prompts import render
+
+        return render("answer_region_query", question=question, index=index or "(read geosearch://indexes)")
+
+    return mcp
+
+
+def _version() -> str:
+    try:
+        from geosearch import __version__
+
+        return __version__
+    except Exception:  # noqa: BLE001
+        return "0"
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+def is_local_host(host: str) -> bool:
+    if host in ("localhost", "127.0.0.1", "::1"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request needs ``Authorization: Bearer <token>``."""
+
+    def __init__(self, app, token: str):
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            got = headers.get(b"authorization", b"")
+            if not secrets.compare_digest(got, b"Bearer " + self.token):
+                body = b'{"error": "unauthorized: send Authorization: Bearer <token>"}'
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def http_app(mcp: MCPServer, host: str, port: int, token: str | None = None,
+             allowed_hosts: Sequence[str] = (), allowed_origins: Sequence[str] = ()):
+    """The streamable-HTTP ASGI app with DNS-rebinding protection (Host/Origin checks) and bearer auth."""
+    hosts = [f"{h}:*" for h in ("127.0.0.1", "localhost", "[::1]")]
+    origins = [f"http://{h}:*" for h in ("127.0.0.1", "localhost", "[::1]")]
+    if not is_local_host(host):
+        if not token:
+            raise GeoSearchError(f"binding to {host} (not loopback) needs --token (or GEOSEARCH_BEARER_TOKEN)")
+        if host not in ("0.0.0.0", "::"):
+            hosts.append(f"{host}:*")
+            origins.append(f"http://{host}:*")
+    hosts += [h if ":" in h else f"{h}:*" for h in allowed_hosts]
+    origins += list(allowed_origins)
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                         allowed_origins=origins)
+    app = mcp.streamable_http_app(transport_security=security, host=host)
+    return BearerAuth(app, token) if token else app
+
+
+def serve(roots: Sequence[str] | None, *, http: bool = False, host: str | None = None, port: int | None = None,
+          token: str | None = None, allowed_hosts: Sequence[str] = (), log_level: str = "warning") -> None:
+    from geosearch.settings import get_settings
+
+    settings = get_settings()
+    mcp = create_server(roots or None, settings=settings)
+    if not http:
+        mcp.run("stdio")
+        return
+    import uvicorn
+
+    host = host or settings.http_host
+    port = port or settings.http_port
+    token = token or settings.bearer_token
+    app = http_app(mcp, host, port, token, allowed_hosts)
+    print(f"GeoSearch MCP server on http://{host}:{port}/mcp (roots: {', '.join(map(str, mcp.workspace.roots))})",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", action="append", default=[], metavar="DIR",
+                   help="data root holding indexes (repeatable; default: GEOSEARCH_DATA_ROOTS)")
+    p.add_argument("--http", action="store_true", help="serve streamable HTTP on /mcp instead of stdio")
+    p.add_argument("--host", default=None, help="HTTP bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8765)")
+    p.add_argument("--token", default=None, help="bearer token HTTP clients must send (required off loopback)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="HOST[:PORT]",
+                   help="extra Host header value accepted (behind a proxy)")
+    p.add_argument("--log-level", default="warning")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m server.mcp_server", description="GeoSearch MCP server")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        serve(args.root, http=args.http, host=args.host, port=args.port, token=args.token,
+              allowed_hosts=args.allowed_host,
+              log_level=args.log_level)
+    except GeoSearchError as exc:
+        print(f"geosearch: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The deterministic query parser (geosearch.query) and the parse_query tool's LLM fallback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from geosearch.errors import InputError
+from geosearch.query import PREDICATES, ParsedQuery, parse_query
+
+
+def test_relation_with_distance():
+    p = parse_query("parking lots within 500 m of the highway")
+    assert [t.text for t in p.targets] == ["parking lots"]
+    (r,) = p.relations
+    assert (r.predicate, r.layer, r.distance_m) == ("near", "roads", 500.0)
+    assert any("parking lots" in s for s in p.positive_prompts)
+
+
+@pytest.mark.parametrize("text,pred,layer,dist", [
+    ("houses within 2 km of the coast", "near", "water", 2000.0),
+    ("farms more than 1.5 km from any road", "far_from", "roads", 1500.0),
+    ("buildings 300 m from the lake", "near", "water", 300.0),
+    ("warehouses along the river", "along", "water", None),
+    ("fields far from rivers", "far_from", "water", None),
+    ("trees inside the park", "within", "vegetation", None),
+    ("houses on the edge of the forest", "edge_of", "vegetation", None),
+    ("a path crossing the river", "intersects", "water", None),
+    ("parks containing a pond", "contains", "water", None),
+    ("solar panels not near roads", "far_from", "roads", None),
+])
+def test_relations(text, pred, layer, dist):
+    p = parse_query(text)
+    assert p.relations, text
+    r = p.relations[0]
+    assert r.predicate == pred and r.layer == layer
+    assert r.predicate in PREDICATES
+    if dist is not None:
+        assert r.distance_m == pytest.approx(dist)
+
+
+def test_between_and_density():
+    p = parse_query("farmland between the river and the highway")
+    r = p.relations[0]
+    assert (r.predicate, r.layer, r.layer_b) == ("between", "water", "roads")
+    d = parse_query("dense buildings").relations[0]
+    assert d.predicate == "density" and d.layer == "buildings" and d.threshold
+
+
+@pytest.mark.parametrize("text,excl", [
+    ("houses without swimming pools", ["swimming pools"]),
+    ("fields with no trees", ["trees"]),
+    ("beaches, not rocks", ["rocks"]),
+    ("ports excluding container cranes", ["container cranes"]),
+])
+def test_exclusions(text, excl):
+    p = parse_query(text)
+    assert p.exclusions == excl
+    assert p.negative_prompts and excl[0] in p.negative_prompts[0]
+    assert all(excl[0] not in t.text for t in p.targets)
+
+
+def test_time_phrases():
+    p = parse_query("new buildings since 2015")
+    assert p.time.since == "2015" and p.time.change == "new"
+    p = parse_query("forest that disappeared in the past year")
+    assert p.time.relative == "past year" and p.time.change == "disappeared"
+    assert p.targets[0].text == "forest"
+    p = parse_query("fields between 2010 and 2020")
+    assert (p.time.since, p.time.until) == ("2010", "2020") and not p.relations
+    p = parse_query("the airport in 2019")
+    assert p.time.dates == ["2019"]
+    assert parse_query("what changed recently").time.change == "changed"
+
+
+def test_targets_attributes_geo():
+    p = parse_query("find large white warehouses and a red barn in the north of the image")
+    assert [t.text for t in p.targets] == ["large white warehouses", "a red barn"] or \
+        [t.text for t in p.targets] == ["large white warehouses", "red barn"]
+    assert {"large", "white", "red"} <= set(p.attributes)
+    assert p.geo[0].kind == "part" and p.geo[0].value == "north"
+    assert parse_query("an airport").targets[0].kind == "scene"
+
+
+def test_invalid():
+    with pytest.raises(InputError):
+        parse_query("   ")
+    with pytest.raises(InputError):
+        parse_query("x" * 5000)
+
+
+def test_llm_parse_and_fallback():
+    from tools import parse_query as tool
+
+    good = parse_query("ships near the coast").model_dump()
+    good["source"] = "llm"
+    out = tool.run(tool.ParseQueryInput(text="ships near the coast"), complete=lambda prompt: json.dumps(good))
+    assert out.source == "llm" and out.relations[0].layer == "water" and out.llm_error is None
+    # invalid JSON -> rules
+    out = tool.run(tool.ParseQueryInput(text="ships near the coast"), complete=lambda prompt: "sorry, no")
+    assert out.source == "rules" and out.llm_error
+    # JSON that breaks the schema (unknown predicate) -> rules
+    bad = dict(good, relations=[{"predicate": "beside", "layer": "water"}])
+    out = tool.run(tool.ParseQueryInput(text="ships near the coast"), complete=lambda prompt: json.dumps(bad))
+    assert out.source == "rules" and "predicate" in out.llm_error
+    # the LLM raising -> rules
+    def boom(prompt):
+        raise TimeoutError("slow")
+    assert tool.run(tool.ParseQueryInput(text="ships"), complete=boom).source == "rules"
+    ParsedQuery.model_validate(out.model_dump())
+
+
+def test_prompt_loader():
+    from prompts import load_prompt, render
+
+    assert "{text}" in load_prompt("query_parser")
+    assert "near" in render("query_parser", text="x")
+    assert "coarse_search" in load_prompt("answer_region_query")
+    with pytest.raises(InputError):
+        load_prompt("../pyproject")
+    with pytest.raises(InputError):
+        load_prompt("nope")
