@@ -122,7 +122,8 @@ def run(inp: ExplainInput, ws: Workspace, progress: ProgressFn | None = None) ->
         for i, ((rid, _g), region) in enumerate(zip(geoms, inp.regions)):
             e = emb[i]
             score = float(e @ vec)
-            conf, cal, calibrated = _calibration(idx, vec, score)
+            # calibrate the score the region came with (what the planner decided on), else the window's
+            conf, cal, calibrated = _calibration(idx, vec, score if region.score is None else float(region.score))
             evidence = []
             for tid in region.evidence_tiles[:5]:
                 try:
