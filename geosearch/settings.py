@@ -6,11 +6,14 @@ the defaults below. Nothing else in the code reads the environment directly.
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -25,7 +28,7 @@ class Settings(BaseSettings):
                              description="Where downloaded / user checkpoints live.")
 
     # Tiling
-    scales_m: list[float] = Field(default_factory=lambda: [128.0, 256.0, 512.0, 1024.0])
+    scales_m: Annotated[list[float], NoDecode] = Field(default_factory=lambda: [128.0, 256.0, 512.0, 1024.0])
     overlap: float = Field(0.5, ge=0.0, lt=1.0)
     min_valid_fraction: float = Field(0.05, ge=0.0, le=1.0,
                                       description="Tiles with less valid (non-nodata) area are skipped.")
@@ -37,7 +40,8 @@ class Settings(BaseSettings):
     pyramid_budget: int = 64
 
     # Server
-    data_roots: list[Path] = Field(default_factory=list)
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Folders the MCP server may open (env: os.pathsep-separated or JSON list).")
     http_host: str = "127.0.0.1"
     http_port: int = 8765
     bearer_token: str | None = None
@@ -46,6 +50,20 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None
     llm_model: str | None = None
     llm_api_key: str | None = None
+
+    @field_validator("scales_m", "data_roots", mode="before")
+    @classmethod
+    def _split_env_list(cls, value):
+        """Environment lists: a JSON list, or separated by os.pathsep or commas."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            seps = os.pathsep + ","
+            for sep in seps:
+                text = text.replace(sep, "\n")
+            return [part for part in text.split("\n") if part]
+        return value
 
 
 @lru_cache(maxsize=1)
