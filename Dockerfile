@@ -9,6 +9,7 @@ COPY prompts prompts
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.3,<=2.14.1" "torchvision>=0.18" \
     && pip install .
 # Indexes and layers live under /data; the MCP server only opens files under its roots.
+# Off loopback a bearer token is required: docker run -e GEOSEARCH_BEARER_TOKEN=... -p 8765:8765 -v $PWD/data:/data geosearch
 VOLUME /data
 EXPOSE 8765
 ENTRYPOINT ["geosearch"]
