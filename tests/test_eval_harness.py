@@ -140,7 +140,7 @@ def test_method_cannot_reach_the_truth(bench, results):
 
     @register_method("spy-test", "records what a method receives")
     def spy(index, text, k, ctx):
-        seen.append((type(text), text, k, dataclasses.asdict(ctx)))
+        seen.append((type(text), text, k, dataclasses.asdict(ctx), sorted(os.listdir(ctx.layers_dir))))
         return Answer(text, "spy-test", hits_to_regions(search(index, text, k)))
 
     truth_text = (bench / "regions.geojson").read_text()
@@ -148,11 +148,11 @@ def test_method_cannot_reach_the_truth(bench, results):
                  settings=_settings())
     texts = [json.loads(line)["text"] for line in (bench / "queries.jsonl").read_text().splitlines()]
     assert [s[1] for s in seen] == texts
-    for typ, _text, k, ctx in seen:
+    for typ, _text, k, ctx, layer_files in seen:
         assert typ is str and k == 10
         assert ctx["options"] == {}
         assert ctx["layers_dir"] and not Path(ctx["layers_dir"]).resolve().is_relative_to(bench.resolve())
-        assert sorted(os.listdir(ctx["layers_dir"])) if Path(ctx["layers_dir"]).exists() else True
+        assert layer_files == ["roads.geojson"]
         assert "relevant" not in json.dumps(ctx) and "r0" not in json.dumps(ctx)
     assert r["method"] == "spy-test"
     assert (bench / "regions.geojson").read_text() == truth_text

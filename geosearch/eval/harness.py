@@ -29,6 +29,7 @@ from geosearch.eval.bench_format import Benchmark, load_benchmark
 from geosearch.eval.metrics import MAX_RESULTS, QueryScore, aggregate, match_ranked
 from geosearch.geo import WGS84, transformer, utm_crs_for
 from geosearch.index import TileIndex, build_index
+from geosearch.models import get_model
 from geosearch.pipeline import Answer, MethodContext, list_methods, run_method
 from geosearch.settings import Settings, get_settings
 
@@ -84,9 +85,10 @@ def prepare_index(bench: Benchmark, settings: Settings, index_path: Path | None,
         report = build_dated_index(bench.mosaic_files, dates, path, model=settings.model, settings=settings,
                                    progress=progress)
     else:
-        report = build_index(bench.mosaic_files, path, model=settings.model, settings=settings, progress=progress)
+        model = get_model(settings.model, settings=settings)
+    report = build_index(bench.mosaic_files, path, model=model, settings=settings, progress=progress)
     index = TileIndex.open(path)
-    index.model(settings)
+    index.attach_model(model)
     info = {"index_path": str(path), "index_reused": existed and report.tiles_embedded == 0,
             "index_build_seconds": round(float(index.meta.get("build_seconds", report.seconds)), 3),
             "index_prepare_seconds_this_run": round(time.perf_counter() - t0, 3),

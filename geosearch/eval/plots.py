@@ -108,6 +108,7 @@ def plot_answers(result: dict, out: Path, n_queries: int = 4, top: int = 5, max_
     img = mosaic.read(mosaic.bounds, (h, w)).rgb
     regions = load_regions(root / "regions.geojson")
     qs = [q for q in result["per_query"] if q["answerable"] and q["n_returned"]]
+    qs.sort(key=lambda q: 2 not in (q.get("relevant") or {}).values())  # caption-like queries first
     chosen = [q for q in qs if q["first_hit_rank"]][: n_queries // 2]
     chosen += [q for q in qs if q not in chosen][: n_queries - len(chosen)]
     if not chosen:
