@@ -78,15 +78,15 @@ def prepare_index(bench: Benchmark, settings: Settings, index_path: Path | None,
     path = Path(index_path) if index_path else default_index_path(bench, settings)
     existed = path.is_file()
     t0 = time.perf_counter()
+    model = get_model(settings.model, settings=settings)
     dates = (bench.meta.model_extra or {}).get("dates")  # multi-date bench (geosearch.change)
     if dates:
         from geosearch.change.dated import build_dated_index
 
-        report = build_dated_index(bench.mosaic_files, dates, path, model=settings.model, settings=settings,
+        report = build_dated_index(bench.mosaic_files, dates, path, model=model, settings=settings,
                                    progress=progress)
     else:
-        model = get_model(settings.model, settings=settings)
-    report = build_index(bench.mosaic_files, path, model=model, settings=settings, progress=progress)
+        report = build_index(bench.mosaic_files, path, model=model, settings=settings, progress=progress)
     index = TileIndex.open(path)
     index.attach_model(model)
     info = {"index_path": str(path), "index_reused": existed and report.tiles_embedded == 0,
