@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import sys
@@ -59,9 +60,10 @@ def _settings_hash(settings: Settings, files: list[Path]) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
-def default_index_path(bench: Benchmark, settings: Settings) -> Path:
-    """``BENCH_DIR/.geosearch/<model>-<hash>.duckdb``, or a user cache when the folder is read-only."""
-    name = f"{Path(settings.model).name.replace(':', '_')}-{_settings_hash(settings, bench.mosaic_files)}.duckdb"
+def default_index_path(bench: Benchmark, settings: Settings, model_id: str | None = None) -> Path:
+    """``BENCH_DIR/.geosearch/<model id>-<hash>.duckdb``, or a user cache when the folder is read-only."""
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id or Path(settings.model).name)
+    name = f"{tag}-{_settings_hash(settings, bench.mosaic_files)}.duckdb"
     local = bench.root / ".geosearch"
     try:
         local.mkdir(exist_ok=True)
@@ -75,10 +77,10 @@ def default_index_path(bench: Benchmark, settings: Settings) -> Path:
 
 def prepare_index(bench: Benchmark, settings: Settings, index_path: Path | None,
                   progress: bool = False) -> tuple[TileIndex, dict]:
-    path = Path(index_path) if index_path else default_index_path(bench, settings)
-    existed = path.is_file()
     t0 = time.perf_counter()
     model = get_model(settings.model, settings=settings)
+    path = Path(index_path) if index_path else default_index_path(bench, settings, model.model_id)
+    existed = path.is_file()
     dates = (bench.meta.model_extra or {}).get("dates")  # multi-date bench (geosearch.change)
     if dates:
         from geosearch.change.dated import build_dated_index
@@ -185,7 +187,13 @@ def evaluate(bench_dir: str | Path, method: str = "coarse", *, model: str | None
     index, cost = prepare_index(bench, settings, Path(index_path) if index_path else None, progress)
     say(f"index: {cost['tiles_embedded']} tiles, {cost['area_km2']} km2 ({cost['index_path']})")
 
-    runs = answer_queries(index, list(bench.query_texts), method, k, bench.layers_dir)
+    t_answer = time.perf_counter()
+
+    def tick(i: int, n: int) -> None:
+        if i % 10 == 0 or i == n:
+            say(f"{method}: answered {i}/{n} queries ({time.perf_counter() - t_answer:.0f} s)")
+
+    runs = answer_queries(index, list(bench.query_texts), method, k, bench.layers_dir, on_query=tick)
 
     b = index.bounds_wgs84
     metric_crs = utm_crs_for((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
