@@ -136,7 +136,7 @@ def plot_answers(result: dict, out: Path, n_queries: int = 4, top: int = 5, max_
         ax.set_title(f"{q['id']}: {q['text'][:48]}\nfirst hit rank {q['first_hit_rank']}", fontsize=8)
     fig.suptitle(f"{result['bench']['name']} / {_label(result)}: top {top} answers "
                  "(green hit, red miss, blue grade-2 truth)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(out)
     plt.close(fig)
     return out

@@ -178,8 +178,8 @@ def build_vegas(out: Path, data: Path) -> dict:
     regions: list[dict] = []
     queries: list[dict] = []
 
-    def add_query(qid: str, text: str, qtype: str, prefix: str, label: str, geom) -> None:
-        polys = [p for p in _polygons(shapely.make_valid(geom.intersection(tile_m))) if p.area >= 25]
+    def add_query(qid: str, text: str, qtype: str, prefix: str, label: str, geoms: list) -> None:
+        polys = [p for g in geoms for p in _polygons(shapely.make_valid(g.intersection(tile_m))) if p.area >= 25]
         rel = {}
         for i, p in enumerate(polys):
             rid = f"{prefix}{i:03d}"
@@ -191,26 +191,26 @@ def build_vegas(out: Path, data: Path) -> dict:
     paved = [ln for ln, p in zip(lines, props) if str(p.get("paved", "1")) == "1"]
     if paved:
         add_query("veg-q0", "areas within 20 m of a paved road", "relation", "pv", "within 20 m of paved road",
-                  shapely.union_all([ln.buffer(20.0) for ln in paved]))
+                  [shapely.union_all([ln.buffer(20.0) for ln in paved])])
     nodes = _intersections(lines)
     if nodes:
         add_query("veg-q1", "road intersections", "relation", "ix", "road intersection",
-                  shapely.union_all([p.buffer(20.0) for p in nodes]))
+                  [p.buffer(20.0) for p in nodes])  # one disc per intersection
     wide = [ln for ln, p in zip(lines, props) if _int(p.get("lane_number")) >= 2]
     if wide:
         add_query("veg-q2", "roads with two or more lanes", "attribute", "ml", "multi-lane road corridor",
-                  shapely.union_all([ln.buffer(10.0) for ln in wide]))
+                  [shapely.union_all([ln.buffer(10.0) for ln in wide])])
     unpaved = [ln for ln, p in zip(lines, props) if str(p.get("paved", "1")) != "1"]
     if unpaved:
         add_query("veg-q3", "unpaved roads", "attribute", "up", "unpaved road corridor",
-                  shapely.union_all([ln.buffer(10.0) for ln in unpaved]))
+                  [shapely.union_all([ln.buffer(10.0) for ln in unpaved])])
     queries.append({"id": "veg-q4", "text": "a harbour with boats moored along the docks", "type": "absent",
                     "relevant": {}})
     queries.append({"id": "veg-q5", "text": "a snow covered mountain ridge", "type": "absent", "relevant": {}})
     desc = (f"SpaceNet-3 Las Vegas RGB tile (1300x1300 px, ~0.3 m, EPSG:4326) with layers/roads.geojson "
             f"(SpaceNet road centre lines). Relation/attribute truth computed with shapely in "
-            f"{metric.to_string()} from the road vectors (20 m buffers of paved roads, 20 m discs at "
-            f"intersections, 10 m corridors of multi-lane roads), clipped to the tile; "
+            f"{metric.to_string()} from the road vectors (20 m buffers of paved roads, one 20 m disc per "
+            f"intersection, 10 m corridors of multi-lane roads), clipped to the tile; "
             f"multi-part results become one region per part.")
     return _write_bench(out, "spacenet-vegas-relations", desc, tif, regions, queries,
                         layers={"roads": roads_path})
