@@ -117,11 +117,16 @@ def _http_client(url: str, token: str | None = TOKEN):
 
 
 def _stdio_client(root: Path):
+    import tempfile
+
     from mcp import Client, StdioServerParameters
+    from mcp.client.stdio import stdio_client
 
     params = StdioServerParameters(command=sys.executable, args=["-m", "server.mcp_server", "--root", str(root)],
                                    env=_env(), cwd=str(REPO))
-    return Client(params, read_timeout_seconds=300)
+    # The server's stderr goes to a real file: under pytest's capture sys.stderr may have no fileno().
+    errlog = tempfile.TemporaryFile(mode="w+")
+    return Client(stdio_client(params, errlog=errlog), read_timeout_seconds=300)
 
 
 # --- checks --------------------------------------------------------------------------------
