@@ -116,3 +116,8 @@ def test_coarse_plus_prior_method(tmp_path):
     assert all("prior_similarity" in r.details for r in ans.regions)
     with pytest.raises(InputError, match="no embedding prior"):
         run_method("coarse+prior", idx, "a bright square", 5, MethodContext())
+    from geosearch.change.priors import attach_prior
+
+    attach_prior(tmp_path / "i.duckdb", prior)
+    again = run_method("coarse+prior", TileIndex.open(tmp_path / "i.duckdb"), "a bright square", 5, MethodContext())
+    assert again.details["prior_used"]

@@ -133,8 +133,8 @@ def prior_path(index, options: dict | None = None) -> Path:
     """The prior file named by ``options['prior']`` or the index meta key ``embedding_prior``."""
     value = (options or {}).get("prior") or index.meta.get("embedding_prior")
     if not value:
-        raise InputError("no embedding prior: give options {'prior': PATH} (eval: --option prior=PATH) or set "
-                         "the index meta key 'embedding_prior'")
+        raise InputError("no embedding prior: give options {'prior': PATH} or attach one to the index "
+                         "(geosearch.change.priors.attach_prior(INDEX, PATH): meta key 'embedding_prior')")
     return check_prior_file(value)
 
 
@@ -145,3 +145,17 @@ def centroid(vectors: np.ndarray, has: np.ndarray | None = None) -> np.ndarray |
     c = v.mean(axis=0)
     n = np.linalg.norm(c)
     return c / n if n > 1e-12 else None
+
+
+def attach_prior(index_path: str | Path, prior: str | Path) -> None:
+    """Record ``prior`` in the index meta key ``embedding_prior`` (used when no option names one)."""
+    import json
+
+    from geosearch import db
+
+    prior = check_prior_file(prior).resolve()
+    con = db.connect(Path(index_path))
+    try:
+        con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ["embedding_prior", json.dumps(str(prior))])
+    finally:
+        con.close()

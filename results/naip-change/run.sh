@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Reproduce results/naip-change/*.json and results/by-example.json (CPU, ~minutes).
+# MODEL defaults to the project's default model (geosearch-starter); MODEL=geosearch-tiny for a smoke run.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MODEL=${MODEL:-geosearch-starter}
+export GEOSEARCH_THREADS=${GEOSEARCH_THREADS:-2}
+python scripts/make_naip_change_bench.py out/naip-change-bench
+for m in change change+spectral coarse; do
+  geosearch eval out/naip-change-bench --method "$m" --model "$MODEL" --scales 256 512 1024 \
+    --index "out/naip-change-$MODEL.duckdb" --out "results/naip-change/$m.json" --quiet
+done
+# query by example vs text-only on the AID dev mosaic (dev split only)
+python scripts/eval_by_example.py out/aid-dev --model "$MODEL" --examples 3 --out results/by-example.json
