@@ -1,0 +1,148 @@
+"""Calibrated confidence and abstention.
+
+Raw cosine scores mean different things for different queries and indexes, so each query's best
+region is normalised twice before it is turned into a probability:
+
+``z_index``    (s - mean) / std of the query's scores over *every tile of the index* (the same
+               prompt vector; the tile-score distribution is computed once per prompt and index and
+               cached);
+``d_generic``  s minus the mean over :data:`~geosearch.refine.rerank.GENERIC_PROMPTS` ("an aerial
+               image", ...) of their best tile score in this index (cached per index): how much
+               better the query does than a prompt that matches anything;
+``d_region``   s_region - s_generic at the region itself (specific vs generic at the same crop).
+
+``confidence = sigmoid(b0 + b1 * z_index + b2 * d_generic + b3 * d_region)``, fitted by logistic
+regression (L2, Newton steps) on the dev *tuning* benchmark only, with label 1 for answerable
+queries and 0 for ``absent`` ones. A query is answered "not found" when its best region's
+confidence is below ``threshold`` (chosen on the same tuning data so that at most 15 % of
+answerable queries abstain). Fitted values live in ``calibration.json`` next to this module, with
+a note of the data and model that fitted them; for another model the hand-set fallback
+:data:`FALLBACK` is used and marked as uncalibrated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geosearch.index import TileIndex
+from geosearch.refine.rerank import GENERIC_PROMPTS
+
+CALIBRATION_PATH = Path(__file__).parent / "calibration.json"
+FEATURES = ["z_index", "d_generic", "d_region"]
+FALLBACK = {"model": None, "features": FEATURES, "coef": [0.8, 4.0, 4.0], "intercept": -3.0, "threshold": 0.5,
+            "fitted_on": "hand-set fallback (not fitted)"}
+
+
+@dataclass
+class IndexStats:
+    """Per-index score statistics used to normalise query scores."""
+
+    generic_top: float                     # mean over generic prompts of their best tile score
+    generic_mean: float                    # mean tile score of the generic prompts
+    _prompt_cache: OrderedDict             # prompt vector key -> (mean, std, max)
+
+    def prompt_stats(self, index: TileIndex, vec: np.ndarray) -> tuple[float, float, float]:
+        key = vec.astype(np.float32).tobytes()
+        hit = self._prompt_cache.get(key)
+        if hit is not None:
+            self._prompt_cache.move_to_end(key)
+            return hit
+        s = index.embeddings @ vec.astype(np.float32)
+        out = (float(s.mean()), float(s.std() + 1e-6), float(s.max()))
+        self._prompt_cache[key] = out
+        if len(self._prompt_cache) > 512:
+            self._prompt_cache.popitem(last=False)
+        return out
+
+
+_STATS: dict[tuple[str, str, int], IndexStats] = {}
+
+
+def index_stats(index: TileIndex) -> IndexStats:
+    """Score statistics of the generic prompts over the index (computed once per index)."""
+    key = (str(index.path), str(index.meta.get("model_id")), len(index))
+    st = _STATS.get(key)
+    if st is None:
+        g = index.model().encode_text(GENERIC_PROMPTS)
+        s = index.embeddings @ g.T
+        st = IndexStats(float(s.max(axis=0).mean()), float(s.mean()), OrderedDict())
+        _STATS[key] = st
+    return st
+
+
+def load_calibration(model_name: str | None = None, path: Path = CALIBRATION_PATH) -> dict:
+    """Fitted parameters for ``model_name`` (or the fallback, marked ``calibrated: false``)."""
+    if path.is_file():
+        data = json.loads(path.read_text())
+        entry = data.get("models", {}).get(model_name or "")
+        if entry:
+            return {**entry, "calibrated": True}
+    return {**FALLBACK, "calibrated": False}
+
+
+def features_for(index: TileIndex, vec: np.ndarray, s_region: float, s_generic: float | None) -> dict:
+    st = index_stats(index)
+    mean, std, _ = st.prompt_stats(index, vec)
+    return {"z_index": (s_region - mean) / std, "d_generic": s_region - st.generic_top,
+            "d_region": 0.0 if s_generic is None else s_region - s_generic}
+
+
+def confidence(feats: dict, params: dict) -> float:
+    x = np.array([feats.get(f, 0.0) for f in params["features"]], float)
+    z = float(params["intercept"] + np.dot(params["coef"], x))
+    return float(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50) -> tuple[np.ndarray, float]:
+    """Logistic regression by Newton steps on standardised features; returns (coef, intercept) in
+    the original feature units."""
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
+    xs = np.column_stack([np.ones(len(x)), (x - mu) / sd])
+    w = np.zeros(xs.shape[1])
+    reg = np.eye(len(w)) * l2
+    reg[0, 0] = 0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-xs @ w))
+        g = xs.T @ (p - y) + reg @ w
+        h = (xs * (p * (1 - p))[:, None]).T @ xs + reg
+        step = np.linalg.solve(h, g)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    coef = w[1:] / sd
+    return coef, float(w[0] - np.dot(coef, mu))
+
+
+def tradeoff(conf_answerable: np.ndarray, conf_absent: np.ndarray, thresholds: np.ndarray | None = None
+             ) -> list[dict]:
+    """abstain_recall and false_abstain_rate for each threshold (abstain when conf < t)."""
+    if thresholds is None:
+        thresholds = np.unique(np.concatenate([conf_answerable, conf_absent, [0.0, 1.0]]))
+    return [{"threshold": float(t), "abstain_recall": float(np.mean(conf_absent < t)) if len(conf_absent) else 0.0,
+             "false_abstain_rate": float(np.mean(conf_answerable < t)) if len(conf_answerable) else 0.0}
+            for t in thresholds]
+
+
+def choose_threshold(conf_answerable: np.ndarray, conf_absent: np.ndarray, max_false: float = 0.15) -> float:
+    """The threshold with the best abstain recall whose false-abstain rate stays <= ``max_false``
+    (midway to the next confidence value, for a margin)."""
+    curve = tradeoff(conf_answerable, conf_absent)
+    ok = [c for c in curve if c["false_abstain_rate"] <= max_false]
+    best = max(ok, key=lambda c: (c["abstain_recall"], -c["false_abstain_rate"], -c["threshold"]))
+    t = best["threshold"]
+    below = conf_answerable[conf_answerable < t]
+    lower = float(below.max()) if len(below) else 0.0
+    absent_ok = conf_absent[conf_absent < t]
+    top_abs = float(absent_ok.max()) if len(absent_ok) else lower
+    return float((max(lower, top_abs) + t) / 2)
+
+
+def save_calibration(model_name: str, params: dict, path: Path = CALIBRATION_PATH) -> None:
+    data = json.loads(path.read_text()) if path.is_file() else {"models": {}}
+    data.setdefault("models", {})[model_name] = params
+    path.write_text(json.dumps(data, indent=2) + "\n")

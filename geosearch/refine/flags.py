@@ -1,0 +1,63 @@
+"""Flags attached to answer regions: ``low_margin``, ``ambiguous_scale``, ``relation_not_checkable``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from geosearch.refine.heatmap import Candidate
+from geosearch.refine.pyramid import Window
+
+LOW_MARGIN = 0.01          # final-score gap to the next region, or s_region - s_neg
+SCALE_EPS = 0.01           # another scale (>= 2x apart) scoring within this of the region's s_region
+
+_RELATION = re.compile(r"\b(near|next to|close to|beside|adjacent|within|inside|surrounded by|along|"
+                       r"north of|south of|east of|west of|across from|between|far from|away from|"
+                       r"\d+\s*(?:m|km|metres|meters) (?:of|from))\b", re.I)
+
+
+def mentions_relation(query: str) -> bool:
+    return bool(_RELATION.search(query))
+
+
+def relation_not_checkable(query: str, options: dict, layers_dir: str | None) -> bool:
+    """True when the caller says relations cannot be checked (``options['relation_not_checkable']``
+    or a non-empty ``options['unchecked_relations']``), or, when it says nothing, when the query
+    mentions a spatial relation and no layer folder is given."""
+    if "relation_not_checkable" in options:
+        return bool(options["relation_not_checkable"])
+    if "unchecked_relations" in options:
+        return bool(options["unchecked_relations"])
+    return layers_dir is None and mentions_relation(query)
+
+
+def add_flags(cands: Sequence[Candidate], windows: Sequence[Window], *, query: str, options: dict,
+              layers_dir: str | None) -> None:
+    """Set the flags on the ranked candidates (in place)."""
+    rel = relation_not_checkable(query, options, layers_dir)
+    wb = np.array([w.bounds for w in windows], float).reshape(-1, 4)
+    w_area = (wb[:, 2] - wb[:, 0]) * (wb[:, 3] - wb[:, 1])
+    w_scale = np.array([w.scale_m for w in windows], float)
+    w_score = np.array([w.score for w in windows], float)
+    for i, c in enumerate(cands):
+        flags = set(c.flags)
+        nxt = cands[i + 1].score if i + 1 < len(cands) else None
+        s_reg = float(c.features.get("s_region", c.score))
+        s_neg = float(c.features.get("s_neg", -1.0))
+        if (nxt is not None and c.score - nxt < LOW_MARGIN) or s_reg - s_neg < LOW_MARGIN:
+            flags.add("low_margin")
+        scale = c.scale_m or 0.0
+        if scale > 0 and len(wb):
+            cb = c.bbox_map
+            ix = np.clip(np.minimum(wb[:, 2], cb[2]) - np.maximum(wb[:, 0], cb[0]), 0, None)
+            iy = np.clip(np.minimum(wb[:, 3], cb[3]) - np.maximum(wb[:, 1], cb[1]), 0, None)
+            c_area = (cb[2] - cb[0]) * (cb[3] - cb[1])
+            inside = ix * iy / np.maximum(np.minimum(w_area, c_area), 1e-12)
+            ratio = np.maximum(w_scale / scale, scale / np.maximum(w_scale, 1e-12))
+            if np.any((ratio >= 2) & (inside >= 0.7) & (w_score >= s_reg - SCALE_EPS)):
+                flags.add("ambiguous_scale")
+        if rel:
+            flags.add("relation_not_checkable")
+        c.flags = sorted(flags)

@@ -1,0 +1,182 @@
+"""Tuning and calibration on a *dev tuning* benchmark (never on the benchmark that is reported,
+never on the test split).
+
+    python -m geosearch.refine.tune grid  out/aid-dev-tune  '{"seg_threshold": [0.5, 0.6]}'
+    python -m geosearch.refine.tune fit   out/aid-dev-tune
+
+``grid`` runs the ``segment`` method over the benchmark for each combination of options (they
+override :data:`geosearch.refine.methods.DEFAULTS`) and prints hit@10 / map / cost. ``fit`` runs
+``segment`` once, fits the logistic confidence on the top region's calibration features (label:
+answerable vs ``absent``), chooses the abstention threshold (false-abstain rate <= 0.15) and
+writes ``calibration.json`` with a note of the data that fitted it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from geosearch.eval.bench_format import load_benchmark
+from geosearch.eval.harness import answer_queries, prepare_index, score_runs
+from geosearch.eval.metrics import aggregate
+from geosearch.geo import utm_crs_for
+from geosearch.refine import calibrate
+from geosearch.refine import methods as M
+from geosearch.settings import get_settings
+
+_INDEX_CACHE: dict = {}
+
+
+def run_bench(bench_dir: str, method: str = "segment", options: dict | None = None, k: int = 100) -> dict:
+    bench = load_benchmark(bench_dir)
+    key = str(Path(bench_dir).resolve())
+    if key not in _INDEX_CACHE:
+        _INDEX_CACHE[key] = prepare_index(bench, get_settings(), None)[0]
+    index = _INDEX_CACHE[key]
+    saved = dict(M.DEFAULTS)
+    M.DEFAULTS.update(options or {})
+    try:
+        t0 = time.perf_counter()
+        runs = answer_queries(index, list(bench.query_texts), method, k, bench.layers_dir)
+        secs = time.perf_counter() - t0
+    finally:
+        M.DEFAULTS.clear()
+        M.DEFAULTS.update(saved)
+    b = index.bounds_wgs84
+    scores = score_runs(bench, runs, utm_crs_for((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))
+    metrics = aggregate(scores, bench.meta.k)
+    per_type = {t: aggregate([s for s in scores if s.qtype == t], bench.meta.k) for t in {s.qtype for s in scores}}
+    return {"metrics": metrics, "per_type": per_type, "runs": runs, "scores": scores, "seconds": secs,
+            "index": index, "reads": float(np.mean([r.full_res_reads for r in runs]))}
+
+
+def grid(bench_dir: str, space: dict, method: str = "segment") -> list[dict]:
+    keys = list(space)
+    rows = []
+    for values in itertools.product(*[space[k] for k in keys]):
+        opts = dict(zip(keys, values))
+        r = run_bench(bench_dir, method, opts)
+        m = r["metrics"]
+        row = {**opts, "hit@10": round(m["hit@10"], 4), "map": round(m["map"], 4), "hit@1": round(m["hit@1"], 4),
+               "reads/q": round(r["reads"], 1), "s": round(r["seconds"], 1)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def fit(bench_dir: str, options: dict | None = None, max_false: float = 0.15) -> dict:
+    r = run_bench(bench_dir, "segment", options)
+    feats, labels = [], []
+    for run, s in zip(r["runs"], r["scores"]):
+        f = (run.answer.details.get("calibration_features") if run.answer else None) or {}
+        feats.append([f.get(n, -10.0) for n in calibrate.FEATURES])
+        labels.append(1.0 if s.answerable else 0.0)
+    x, y = np.array(feats), np.array(labels)
+    coef, b = calibrate.fit_logistic(x, y)
+    p = 1 / (1 + np.exp(-(x @ coef + b)))
+    thr = calibrate.choose_threshold(p[y == 1], p[y == 0], max_false)
+    curve = calibrate.tradeoff(p[y == 1], p[y == 0])
+    bench = load_benchmark(bench_dir)
+    index = r["index"]
+    params = {"model": index.meta.get("model_name"), "model_id": index.meta.get("model_id"),
+              "features": calibrate.FEATURES, "coef": [round(float(c), 6) for c in coef],
+              "intercept": round(float(b), 6), "threshold": round(float(thr), 6),
+              "fitted_on": f"{bench.meta.name} at {bench_dir} (dev split only, seed "
+                           f"{json.loads((Path(bench_dir) / 'bench.json').read_text()).get('seed')}): "
+                           f"{int(y.sum())} answerable + {int((1 - y).sum())} absent queries, method segment",
+              "fit_abstain_recall": round(float(np.mean(p[y == 0] < thr)), 4),
+              "fit_false_abstain_rate": round(float(np.mean(p[y == 1] < thr)), 4),
+              "created": time.strftime("%Y-%m-%d")}
+    calibrate.save_calibration(str(index.meta.get("model_name")), params)
+    print(json.dumps(params, indent=2))
+    return {"params": params, "curve": curve}
+
+
+def cost_report(bench_dir: str, result_json: str) -> dict:
+    """Full-resolution windows read per query (from a ``geosearch eval`` result of a refine method)
+    against what a dense tiling at the finest scale the pyramid reached would embed. The finest
+    scale per query comes from re-running the pyramid (same settings) in-process."""
+    res = json.loads(Path(result_json).read_text())
+    r = run_bench(bench_dir, "pyramid", {})
+    index = r["index"]
+    rows = []
+    for run, pq in zip(r["runs"], res["per_query"]):
+        finest = run.answer.details.get("finest_scale_m") if run.answer else None
+        dense = M.dense_count(index, finest) if finest else None
+        rows.append({"id": pq["id"], "reads": pq["full_res_reads"], "finest_scale_m": finest, "dense": dense})
+    reads = np.array([x["reads"] for x in rows], float)
+    ratio = np.array([x["reads"] / x["dense"] for x in rows if x["dense"]], float)
+    finest_all = min(x["finest_scale_m"] for x in rows if x["finest_scale_m"])
+    dense_all = M.dense_count(index, finest_all)
+    out = {"queries": len(rows), "full_res_reads_per_query_mean": round(float(reads.mean()), 2),
+           "full_res_reads_per_query_max": int(reads.max()), "full_res_reads_total": int(reads.sum()),
+           "per_query_ratio_mean": round(float(ratio.mean()), 5), "per_query_ratio_max": round(float(ratio.max()), 5),
+           "finest_scale_m_overall": finest_all, "dense_windows_at_finest_overall": dense_all,
+           "total_reads_over_dense": round(float(reads.sum() / dense_all), 4),
+           "finest_scale_counts": {str(k): int(v) for k, v in zip(*np.unique(
+               [x["finest_scale_m"] or 0 for x in rows], return_counts=True))}}
+    print(json.dumps(out, indent=2))
+    return out
+
+
+def plot_tradeoff(curve: list[dict], chosen: float | None, out: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    far = [c["false_abstain_rate"] for c in curve]
+    rec = [c["abstain_recall"] for c in curve]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(far, rec, marker=".", lw=1)
+    if chosen is not None:
+        c = min(curve, key=lambda c: abs(c["threshold"] - chosen))
+        ax.scatter([c["false_abstain_rate"]], [c["abstain_recall"]], color="red", zorder=3,
+                   label=f"threshold {chosen:.3f}")
+        ax.legend(loc="lower right")
+    ax.axvline(0.15, color="grey", ls=":")
+    ax.axhline(0.7, color="grey", ls=":")
+    ax.set_xlabel("false_abstain_rate")
+    ax.set_ylabel("abstain_recall")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def curve_from_result(result_json: str) -> list[dict]:
+    """abstain_recall / false_abstain_rate against the top-1 confidence of a ``segment`` result."""
+    res = json.loads(Path(result_json).read_text())
+    ans = np.array([q["top1_confidence"] if q["top1_confidence"] is not None else 0.0
+                    for q in res["per_query"] if q["answerable"]], float)
+    absent = np.array([q["top1_confidence"] if q["top1_confidence"] is not None else 0.0
+                       for q in res["per_query"] if not q["answerable"]], float)
+    return calibrate.tradeoff(ans, absent)
+
+
+if __name__ == "__main__":
+    cmd, bench_dir = sys.argv[1], sys.argv[2]
+    arg = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    if cmd == "grid":
+        grid(bench_dir, arg)
+    elif cmd == "fit":
+        fit(bench_dir, arg)
+    elif cmd == "cost":
+        cost_report(bench_dir, sys.argv[3])
+    elif cmd == "curve":
+        params = calibrate.load_calibration(arg.get("model"))
+        plot_tradeoff(curve_from_result(bench_dir), params["threshold"], arg["out"], arg.get("title", ""))
+    elif cmd == "run":
+        r = run_bench(bench_dir, arg.pop("method", "segment"), arg)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r["metrics"].items()}),
+              round(r["seconds"], 1), r["reads"])
+    else:
+        raise SystemExit(f"unknown command {cmd}")

@@ -1,0 +1,147 @@
+"""Refinement engine on a generated raster with a known answer (red square on a green field)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from shapely.geometry import box
+
+from geosearch.errors import WeightsMissingError
+from geosearch.geo import reproject_geom
+from geosearch.pipeline import MethodContext, run_method
+from geosearch.refine import calibrate
+from geosearch.refine.flags import relation_not_checkable
+from geosearch.refine.heatmap import Candidate, SamBackend, segment
+from geosearch.refine.merge import merge_candidates
+from geosearch.refine.pyramid import child_bounds, dense_window_count, pyramid_search, zoom
+from geosearch.refine.rerank import exclusions, negative_prompts
+from geosearch.refine.testing import build_test_index
+
+
+@pytest.fixture(scope="module")
+def square_index(tmp_path_factory):
+    return build_test_index(tmp_path_factory.mktemp("refine"))
+
+
+def _iou(a, b) -> float:
+    return a.intersection(b).area / a.union(b).area
+
+
+def test_child_bounds_cover_parent():
+    kids = child_bounds((0.0, 0.0, 100.0, 100.0), 0.5, 0.5)
+    assert len(kids) == 9
+    assert {k[2] - k[0] for k in kids} == {50.0}
+    assert min(k[0] for k in kids) == 0.0 and max(k[2] for k in kids) == 100.0
+
+
+def test_zoom_scores_sub_windows(square_index):
+    index, sq = square_index
+    i = int(np.argmax(index.embeddings @ index.model().encode_text(["red"])[0]))
+    wins = zoom(index, tuple(index.bounds[i]), ["red"])
+    assert len(wins) == 9
+    assert wins[0].score >= wins[-1].score
+    assert box(*wins[0].bounds).intersects(box(*sq))
+    assert wins[0].level == 1 and wins[0].scale_m == pytest.approx(index.scales[i] / 2)
+
+
+def test_pyramid_counts_full_res_reads(square_index):
+    index, sq = square_index
+    mosaic = index.mosaic()
+    before = mosaic.stats.full_res_reads
+    pr = pyramid_search(index, ["red"], 5, top_n=2, depth=2, budget=27, keep=1)
+    assert pr.windows_embedded <= 27
+    assert pr.finest_scale_m == pytest.approx(32.0)
+    # 32 m windows read at the model's 32 px are full-resolution reads (1 m/px); 64 m ones are not
+    level2 = [w for w in pr.windows if w.level == 2]
+    assert level2 and pr.full_res_reads == len(level2)
+    assert mosaic.stats.full_res_reads - before == pr.full_res_reads
+    assert box(*pr.windows[0].bounds).within(box(*sq))
+    # dense tiling of the 512 m mosaic at 32 m with 50 % overlap: 31 x 31 windows
+    assert dense_window_count(index, 32.0) == 31 * 31
+
+
+def test_heatmap_segmentation_finds_square(square_index):
+    index, sq = square_index
+    cands = segment(index, index.mosaic().bounds, ["red"], crop_fracs=(1 / 4, 1 / 6, 1 / 8), grid=32,
+                    threshold=0.6)
+    assert cands
+    best = cands[0]
+    assert _iou(best.polygon_map, box(*sq)) >= 0.8
+    assert best.mask is not None and best.mask.dtype == bool and best.mask.any()
+    back = reproject_geom(best.polygon_wgs84, "EPSG:4326", index.crs)
+    assert _iou(back, best.polygon_map) > 0.99
+    assert -180 <= best.bbox_wgs84[0] <= 180
+
+
+def test_overlapping_finds_merge_into_one():
+    a = Candidate(box(0, 0, 10, 10), box(0, 0, 1, 1), 0.9, (0, 0, 10, 10), evidence_tiles=["t1"], scale_m=10)
+    b = Candidate(box(1, 1, 11, 11), box(0, 0, 1, 1), 0.8, (1, 1, 11, 11), evidence_tiles=["t2"], scale_m=20)
+    c = Candidate(box(50, 50, 60, 60), box(0, 0, 1, 1), 0.7, (50, 50, 60, 60), evidence_tiles=["t3"])
+    out = merge_candidates([b, c, a], iou=0.5)
+    assert len(out) == 2
+    assert out[0].score == 0.9 and out[0].evidence_tiles == ["t1", "t2"] and out[0].merged == 2
+    union = merge_candidates([a, b], iou=0.5, mode="union")
+    assert union[0].bbox_map == (0.0, 0.0, 11.0, 11.0)
+
+
+def test_segment_method_returns_the_square(square_index):
+    index, sq = square_index
+    ans = run_method("segment", index, "red", 5)
+    assert ans.regions and not ans.abstained
+    top = ans.regions[0]
+    assert _iou(reproject_geom(top.polygon_wgs84, "EPSG:4326", index.crs), box(*sq)) >= 0.8
+    assert top.confidence is not None and 0 <= top.confidence <= 1
+    assert isinstance(ans.full_res_reads, int) and ans.full_res_reads >= 0
+    json.dumps(ans.geojson())
+
+
+def test_pyramid_method(square_index):
+    index, sq = square_index
+    ans = run_method("pyramid", index, "red", 3)
+    assert len(ans.regions) == 3
+    assert reproject_geom(ans.regions[0].polygon_wgs84, "EPSG:4326", index.crs).intersects(box(*sq))
+    assert all(r.confidence is not None for r in ans.regions)
+
+
+def test_abstains_on_query_matching_nothing(square_index):
+    index, _ = square_index
+    ans = run_method("abstain", index, "a blue lake", 5)   # nothing blue in the raster
+    assert ans.abstained and ans.regions == []
+    assert ans.reason and "not found" in ans.reason
+    assert ans.near_misses
+    ok = run_method("abstain", index, "red", 5)
+    assert not ok.abstained and ok.regions[0].confidence > 0.5
+
+
+def test_relation_flag(square_index):
+    index, _ = square_index
+    ans = run_method("segment", index, "red", 3, MethodContext(options={"relation_not_checkable": True}))
+    assert all("relation_not_checkable" in r.flags for r in ans.regions)
+    assert relation_not_checkable("a red roof next to a road", {}, None)
+    assert not relation_not_checkable("a red roof next to a road", {"unchecked_relations": []}, None)
+
+
+def test_negative_prompts():
+    assert exclusions("a park without a pond") == ["pond"]
+    negs = negative_prompts("a playground without a pond")
+    assert any("pond" in n for n in negs) and any("stadium" in n for n in negs)
+
+
+def test_calibration_fit_and_threshold():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(2, 1, (80, 2)), rng.normal(-1, 1, (40, 2))])
+    y = np.concatenate([np.ones(80), np.zeros(40)])
+    coef, b = calibrate.fit_logistic(x, y)
+    p = 1 / (1 + np.exp(-(x @ coef + b)))
+    t = calibrate.choose_threshold(p[y == 1], p[y == 0], max_false=0.15)
+    assert np.mean(p[y == 1] < t) <= 0.15 and np.mean(p[y == 0] < t) >= 0.7
+
+
+def test_sam_backend_without_weights(tmp_path, square_index):
+    index, _ = square_index
+    sam = SamBackend(tmp_path / "missing.pth")
+    assert not sam.available()
+    with pytest.raises(WeightsMissingError):
+        sam.propose(index, index.mosaic().bounds, ["red"])
