@@ -1,0 +1,1 @@
+"""Training and evaluation of the starter text-image model (``geosearch train``)."""

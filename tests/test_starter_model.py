@@ -1,0 +1,87 @@
+"""The shipped starter model loads offline, matches its model card and a stored reference embedding."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "tests" / "fixtures" / "starter_reference.json"
+CARD = REPO / "geosearch" / "models" / "weights" / "MODEL_CARD.md"
+
+
+def gradient_image(size: int = 150) -> np.ndarray:
+    """Same input as scripts/make_starter_reference.py."""
+    y, x = np.mgrid[0:size, 0:size]
+    r = x * 255 // (size - 1)
+    g = y * 255 // (size - 1)
+    b = ((x // 15 + y // 15) % 2) * 200 + 25
+    return np.stack([r, g, b], axis=-1).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def starter():
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from geosearch.models import get_model
+
+    return get_model("geosearch-starter", device="cpu")
+
+
+def test_starter_is_default_and_present():
+    from geosearch.models import default_model_name, model_specs, weights_present
+    from geosearch.models.starter import WEIGHTS_PATH
+
+    assert default_model_name() == "geosearch-starter"
+    names = {s.name for s in model_specs()}
+    assert {"geosearch-starter", "geosearch-tiny", "remoteclip-vit-b-32", "georsclip-vit-b-32"} <= names
+    assert weights_present("geosearch-starter")
+    assert WEIGHTS_PATH.stat().st_size <= 15 * 1024 * 1024
+
+
+def test_weights_sha256_matches_model_card(starter):
+    from geosearch.models.base import sha256_file
+    from geosearch.models.starter import WEIGHTS_PATH
+
+    digest = sha256_file(WEIGHTS_PATH)
+    card = re.findall(r"\b[0-9a-f]{64}\b", CARD.read_text())
+    assert digest in card
+    assert starter.model_id == f"geosearch-starter@{digest[:16]}"
+
+
+def test_embeddings_match_reference(starter):
+    ref = json.loads(REFERENCE.read_text())
+    img = starter.encode_images(gradient_image()[None])[0]
+    txt = starter.encode_text([ref["text"]])[0]
+    n = len(ref["image_first"])
+    assert np.allclose(img[:n], ref["image_first"], atol=1e-3)
+    assert np.allclose(txt[:n], ref["text_first"], atol=1e-3)
+    assert abs(float(img @ txt) - ref["cosine"]) < 1e-3
+    assert img.shape == txt.shape == (384,)
+
+
+def test_text_tower_checksum_is_enforced(monkeypatch):
+    from geosearch.errors import GeoSearchError
+    from geosearch.models import starter as st
+
+    st.text_tower_dir.cache_clear()
+    monkeypatch.setattr(st, "MINILM_SHA256", "0" * 64)
+    try:
+        with pytest.raises(GeoSearchError, match="sha256"):
+            st.text_tower_dir()
+    finally:
+        st.text_tower_dir.cache_clear()
+
+
+def test_models_list_cli(capsys):
+    from server.cli import main
+
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "geosearch-starter" in out and "present" in out and "remoteclip-vit-b-32" in out
