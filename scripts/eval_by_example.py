@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             soft += any(s.contains(Point(c.x, c.y)) for s in same)
         return strict / args.k, soft / args.k
 
-    rows = []
+    rows: list[dict] = []
+    multi: list[dict] = []
     t0 = time.perf_counter()
     for label, rids in sorted(by_class.items()):
         if len(rids) < 2:
@@ -103,8 +104,19 @@ def main(argv: list[str] | None = None) -> int:
                          "p@10_example": e_strict, "p@10_example_soft": e_soft,
                          "p@10_example+text": c_strict, "p@10_example+text_soft": c_soft,
                          "p@10_text": t_strict, "p@10_text_soft": t_soft})
-        print(f"{label:20s} text {t_strict:.2f}  example {np.mean([r['p@10_example'] for r in rows if r['class'] == label]):.2f}",
-              flush=True)
+        # all picked chips as positives (mean), then with 2 chips of other classes as negatives
+        # (GeoVibes' 2·mean(pos) - mean(neg)); one query each per class
+        exs = [Example(geometry=regions[rids[int(p)]].polygon_wgs84, crs="EPSG:4326") for p in sorted(picks)]
+        others = [r for lab, rs in sorted(by_class.items()) if lab != label for r in rs]
+        negs = [Example(geometry=regions[others[int(j)]].polygon_wgs84, crs="EPSG:4326")
+                for j in rng.choice(len(others), size=2, replace=False)]
+        m_strict, m_soft = precision(query_by_example(index, exs, k=args.k).regions, label)
+        n_strict, n_soft = precision(query_by_example(index, exs, negs, k=args.k).regions, label)
+        multi.append({"class": label, "examples": [rids[int(p)] for p in sorted(picks)],
+                      "p@10_pos": m_strict, "p@10_pos_soft": m_soft, "p@10_pos_neg": n_strict,
+                      "p@10_pos_neg_soft": n_soft, "p@10_text": t_strict, "p@10_text_soft": t_soft})
+        print(f"{label:20s} text {t_soft:.2f}  example {np.mean([r['p@10_example_soft'] for r in rows if r['class'] == label]):.2f}"
+              f"  {len(exs)} examples {m_soft:.2f}  +neg {n_soft:.2f}  (soft)", flush=True)
 
     def mean(key: str) -> float:
         return round(float(np.mean([r[key] for r in rows])), 4) if rows else 0.0
@@ -120,12 +132,19 @@ def main(argv: list[str] | None = None) -> int:
         "note": "text-only = the bench's scene query of the class with method coarse (no example); "
                 "by-example excludes tiles overlapping the example chip. strict = IoU >= iou with a "
                 "same-class chip; soft = result centre inside a same-class chip.",
+        "multi_example": {
+            "queries": len(multi),
+            "mean": {k: round(float(np.mean([r[k] for r in multi])), 4) if multi else 0.0
+                     for k in ("p@10_pos", "p@10_pos_neg", "p@10_text", "p@10_pos_soft", "p@10_pos_neg_soft",
+                               "p@10_text_soft")},
+            "per_class": multi},
         "seconds": round(time.perf_counter() - t0, 1), "per_query": rows,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["mean"], indent=2))
+    print(json.dumps(result["multi_example"]["mean"], indent=2))
     print(f"wrote {out}")
     return 0
 

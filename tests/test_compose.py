@@ -60,13 +60,17 @@ def test_parse_modification():
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
+    from geosearch.models import get_model
     from geosearch.settings import Settings
 
     tmp = tmp_path_factory.mktemp("compose")
     settings = Settings(model="geosearch-tiny", batch_size=16, scales_m=[64.0], overlap=0.5)
     r = write_raster(tmp / "m.tif", width=160, height=160)
-    build_index([r], tmp / "i.duckdb", settings=settings, progress=False)
-    return TileIndex.open(tmp / "i.duckdb")
+    model = get_model("geosearch-tiny", settings=settings)
+    build_index([r], tmp / "i.duckdb", settings=settings, progress=False, model=model)
+    idx = TileIndex.open(tmp / "i.duckdb")
+    idx.attach_model(model)
+    return idx
 
 
 def test_query_by_example(index):

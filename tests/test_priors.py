@@ -103,12 +103,15 @@ def test_bad_prior_files(tmp_path):
 
 
 def test_coarse_plus_prior_method(tmp_path):
+    from geosearch.models import get_model
     from geosearch.settings import Settings
 
     settings = Settings(model="geosearch-tiny", batch_size=16, scales_m=[64.0], overlap=0.5)
     r = write_raster(tmp_path / "m.tif", width=128, height=128)
-    build_index([r], tmp_path / "i.duckdb", settings=settings, progress=False)
+    model = get_model("geosearch-tiny", settings=settings)
+    build_index([r], tmp_path / "i.duckdb", settings=settings, progress=False, model=model)
     idx = TileIndex.open(tmp_path / "i.duckdb")
+    idx.attach_model(model)
     prior = write_alphaearth(tmp_path / "ae.tif", two_halves(13, 13))
     ans = run_method("coarse+prior", idx, "a bright square", 5,
                      MethodContext(options={"prior": str(prior), "prior_keep": 0.5}))
@@ -119,5 +122,7 @@ def test_coarse_plus_prior_method(tmp_path):
     from geosearch.change.priors import attach_prior
 
     attach_prior(tmp_path / "i.duckdb", prior)
-    again = run_method("coarse+prior", TileIndex.open(tmp_path / "i.duckdb"), "a bright square", 5, MethodContext())
+    idx2 = TileIndex.open(tmp_path / "i.duckdb")
+    idx2.attach_model(model)
+    again = run_method("coarse+prior", idx2, "a bright square", 5, MethodContext())
     assert again.details["prior_used"]

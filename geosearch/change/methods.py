@@ -60,6 +60,8 @@ def _spectral_delta(index: TileIndex, cs, subject: str, roles=None) -> tuple[np.
     direction = spectral.query_direction(subject)
     if not direction:
         return None, {}
+    if cs.kind == "disappeared":  # "vegetation that disappeared": the index must fall, not rise
+        direction = {k: -v for k, v in direction.items()}
     feats = {}
     for d, rows in ((cs.date_from, cs.rows_from), (cs.date_to, cs.rows_to)):
         key = (str(index.path), d, len(index))
