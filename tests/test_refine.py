@@ -88,13 +88,19 @@ def test_overlapping_finds_merge_into_one():
 
 def test_segment_method_returns_the_square(square_index):
     index, sq = square_index
-    ans = run_method("segment", index, "red", 5)
+    ans = run_method("segment", index, "red", 5, MethodContext(options={"seg_source": "crops"}))
     assert ans.regions and not ans.abstained
     top = ans.regions[0]
     assert _iou(reproject_geom(top.polygon_wgs84, "EPSG:4326", index.crs), box(*sq)) >= 0.8
     assert top.confidence is not None and 0 <= top.confidence <= 1
     assert isinstance(ans.full_res_reads, int) and ans.full_res_reads >= 0
     json.dumps(ans.geojson())
+
+
+def test_segment_method_stored_heatmap(square_index):
+    index, sq = square_index
+    ans = run_method("segment", index, "red", 5, MethodContext(options={"seg_source": "stored"}))
+    assert _iou(reproject_geom(ans.regions[0].polygon_wgs84, "EPSG:4326", index.crs), box(*sq)) >= 0.5
 
 
 def test_pyramid_method(square_index):

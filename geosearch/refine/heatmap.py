@@ -122,6 +122,36 @@ def similarity_heatmap(index: TileIndex, bounds: Bounds, prompts: str | Sequence
     return Heatmap(values, tuple(bounds), n_crops, crop_scores)  # type: ignore[arg-type]
 
 
+def heatmap_from_windows(bounds: Bounds, boxes: np.ndarray, scores: np.ndarray, *, grid: int = 24,
+                         max_frac: float = 0.6, min_inside: float = 0.9) -> Heatmap:
+    """A heatmap over ``bounds`` from windows that were already scored (stored index tiles, pyramid
+    windows): no read, no embedding. Windows are used when at least ``min_inside`` of them lies in
+    ``bounds`` and their side is at most ``max_frac`` of its side; each cell gets the mean score of
+    the windows covering it (nan where none does)."""
+    x0, y0, x1, y1 = bounds
+    w, h = x1 - x0, y1 - y0
+    b = np.asarray(boxes, float).reshape(-1, 4)
+    sc = np.asarray(scores, float).reshape(-1)
+    ix = np.clip(np.minimum(b[:, 2], x1) - np.maximum(b[:, 0], x0), 0, None)
+    iy = np.clip(np.minimum(b[:, 3], y1) - np.maximum(b[:, 1], y0), 0, None)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    use = (ix * iy >= min_inside * area) & ((b[:, 2] - b[:, 0]) <= max_frac * w + 1e-9)
+    acc = np.zeros((grid, grid))
+    cnt = np.zeros((grid, grid))
+    crop_scores = []
+    for (bx0, by0, bx1, by1), v in zip(b[use], sc[use]):
+        c0 = int(np.clip(round((bx0 - x0) / w * grid), 0, grid - 1))
+        c1 = int(np.clip(round((bx1 - x0) / w * grid), c0 + 1, grid))
+        r0 = int(np.clip(round((y1 - by1) / h * grid), 0, grid - 1))
+        r1 = int(np.clip(round((y1 - by0) / h * grid), r0 + 1, grid))
+        acc[r0:r1, c0:c1] += v
+        cnt[r0:r1, c0:c1] += 1
+        crop_scores.append(((bx0, by0, bx1, by1), float(v)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan)
+    return Heatmap(values, tuple(bounds), 0, crop_scores)  # type: ignore[arg-type]
+
+
 def _fit(model, crops: np.ndarray) -> np.ndarray:
     """A batch of equal-size crops resized to the model's input size in one call."""
     import torch
@@ -220,6 +250,31 @@ class HeatmapBackend(SegmentBackend):
         return cands
 
 
+class StoredHeatmapBackend(SegmentBackend):
+    """Heatmap from the index's stored tile embeddings (all scales) plus any extra scored windows
+    (e.g. the pyramid's): free of reads and embeddings, resolution = the smallest stored scale."""
+
+    name = "stored"
+
+    def __init__(self, grid: int = 24, threshold: float = 0.6, min_area_frac: float = 0.03, max_frac: float = 0.6,
+                 windows: Sequence = ()):
+        self.grid, self.threshold, self.min_area_frac, self.max_frac = grid, threshold, min_area_frac, max_frac
+        self.windows = list(windows)
+
+    def propose(self, index: TileIndex, bounds: Bounds, prompts: str | Sequence[str] | np.ndarray, *,
+                window_score: float | None = None, evidence: Sequence[str] = ()) -> list[Candidate]:
+        vec = query_vector(index, prompts)
+        boxes = [index.bounds]
+        scores = [index.embeddings @ vec]
+        if self.windows:
+            boxes.append(np.array([w.bounds for w in self.windows], float))
+            scores.append(np.array([w.score for w in self.windows], float))
+        heat = heatmap_from_windows(bounds, np.concatenate(boxes), np.concatenate(scores), grid=self.grid,
+                                    max_frac=self.max_frac)
+        return heatmap_candidates(index, heat, threshold=self.threshold, min_area_frac=self.min_area_frac,
+                                  window_score=window_score, evidence=evidence)
+
+
 class SamBackend(SegmentBackend):
     """SAM-family masks scored by the text model. Needs weights (``sam_vit_b.pth`` or the path
     given); without them :meth:`propose` raises :class:`WeightsMissingError`."""
@@ -250,9 +305,11 @@ def get_backend(name: str | SegmentBackend = "heatmap", **kwargs) -> SegmentBack
         return HeatmapBackend(**kwargs)
     if name == "sam":
         return SamBackend(**kwargs)
+    if name == "stored":
+        return StoredHeatmapBackend(**kwargs)
     from geosearch.errors import InputError
 
-    raise InputError(f"unknown segmentation backend {name!r}; known: heatmap, sam")
+    raise InputError(f"unknown segmentation backend {name!r}; known: heatmap, stored, sam")
 
 
 def segment(index: TileIndex, bounds: Bounds | str, prompts: str | Sequence[str] | np.ndarray, *,
@@ -272,5 +329,6 @@ def bbox_polygon(c: Candidate):
     return box(*c.bbox_map)
 
 
-__all__ = ["Candidate", "Heatmap", "HeatmapBackend", "SamBackend", "SegmentBackend", "bbox_polygon",
+__all__ = ["Candidate", "Heatmap", "HeatmapBackend", "SamBackend", "SegmentBackend", "StoredHeatmapBackend",
+           "bbox_polygon", "heatmap_from_windows",
            "heatmap_candidates", "segment", "similarity_heatmap"]

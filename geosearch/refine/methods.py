@@ -9,6 +9,9 @@ Options (``MethodContext.options``) override the defaults in :data:`DEFAULTS`.
 
 from __future__ import annotations
 
+import copy
+import json
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,14 +22,16 @@ from geosearch.pipeline import Answer, MethodContext, Region, register_method
 from geosearch.refine import calibrate
 from geosearch.refine.common import to_wgs84
 from geosearch.refine.flags import add_flags
-from geosearch.refine.heatmap import Candidate, HeatmapBackend
+from geosearch.refine.heatmap import Candidate, HeatmapBackend, SegmentBackend, StoredHeatmapBackend
 from geosearch.refine.merge import merge_candidates, overlap_ratios
 from geosearch.refine.pyramid import PyramidResult, Window, dense_window_count, pyramid_search
 from geosearch.refine.rerank import RerankWeights, negative_prompts, positive_text, rerank
 
 DEFAULTS: dict = {
-    "top_n": None, "depth": None, "budget": None, "keep": 2,   # None: settings.pyramid_*
+    "top_n": 4, "depth": 2, "budget": 54, "keep": 1,   # None: settings.pyramid_*
     "seg_windows": 4,             # windows segmented per query
+    "seg_source": "stored",       # stored: heatmap from stored tiles + pyramid windows (no reads);
+                                  # crops: read the window once and embed multi-scale crops
     "seg_context": 2.0,           # segment a square this many times the coarse tile's side, centred
                                   # on each of the best windows
     "seg_fracs": (0.5, 1 / 3, 1 / 4),   # heatmap crop sizes, share of the segmented window's side
@@ -34,9 +39,9 @@ DEFAULTS: dict = {
     "seg_grid": 24,
     "merge_iou": 0.5,
     "merge_contain": 1.01,        # > 1: off; else also merge candidates this much inside a better one
-    "rerank_max": 40,             # candidates re-embedded at their own extent
+    "rerank_max": 16,             # candidates re-embedded at their own extent
     "region_shape": "bbox",       # bbox | polygon
-    "whole_windows": 20,          # this many best windows (NMS'd) are candidates too
+    "whole_windows": 12,          # this many best windows (NMS'd) are candidates too
     "max_near_misses": 3,
     "fill": True,                 # pad the list to k with the next best (unrefined) windows
 }
@@ -146,8 +151,12 @@ def refine(index: TileIndex, text: str, k: int, ctx: MethodContext, *, segment: 
         for c in cands:
             c.features["s_region"] = c.score
         return Refined(cands, pr, vec)
-    backend = HeatmapBackend(crop_fracs=tuple(o["seg_fracs"]), threshold=float(o["seg_threshold"]),
-                             grid=int(o["seg_grid"]))
+    if o["seg_source"] == "stored":
+        backend: SegmentBackend = StoredHeatmapBackend(grid=int(o["seg_grid"]), threshold=float(o["seg_threshold"]),
+                                                       windows=pr.windows)
+    else:
+        backend = HeatmapBackend(crop_fracs=tuple(o["seg_fracs"]), threshold=float(o["seg_threshold"]),
+                                 grid=int(o["seg_grid"]))
     cands: list[Candidate] = []
     mb = index.mosaic().bounds
     seg_wins: list[Window] = []
@@ -211,12 +220,32 @@ def _fill(index: TileIndex, have: list[Candidate], windows: list[Window], n: int
     return out
 
 
-def _answer(index: TileIndex, text: str, k: int, ctx: MethodContext, method: str, *, segment: bool,
-            abstain: bool) -> Answer:
-    o = _opts(ctx)
+_CACHE: OrderedDict = OrderedDict()   # (index, query, k, options, stage) -> (Refined, full-res reads)
+
+
+def _refine_cached(index: TileIndex, text: str, k: int, ctx: MethodContext, segment: bool) -> tuple[Refined, int]:
+    """``refine`` with a small LRU cache, so that ``abstain`` after ``segment`` on the same query
+    (evaluator, MCP answer after segment_region) costs nothing; the cached reads are reported."""
+    key = (str(index.path), str(index.meta.get("model_id")), text, k, segment, ctx.layers_dir,
+           json.dumps(_opts(ctx), sort_keys=True, default=str), json.dumps(ctx.options.get("exclude", []), default=str))
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        ref, reads = _CACHE[key]
+        return copy.deepcopy(ref), reads
     mosaic = index.mosaic()
     reads0 = mosaic.stats.full_res_reads
     ref = refine(index, text, k, ctx, segment=segment)
+    reads = mosaic.stats.full_res_reads - reads0
+    _CACHE[key] = (copy.deepcopy(ref), reads)
+    if len(_CACHE) > 512:
+        _CACHE.popitem(last=False)
+    return ref, reads
+
+
+def _answer(index: TileIndex, text: str, k: int, ctx: MethodContext, method: str, *, segment: bool,
+            abstain: bool) -> Answer:
+    o = _opts(ctx)
+    ref, full_res = _refine_cached(index, text, k, ctx, segment)
     top = ref.candidates[:k]
     add_flags(top, ref.pyramid.windows, query=text, options=ctx.options, layers_dir=ctx.layers_dir)
     params = calibrate.load_calibration(index.meta.get("model_name"))
@@ -227,7 +256,6 @@ def _answer(index: TileIndex, text: str, k: int, ctx: MethodContext, method: str
         if rank == 1:
             best_feats = feats
         regions.append(_to_region(index, c, rank, method, o["region_shape"], conf))
-    full_res = mosaic.stats.full_res_reads - reads0
     details = {"windows_embedded": ref.pyramid.windows_embedded, "finest_scale_m": ref.pyramid.finest_scale_m,
                "pyramid_full_res_reads": ref.pyramid.full_res_reads,
                "dense_windows_at_finest": dense_count(index, ref.pyramid.finest_scale_m),

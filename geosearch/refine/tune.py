@@ -32,8 +32,14 @@ from geosearch.settings import get_settings
 _INDEX_CACHE: dict = {}
 
 
-def run_bench(bench_dir: str, method: str = "segment", options: dict | None = None, k: int = 100) -> dict:
+def run_bench(bench_dir: str, method: str = "segment", options: dict | None = None, k: int = 100,
+              stride: int = 1) -> dict:
     bench = load_benchmark(bench_dir)
+    if stride > 1:   # every stride-th query (quick tuning passes)
+        import dataclasses
+
+        bench = dataclasses.replace(bench, query_ids=bench.query_ids[::stride], query_texts=bench.query_texts[::stride],
+                                    _truth=bench._truth[::stride])
     key = str(Path(bench_dir).resolve())
     if key not in _INDEX_CACHE:
         _INDEX_CACHE[key] = prepare_index(bench, get_settings(), None)[0]
@@ -55,12 +61,12 @@ def run_bench(bench_dir: str, method: str = "segment", options: dict | None = No
             "index": index, "reads": float(np.mean([r.full_res_reads for r in runs]))}
 
 
-def grid(bench_dir: str, space: dict, method: str = "segment") -> list[dict]:
+def grid(bench_dir: str, space: dict, method: str = "segment", stride: int = 1) -> list[dict]:
     keys = list(space)
     rows = []
     for values in itertools.product(*[space[k] for k in keys]):
         opts = dict(zip(keys, values))
-        r = run_bench(bench_dir, method, opts)
+        r = run_bench(bench_dir, method, opts, stride=stride)
         m = r["metrics"]
         row = {**opts, "hit@10": round(m["hit@10"], 4), "map": round(m["map"], 4), "hit@1": round(m["hit@1"], 4),
                "reads/q": round(r["reads"], 1), "s": round(r["seconds"], 1)}
@@ -162,20 +168,59 @@ def curve_from_result(result_json: str) -> list[dict]:
     return calibrate.tradeoff(ans, absent)
 
 
+def final(bench_dir: str, out_dir: str, methods: list[str], wait_calibration_for: str | None = None) -> None:
+    """Evaluate methods on the *reported* benchmark in one process (``geosearch eval`` documents,
+    written to ``out_dir/<method>.json``); ``abstain`` waits until calibration.json holds the
+    model's fitted entry. Answers of ``segment`` are reused by ``abstain`` through the method cache."""
+    from geosearch.eval.harness import evaluate
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for m in methods:
+        if m == "abstain" and wait_calibration_for:
+            while not calibrate.load_calibration(wait_calibration_for).get("calibrated"):
+                time.sleep(10)
+        t0 = time.perf_counter()
+        doc = evaluate(bench_dir, m)
+        (Path(out_dir) / f"{m}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        met = doc["metrics"]
+        print(m, round(time.perf_counter() - t0, 1), "s", json.dumps({k: met[k] for k in
+              ("hit@1", "hit@10", "map", "abstain_recall", "false_abstain_rate")}), flush=True)
+    if "abstain" in methods:   # trade-off curve of the calibrated top-1 confidence (answers are cached)
+        from geosearch.pipeline import run_method
+
+        bench = load_benchmark(bench_dir)
+        index = prepare_index(bench, get_settings(), None)[0]
+        conf = []
+        for text in bench.query_texts:
+            a = run_method("segment", index, text, 100)
+            conf.append(a.regions[0].confidence if a.regions and a.regions[0].confidence is not None else 0.0)
+        conf_arr = np.array(conf, float)
+        answerable = np.array([bench.truth(i).answerable for i in range(len(bench))])
+        curve = calibrate.tradeoff(conf_arr[answerable], conf_arr[~answerable])
+        params = calibrate.load_calibration(wait_calibration_for)
+        (Path(out_dir) / "abstain_curve.json").write_text(json.dumps({"threshold": params["threshold"],
+                                                                      "curve": curve}, indent=1))
+        plot_tradeoff(curve, params["threshold"], str(Path(out_dir) / "abstain_tradeoff.png"),
+                      f"abstain on {bench.meta.name} ({params.get('model')})")
+
+
 if __name__ == "__main__":
     cmd, bench_dir = sys.argv[1], sys.argv[2]
     arg = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     if cmd == "grid":
-        grid(bench_dir, arg)
+        stride = int(arg.pop("_stride", 1))
+        grid(bench_dir, arg, arg.pop("_method", ["segment"])[0] if "_method" in arg else "segment", stride)
     elif cmd == "fit":
         fit(bench_dir, arg)
+    elif cmd == "final":
+        final(bench_dir, arg["out"], arg["methods"], arg.get("wait"))
     elif cmd == "cost":
         cost_report(bench_dir, sys.argv[3])
     elif cmd == "curve":
         params = calibrate.load_calibration(arg.get("model"))
         plot_tradeoff(curve_from_result(bench_dir), params["threshold"], arg["out"], arg.get("title", ""))
     elif cmd == "run":
-        r = run_bench(bench_dir, arg.pop("method", "segment"), arg)
+        r = run_bench(bench_dir, arg.pop("method", "segment"), arg, stride=int(arg.pop("_stride", 1)))
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r["metrics"].items()}),
               round(r["seconds"], 1), r["reads"])
     else:
