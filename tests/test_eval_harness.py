@@ -49,7 +49,9 @@ def test_eval_end_to_end_both_methods(results, capsys):
         assert set(r["per_type"]) == {"object", "scene", "absent"}
         assert len(r["per_query"]) == 4
         q = r["per_query"][0]
-        assert q["ranks"] and {"rank", "score", "hit", "truth_id", "grade", "iou"} <= set(q["ranks"][0])
+        assert q["ranks"] and {"rank", "score", "hit", "region_id"} <= set(q["ranks"][0])
+        assert all({"truth_id", "grade", "iou"} <= set(x) for x in q["ranks"] if x["hit"])
+        assert len(q["top_polygons_wgs84"]) == min(5, q["n_returned"])
         for key in ("index_build_seconds", "tiles_embedded", "area_km2", "latency_p50_ms", "latency_p95_ms",
                     "full_res_reads_per_query", "peak_rss_mb"):
             assert key in r["cost"]

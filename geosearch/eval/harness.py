@@ -166,6 +166,34 @@ def score_runs(bench: Benchmark, runs: list[_Run], metric_crs) -> list[QueryScor
     return scores
 
 
+TOP_POLYGONS = 5
+
+
+def _rank_entry(rank: int, score: float, truth_id: str | None, grade: int, iou: float, region_id: str) -> dict:
+    """One scored result: rank, score, hit flag and region id; the matched truth, grade and IoU on hits."""
+    entry: dict = {"rank": rank, "score": round(float(score), 5), "hit": truth_id is not None,
+                   "region_id": region_id}
+    if truth_id is not None:
+        entry.update({"truth_id": truth_id, "grade": grade, "iou": round(float(iou), 4)})
+    return entry
+
+
+def _round_geom(geom: dict, nd: int = 7) -> dict:
+    def rnd(c):
+        return [rnd(x) for x in c] if isinstance(c, (list, tuple)) else round(float(c), nd)
+
+    return {"type": geom["type"], "coordinates": rnd(geom["coordinates"])}
+
+
+def dumps_result(result: dict) -> str:
+    """The result document as JSON: indented, with one line per query in ``per_query``."""
+    head = {k: v for k, v in result.items() if k != "per_query"}
+    text = json.dumps(head, indent=2, default=str)
+    rows = ",\n".join("    " + json.dumps(q, separators=(",", ":"), default=str)
+                       for q in result.get("per_query", []))
+    return text[:-2] + ',\n  "per_query": [\n' + rows + "\n  ]\n}\n"
+
+
 def _round(d: dict, nd: int = 4) -> dict:
     return {k: (round(v, nd) if isinstance(v, float) else v) for k, v in d.items()}
 
@@ -217,10 +245,9 @@ def evaluate(bench_dir: str | Path, method: str = "coarse", *, model: str | None
             "ap": round(s.average_precision(), 4), "ndcg@10": round(s.ndcg(10), 4),
             "rr": round(s.reciprocal_rank(), 4),
             "latency_ms": round(run.latency_ms, 2), "full_res_reads": run.full_res_reads,
-            "ranks": [{"rank": m.rank, "score": round(m.score, 6), "hit": m.hit, "truth_id": m.truth_id,
-                       "grade": m.grade, "iou": round(m.iou, 4), "region_id": r.region_id,
-                       **({"polygon_wgs84": mapping(r.polygon_wgs84)} if m.rank <= 10 else {})}
+            "ranks": [_rank_entry(m.rank, m.score, m.truth_id, m.grade, m.iou, r.region_id)
                       for m, r in zip(s.matches, regions)],
+            "top_polygons_wgs84": [_round_geom(mapping(r.polygon_wgs84)) for r in regions[:TOP_POLYGONS]],
         })
     lat = np.array([r.latency_ms for r in runs]) if runs else np.zeros(1)
     cost.update({"latency_p50_ms": round(float(np.percentile(lat, 50)), 2),

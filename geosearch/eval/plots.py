@@ -128,11 +128,10 @@ def plot_answers(result: dict, out: Path, n_queries: int = 4, top: int = 5, max_
         for rid, grade in (q.get("relevant") or {}).items():
             if grade == 2 and rid in regions:
                 draw(ax, regions[rid].polygon_wgs84, "deepskyblue", 1.2)
-        for rk in q["ranks"][:top]:
-            geom = rk.get("polygon_wgs84")
-            if geom is None:
-                continue
-            draw(ax, shape(geom), "lime" if rk["hit"] else "red", 1.0)
+        polys = q.get("top_polygons_wgs84") or [rk.get("polygon_wgs84") for rk in q["ranks"]]
+        for rk, geom in list(zip(q["ranks"], polys))[:top]:
+            if geom is not None:
+                draw(ax, shape(geom), "lime" if rk["hit"] else "red", 1.0)
         ax.set_title(f"{q['id']}: {q['text'][:48]}\nfirst hit rank {q['first_hit_rank']}", fontsize=8)
     fig.suptitle(f"{result['bench']['name']} / {_label(result)}: top {top} answers "
                  "(green hit, red miss, blue grade-2 truth)", fontsize=9)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from server.commands._common import atomic_write_json, format_table
+from server.commands._common import atomic_write_text, format_table
 
 
 def register(sub) -> None:
@@ -67,7 +67,7 @@ def _list_methods() -> int:
 
 
 def _evaluate(args) -> int:
-    from geosearch.eval.harness import evaluate, summary_columns
+    from geosearch.eval.harness import dumps_result, evaluate, summary_columns
     from geosearch.settings import get_settings
 
     updates: dict = {}
@@ -85,7 +85,7 @@ def _evaluate(args) -> int:
     result = evaluate(args.bench, args.method, k=args.k, index_path=args.index, settings=settings,
                       progress=not args.quiet, log=log)
     if args.out:
-        atomic_write_json(args.out, result)
+        atomic_write_text(args.out, dumps_result(result))
     cols = summary_columns([result])
     rows = [{"type": "all", **result["metrics"]}]
     rows += [{"type": t, **m} for t, m in result["per_type"].items()]
