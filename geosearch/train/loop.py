@@ -43,9 +43,9 @@ class TrainConfig:
     split: str | None = "train"
     val_split: str | None = "dev"
     arch: str = "geosearch-starter"
-    epochs: int = 8
+    epochs: int = 12
     batch_size: int = 128
-    image_size: int = 64
+    image_size: int = 80
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_frac: float = 0.05

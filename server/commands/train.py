@@ -10,9 +10,9 @@ def register(sub) -> None:
     p.add_argument("source", help="manifest.jsonl (path, class, split, captions) or a folder of class folders")
     p.add_argument("--split", default="train", help="training split (manifest) or sub-folder")
     p.add_argument("--val-split", default="dev", help="split used to pick the best epoch ('' for none)")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=80)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--template-prob", type=float, default=0.3,
