@@ -90,7 +90,7 @@ def plot_abstention(results: list[dict], out: Path) -> Path:
     return out
 
 
-def plot_answers(result: dict, out: Path, n_queries: int = 4, top: int = 5, max_side: int = 1024) -> Path | None:
+def plot_answers(result: dict, out: Path, n_queries: int = 4, top: int = 5, max_side: int = 768) -> Path | None:
     """Top answers (green = hit, red = miss) and the grade-2 truth (blue) of a few queries."""
     from shapely.geometry import shape
 
@@ -114,7 +114,7 @@ def plot_answers(result: dict, out: Path, n_queries: int = 4, top: int = 5, max_
     if not chosen:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(chosen), figsize=(4.5 * len(chosen), 4.8), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.5 * len(chosen), 4.8), dpi=80, squeeze=False)
 
     def draw(ax, geom, color, lw):
         g = reproject_geom(geom, WGS84, mosaic.crs)
