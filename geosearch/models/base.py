@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,22 @@ def resolve_device(device: str = "auto") -> torch.device:
 def apply_threads(threads: int) -> None:
     if threads and threads > 0:
         torch.set_num_threads(threads)
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` intra-op threads. Small inputs (a text query) are much faster on one
+    thread: on a busy machine every OpenMP region waits for a second core (measured: MiniLM on a
+    5-token query 8 ms on 1 thread vs 490 ms on 2 threads with the other core loaded)."""
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -105,7 +122,8 @@ class EmbeddingModel:
             tokens = self.tokenizer(missing)
             if isinstance(tokens, torch.Tensor):
                 tokens = tokens.to(self.device)
-            feats = F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
+            with torch_threads(1 if self.device.type == "cpu" and len(missing) <= 8 else torch.get_num_threads()):
+                feats = F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
             for text, vec in zip(missing, feats):
                 self._text_cache[text] = vec.astype(np.float32)
                 if len(self._text_cache) > self.text_cache_size:
