@@ -11,11 +11,19 @@ region is normalised twice before it is turned into a probability:
                better the query does than a prompt that matches anything;
 ``d_region``   s_region - s_generic at the region itself (specific vs generic at the same crop).
 
-``confidence = sigmoid(b0 + b1 * z_index + b2 * d_generic + b3 * d_region)``, fitted by logistic
-regression (L2, Newton steps) on the dev *tuning* benchmark only, with label 1 for answerable
-queries and 0 for ``absent`` ones. A query is answered "not found" when its best region's
-confidence is below ``threshold`` (chosen on the same tuning data so that at most 15 % of
-answerable queries abstain). Fitted values live in ``calibration.json`` next to this module, with
+Query-level features (:func:`query_features`, no region needed): ``z_top`` (the best tile's
+z-score), ``bank_count`` / ``bank_margin`` (the query is mapped to its nearest scene of
+:data:`SCENE_BANK` in text space; how many tiles of the index are zero-shot classified as that
+scene, and the best such tile's margin) and ``bank_sim``.
+
+``confidence = sigmoid(b0 + b . x)`` over the features named in the fitted parameters, fitted by
+logistic regression (L2, Newton steps) on the dev *tuning* benchmark only, with label 1 for
+answerable queries and 0 for ``absent`` ones; lower-ranked regions get the top logit shifted by
+``REGION_SLOPE`` (methods.py) times their own-extent score gap to the best region. A query is
+answered "not found" when its best region's confidence is below ``threshold`` (chosen on the same
+tuning data so that at most 15 % of answerable queries abstain). On the tuning benchmark the region
+features alone reached abstain_recall 0.28 at false_abstain_rate 0.14, ``bank_count`` alone 0.56 at
+0.10, so the fitted model uses ``bank_count``. Fitted values live in ``calibration.json`` next to this module, with
 a note of the data and model that fitted them; for another model the hand-set fallback
 :data:`FALLBACK` is used and marked as uncalibrated.
 """
@@ -83,6 +91,55 @@ def load_calibration(model_name: str | None = None, path: Path = CALIBRATION_PAT
         if entry:
             return {**entry, "calibrated": True}
     return {**FALLBACK, "calibrated": False}
+
+
+# A general remote-sensing scene vocabulary (land cover, facilities, objects): the query is mapped to
+# its nearest scene in text space, and the index is asked whether any tile looks more like that
+# scene than like every other one (zero-shot tile classification, computed once per index).
+SCENE_BANK: list[str] = [
+    "airport", "runway", "bare land", "baseball field", "beach", "bridge", "city center", "church",
+    "commercial area", "dense residential area", "desert", "farmland", "forest", "industrial area", "meadow",
+    "medium residential area", "mountain", "park", "parking lot", "playground", "pond", "lake", "port",
+    "harbour with boats", "railway station", "resort", "river", "school", "sparse residential area",
+    "square", "stadium", "storage tanks", "viaduct", "highway", "golf course", "tennis court", "greenhouses",
+    "snow", "cloud", "sea", "island", "wetland", "quarry", "solar panels", "construction site", "cemetery"]
+
+
+def _bank(index: TileIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bank text vectors, per-tile argmax over the bank, per-tile margin of that argmax); cached."""
+    key = ("bank", str(index.path), str(index.meta.get("model_id")), len(index))
+    hit = _BANK.get(key)
+    if hit is None:
+        b = index.model().encode_text([f"an aerial image of a {x}" for x in SCENE_BANK])
+        s = index.embeddings @ b.T
+        arg = s.argmax(axis=1)
+        top2 = np.sort(s, axis=1)[:, -2:]
+        hit = (b, arg, top2[:, 1] - top2[:, 0])
+        _BANK[key] = hit
+    return hit
+
+
+_BANK: dict = {}
+
+
+def query_features(index: TileIndex, vec: np.ndarray) -> dict:
+    """Query-level features (no region needed): ``z_top`` (best tile's z-score for the query),
+    ``bank_count`` (log1p of the tiles whose nearest bank scene is the query's nearest one),
+    ``bank_margin`` (best such tile's margin over its second scene, or minus the smallest gap to
+    it), ``bank_sim`` (text similarity of the query to its nearest bank scene)."""
+    st = index_stats(index)
+    mean, std, top = st.prompt_stats(index, vec)
+    b, arg, margin = _bank(index)
+    tsim = b @ vec
+    j = int(tsim.argmax())
+    mine = arg == j
+    if mine.any():
+        bm = float(margin[mine].max())
+    else:
+        s = index.embeddings @ b.T
+        bm = -float((s.max(axis=1) - s[:, j]).min())
+    return {"z_top": (top - mean) / std, "bank_count": float(np.log1p(mine.sum())), "bank_margin": bm,
+            "bank_sim": float(tsim[j])}
 
 
 def features_for(index: TileIndex, vec: np.ndarray, s_region: float, s_generic: float | None) -> dict:

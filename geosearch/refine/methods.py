@@ -117,11 +117,19 @@ def _pyramid(index: TileIndex, text: str, k: int, o: dict) -> PyramidResult:
                           keep=int(o["keep"]))
 
 
-def _confidence(index: TileIndex, vec: np.ndarray, c: Candidate, params: dict) -> tuple[float, dict]:
+REGION_SLOPE = 10.0   # confidence of lower regions: logit shifted by 10 x their score gap to the top one
+
+
+def _confidence(index: TileIndex, vec: np.ndarray, c: Candidate, params: dict, query_feats: dict,
+                s_top: float) -> tuple[float, dict]:
+    """Calibrated confidence of a region: the query-level logit (fitted features, see calibrate.py)
+    shifted by the region's own-extent score gap to the best region."""
     s_gen = c.features.get("s_generic")
-    feats = calibrate.features_for(index, vec, float(c.features.get("s_region", c.score)),
-                                   None if s_gen is None else float(s_gen))
-    return calibrate.confidence(feats, params), feats
+    s_reg = float(c.features.get("s_region", c.score))
+    feats = {**query_feats, **calibrate.features_for(index, vec, s_reg, None if s_gen is None else float(s_gen))}
+    p = calibrate.confidence(feats, params)
+    logit = np.log(max(p, 1e-12) / max(1 - p, 1e-12)) + REGION_SLOPE * min(0.0, s_reg - s_top)
+    return float(1 / (1 + np.exp(-logit))), feats
 
 
 def _to_region(index: TileIndex, c: Candidate, rank: int, method: str, shape: str, conf: float) -> Region:
@@ -250,11 +258,12 @@ def _answer(index: TileIndex, text: str, k: int, ctx: MethodContext, method: str
     add_flags(top, ref.pyramid.windows, query=text, options=ctx.options, layers_dir=ctx.layers_dir)
     params = calibrate.load_calibration(index.meta.get("model_name"))
     regions = []
-    best_feats: dict = {}
+    best_feats: dict = calibrate.query_features(index, ref.vec)
+    s_top = float(top[0].features.get("s_region", top[0].score)) if top else 0.0
     for rank, c in enumerate(top, start=1):
-        conf, feats = _confidence(index, ref.vec, c, params)
+        conf, feats = _confidence(index, ref.vec, c, params, best_feats, s_top)
         if rank == 1:
-            best_feats = feats
+            best_feats = {**best_feats, **feats}
         regions.append(_to_region(index, c, rank, method, o["region_shape"], conf))
     details = {"windows_embedded": ref.pyramid.windows_embedded, "finest_scale_m": ref.pyramid.finest_scale_m,
                "pyramid_full_res_reads": ref.pyramid.full_res_reads,

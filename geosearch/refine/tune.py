@@ -191,9 +191,31 @@ def final(bench_dir: str, out_dir: str, methods: list[str], wait_calibration_for
         bench = load_benchmark(bench_dir)
         index = prepare_index(bench, get_settings(), None)[0]
         conf = []
-        for text in bench.query_texts:
+        rows = []
+        seg = json.loads((Path(out_dir) / "segment.json").read_text()) if (Path(out_dir) / "segment.json").is_file() else None
+        for i, text in enumerate(bench.query_texts):
             a = run_method("segment", index, text, 100)
             conf.append(a.regions[0].confidence if a.regions and a.regions[0].confidence is not None else 0.0)
+            reads = seg["per_query"][i]["full_res_reads"] if seg else a.full_res_reads
+            rows.append({"reads": reads, "finest": a.details.get("finest_scale_m"),
+                         "dense": a.details.get("dense_windows_at_finest")})
+        reads = np.array([r["reads"] for r in rows], float)
+        ratios = np.array([r["reads"] / r["dense"] for r in rows if r["dense"]], float)
+        finest_all = min(r["finest"] for r in rows if r["finest"])
+        from geosearch.refine.methods import dense_count
+
+        dense_all = dense_count(index, finest_all)
+        fin, cnt = np.unique([r["finest"] or 0 for r in rows], return_counts=True)
+        cost = {"full_res_reads_per_query_mean": round(float(reads.mean()), 2),
+                "full_res_reads_per_query_max": int(reads.max()), "full_res_reads_total": int(reads.sum()),
+                "per_query_reads_over_dense_mean": round(float(ratios.mean()), 5),
+                "per_query_reads_over_dense_max": round(float(ratios.max()), 5),
+                "finest_scale_m_counts": {f"{f:g}": int(c) for f, c in zip(fin, cnt)},
+                "finest_scale_m_overall": finest_all, "dense_windows_at_finest_overall": dense_all,
+                "total_reads_over_dense_overall": round(float(reads.sum() / dense_all), 4),
+                "dense_windows_per_scale": {f"{sc:g}": dense_count(index, float(sc)) for sc in (32, 64, 128, 256)}}
+        (Path(out_dir) / "cost.json").write_text(json.dumps(cost, indent=1))
+        print(json.dumps(cost), flush=True)
         conf_arr = np.array(conf, float)
         answerable = np.array([bench.truth(i).answerable for i in range(len(bench))])
         curve = calibrate.tradeoff(conf_arr[answerable], conf_arr[~answerable])
