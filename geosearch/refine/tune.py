@@ -103,6 +103,35 @@ def fit(bench_dir: str, options: dict | None = None, max_false: float = 0.15) ->
     return {"params": params, "curve": curve}
 
 
+def fit_query_level(bench_dir: str, features: list[str] | None = None, max_false: float = 0.15) -> dict:
+    """Fit the logistic confidence on query-level features only (:func:`calibrate.query_features`,
+    cheap: no refinement run) and save it to calibration.json for the index's model."""
+    from geosearch.refine.common import query_vector
+    from geosearch.refine.rerank import positive_text
+
+    features = features or ["bank_count"]
+    bench = load_benchmark(bench_dir)
+    index = prepare_index(bench, get_settings(), None)[0]
+    feats = [calibrate.query_features(index, query_vector(index, [positive_text(t)])) for t in bench.query_texts]
+    y = np.array([1.0 if bench.truth(i).answerable else 0.0 for i in range(len(bench))])
+    x = np.array([[f[n] for n in features] for f in feats])
+    coef, b = calibrate.fit_logistic(x, y)
+    p = 1 / (1 + np.exp(-(x @ coef + b)))
+    thr = calibrate.choose_threshold(p[y == 1], p[y == 0], max_false)
+    seed = json.loads((Path(bench_dir) / "bench.json").read_text()).get("seed")
+    params = {"model": index.meta.get("model_name"), "model_id": index.meta.get("model_id"), "features": features,
+              "coef": [round(float(c), 6) for c in coef], "intercept": round(float(b), 6),
+              "threshold": round(float(thr), 6),
+              "fitted_on": f"{bench_dir} (AID/RSICD dev split only, build_aid_bench seed {seed}): "
+                           f"{int(y.sum())} answerable + {int((1 - y).sum())} absent queries; query-level features",
+              "fit_abstain_recall": round(float(np.mean(p[y == 0] < thr)), 4),
+              "fit_false_abstain_rate": round(float(np.mean(p[y == 1] < thr)), 4),
+              "created": time.strftime("%Y-%m-%d")}
+    calibrate.save_calibration(str(index.meta.get("model_name")), params)
+    print(json.dumps(params, indent=1))
+    return params
+
+
 def cost_report(bench_dir: str, result_json: str) -> dict:
     """Full-resolution windows read per query (from a ``geosearch eval`` result of a refine method)
     against what a dense tiling at the finest scale the pyramid reached would embed. The finest
@@ -234,6 +263,8 @@ if __name__ == "__main__":
         grid(bench_dir, arg, arg.pop("_method", ["segment"])[0] if "_method" in arg else "segment", stride)
     elif cmd == "fit":
         fit(bench_dir, arg)
+    elif cmd == "fitq":
+        fit_query_level(bench_dir, arg.get("features"))
     elif cmd == "final":
         final(bench_dir, arg["out"], arg["methods"], arg.get("wait"))
     elif cmd == "cost":
