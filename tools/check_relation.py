@@ -49,25 +49,10 @@ class CheckRelationOutput(BaseModel):
     held: int
 
 
-def layer_names(con) -> list[tuple[str, str]]:
-    from geosearch.relations import list_layers
-
-    return [(li.name, li.role) for li in list_layers(con)]
-
-
 def resolve_layer(con, name: str) -> str:
-    """A registered layer name for ``name`` (itself, or the first layer whose role is ``name``)."""
-    layers = layer_names(con)
-    if not layers:
-        raise InputError("this index has no layers: add one with `geosearch layers add INDEX FILE`")
-    for n, _ in layers:
-        if n == name:
-            return n
-    for n, role in layers:
-        if role == name or (name.endswith("s") and role == name[:-1]) or role == name + "s":
-            return n
-    raise InputError(f"no layer {name!r} in this index; layers: "
-                     + ", ".join(f"{n} ({r})" for n, r in layers))
+    from geosearch.relations.layers import resolve_layer as engine_resolve
+
+    return engine_resolve(con, name)
 
 
 def check(con, regions: list[tuple[str, Any]], predicate: str, layer: str, distance_m: float | None,

@@ -155,6 +155,21 @@ def get_layer(con: duckdb.DuckDBPyConnection, name: object) -> LayerInfo:
     return info
 
 
+def resolve_layer(index: IndexRef, name: str) -> str:
+    """A registered layer for ``name``: the layer of that name, or the first whose role is ``name``
+    (``roads`` finds a layer registered with role ``roads``; singular / plural both match)."""
+    layers = [(li.name, li.role) for li in list_layers(index)]
+    if not layers:
+        raise GeoSearchError("this index has no layers: add one with `geosearch layers add INDEX FILE`")
+    for n, _ in layers:
+        if n == name:
+            return n
+    for n, role in layers:
+        if role == name or (name.endswith("s") and role == name[:-1]) or role == name + "s":
+            return n
+    raise GeoSearchError(f"no layer {name!r} in this index; layers: " + ", ".join(f"{n} ({r})" for n, r in layers))
+
+
 def drop_layer(index: IndexRef, name: str) -> None:
     """Remove a layer (registry row and feature table)."""
     validate_layer_name(name)
