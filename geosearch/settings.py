@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | mps")
     threads: int = Field(0, description="torch CPU threads; 0 keeps torch's default.")
     batch_size: int = Field(64, ge=1)
+    offline: bool = Field(False, description="Never download weights (HF_HUB_OFFLINE=1 also counts).")
     models_dir: Path = Field(Path.home() / ".cache" / "geosearch" / "models",
                              description="Where downloaded / user checkpoints live.")
 

@@ -79,7 +79,7 @@ def get_weight(name: str, settings: Settings | None = None, *, download: bool = 
     for path in candidates:
         if path.is_file():
             return path
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("GEOSEARCH_OFFLINE") == "1"
+    offline = settings.offline or os.environ.get("HF_HUB_OFFLINE") == "1"  # honour the hub's own switch
     if download and not offline and spec.hub_repo:
         try:
             from huggingface_hub import hf_hub_download
