@@ -16,6 +16,14 @@ import numpy as np
 from geosearch.errors import InputError
 from geosearch.eval.metrics import abstention_sweep, hit_curve
 
+
+def save_figure(fig, out: str | Path) -> None:
+    """Write a PNG atomically: to a temporary name beside ``out``, then rename."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(out)
+
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 TABLE_COLUMNS = ["hit@1", "hit@5", "hit@10", "exact@1", "exact@10", "map", "ndcg@10", "mrr",
@@ -54,7 +62,7 @@ def plot_recall(results: list[dict], out: Path) -> Path:
     ax.set_title(f"{results[0]['bench']['name']}: recall@k")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out)
+    save_figure(fig, out)
     plt.close(fig)
     return out
 
@@ -85,7 +93,7 @@ def plot_abstention(results: list[dict], out: Path) -> Path:
                  fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out)
+    save_figure(fig, out)
     plt.close(fig)
     return out
 
@@ -136,7 +144,7 @@ def plot_answers(result: dict, out: Path, n_queries: int = 4, top: int = 5, max_
     fig.suptitle(f"{result['bench']['name']} / {_label(result)}: top {top} answers "
                  "(green hit, red miss, blue grade-2 truth)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(out)
+    save_figure(fig, out)
     plt.close(fig)
     return out
 

@@ -202,4 +202,6 @@ def choose_threshold(conf_answerable: np.ndarray, conf_absent: np.ndarray, max_f
 def save_calibration(model_name: str, params: dict, path: Path = CALIBRATION_PATH) -> None:
     data = json.loads(path.read_text()) if path.is_file() else {"models": {}}
     data.setdefault("models", {})[model_name] = params
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)  # atomic: never a half-written calibration file
