@@ -6,6 +6,8 @@ match ``duckdb`` exactly. We never ``INSTALL`` from the network.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -53,3 +55,21 @@ def load_spatial(con: duckdb.DuckDBPyConnection) -> None:
     except duckdb.Error:
         # Older packaging exposes the extension under the default extension directory.
         con.execute("LOAD spatial")
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection, **frames) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One transaction: COMMIT when the block ends, ROLLBACK if it raises. Keyword arguments are
+    data frames registered as views under their names for the duration (bulk inserts)."""
+    for name, frame in frames.items():
+        con.register(name, frame)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        for name in frames:
+            con.unregister(name)

@@ -212,18 +212,10 @@ def _insert_tiles(con, mosaic: Mosaic, tiles: list[Tile], fracs: np.ndarray, emb
         "valid_fraction": fracs.astype(float), "date": [date] * len(tiles),
         "embedding": [e.astype("<f4").tobytes() for e in emb],
     })
-    con.register("new_tiles", frame)
-    try:
-        con.execute("BEGIN TRANSACTION")
+    with db.transaction(con, new_tiles=frame):
         con.execute("""INSERT INTO tiles SELECT tile_id, scale_m, "row", col, x0, y0, x1, y1,
                        ST_GeomFromWKB(wkb), ST_GeomFromWKB(wkb84), valid_fraction, date, embedding
                        FROM new_tiles""")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.unregister("new_tiles")
 
 
 def _read_meta(con) -> dict:
@@ -235,10 +227,9 @@ def _read_meta(con) -> dict:
 
 
 def _write_meta(con, values: dict) -> None:
-    con.execute("BEGIN TRANSACTION")
-    for k, v in values.items():
-        con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [k, json.dumps(v)])
-    con.execute("COMMIT")
+    with db.transaction(con):
+        for k, v in values.items():
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [k, json.dumps(v)])
 
 
 class _GridRef:
@@ -328,11 +319,10 @@ def _drop_tile_id_key(con) -> None:
     keyed = con.execute("""SELECT count(*) FROM duckdb_constraints()
                            WHERE table_name = 'tiles' AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')""").fetchone()[0]
     if keyed:
-        con.execute("BEGIN TRANSACTION")
-        con.execute("CREATE TABLE tiles_multidate AS SELECT * FROM tiles")
-        con.execute("DROP TABLE tiles")
-        con.execute("ALTER TABLE tiles_multidate RENAME TO tiles")
-        con.execute("COMMIT")
+        with db.transaction(con):
+            con.execute("CREATE TABLE tiles_multidate AS SELECT * FROM tiles")
+            con.execute("DROP TABLE tiles")
+            con.execute("ALTER TABLE tiles_multidate RENAME TO tiles")
 
 
 def _check_compatible(meta: dict, model_id: str, fingerprint: str, tiling: dict, path: Path) -> None:

@@ -191,11 +191,8 @@ def build_graph(ws: Workspace, progress: ProgressFn | None = None):
         near = sorted(state.get("near_misses") or [], key=lambda r: -r.score)
         reason = None
         threshold = None
-        try:
+        if cands:
             from geosearch.refine import calibrate as cal
-        except ImportError:
-            cal = None
-        if cal is not None and cands:
             from tools.common import query_vector
 
             with ws.using(req.index) as h:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from geosearch.errors import GeoSearchError, InputError
+from geosearch.errors import InputError
 from tools.common import ProgressFn, RegionIn, Workspace, report
 
 PredicateName = Literal["near", "far_from", "within", "intersects", "contains", "along", "between", "density",
@@ -57,10 +57,8 @@ def resolve_layer(con, name: str) -> str:
 
 def check(con, regions: list[tuple[str, Any]], predicate: str, layer: str, distance_m: float | None,
           layer_b: str | None = None, threshold: float | None = None) -> tuple[str, str | None, list]:
-    try:
-        from geosearch.relations import check_relation
-    except ImportError as exc:
-        raise GeoSearchError("relations are not available: geosearch.relations is not installed") from exc
+    from geosearch.relations import check_relation
+
     name = resolve_layer(con, layer)
     name_b = resolve_layer(con, layer_b) if layer_b else None
     res = check_relation(con, regions, predicate, name, distance_m, name_b, threshold=threshold)

@@ -58,10 +58,8 @@ class ExplainOutput(BaseModel):
 
 
 def _calibration(idx, vec: np.ndarray, score: float) -> tuple[float | None, dict, bool]:
-    try:
-        from geosearch.refine import calibrate
-    except ImportError:
-        return None, {}, False
+    from geosearch.refine import calibrate
+
     params = calibrate.load_calibration(idx.meta.get("model_name"))
     feats = calibrate.features_for(idx, vec, score, None)
     conf = calibrate.confidence(feats, params)

@@ -35,12 +35,7 @@ class SegmentRegionOutput(BaseModel):
 
 
 def run(inp: SegmentRegionInput, ws: Workspace, progress: ProgressFn | None = None) -> SegmentRegionOutput:
-    try:
-        from geosearch.refine import segment
-    except ImportError as exc:
-        from geosearch.errors import GeoSearchError
-
-        raise GeoSearchError("segmentation is not available: geosearch.refine is not installed") from exc
+    from geosearch.refine import segment
     from tools.common import bounds_to_wgs84_polygon
 
     pos, neg = prompts_of(inp.query, inp.prompts, inp.negative_prompts)

@@ -77,13 +77,9 @@ def preview_for(ws: Workspace, h, bounds, outlines=None, tag: str = "") -> Previ
 
 
 def run(inp: ZoomTileInput, ws: Workspace, progress: ProgressFn | None = None) -> ZoomTileOutput:
-    try:
-        from geosearch.refine import zoom
-    except ImportError as exc:
-        from geosearch.errors import GeoSearchError
-
-        raise GeoSearchError("zoom is not available: the pyramid engine (geosearch.refine) is not installed") from exc
     from shapely.geometry import mapping
+
+    from geosearch.refine import zoom
 
     pos, neg = prompts_of(inp.query, inp.prompts, inp.negative_prompts)
     with ws.using(inp.index) as h:

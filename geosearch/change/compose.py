@@ -198,10 +198,8 @@ _ROLE_WORDS = {"water": r"river|water|lake|sea|coast|shore|stream|canal|pond|har
 
 def match_layer(index: TileIndex, target: str) -> str | None:
     """The index layer a relation target names (by layer name, else by role), or None."""
-    try:
-        from geosearch.relations import list_layers
-    except ImportError:
-        return None
+    from geosearch.relations import list_layers
+
     try:
         layers = list_layers(str(index.path))
     except GeoSearchError:

@@ -22,7 +22,7 @@ import pandas as pd
 import shapely
 from pyproj import CRS
 
-from geosearch.db import connect
+from geosearch.db import connect, transaction
 from geosearch.errors import GeoSearchError
 from geosearch.relations.safety import (
     infer_role,
@@ -175,16 +175,11 @@ def drop_layer(index: IndexRef, name: str) -> None:
     validate_layer_name(name)
     with open_index(index) as con:
         info = get_layer(con, name)
-        con.execute("BEGIN")
-        try:
+        with transaction(con):
             con.execute(f"DROP TABLE IF EXISTS {info.table}")
             con.execute("DELETE FROM layers WHERE name = ?", [info.name])
             if table_exists(con, "tile_priors"):
                 con.execute("DELETE FROM tile_priors WHERE layer = ?", [info.name])
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
 
 
 def layer_property_columns(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
@@ -431,33 +426,26 @@ def store_layer(
         exists = con.execute("SELECT count(*) FROM layers WHERE name = ?", [name]).fetchone()[0]
         if (exists or table_exists(con, f"layer_{name}")) and not replace:
             raise GeoSearchError(f"layer {name!r} already exists (use replace)")
-        con.register("_gs_layer_src", src)
-        con.execute("BEGIN")
         try:
-            con.execute(f"DROP TABLE IF EXISTS {table}")
-            con.execute("DELETE FROM layers WHERE name = ?", [name])
-            con.execute(
-                f"CREATE TABLE {table} AS SELECT fid, feature_id::VARCHAR AS feature_id, "
-                "properties::JSON AS properties, ST_GeomFromWKB(wkb) AS geom, "
-                "ST_GeomFromWKB(wkb_m) AS geom_m FROM _gs_layer_src"
-            )
-            if rtree:
-                con.execute(f'CREATE INDEX "layer_{name}_geom_rtree" ON {table} USING RTREE (geom)')
-                con.execute(f'CREATE INDEX "layer_{name}_geom_m_rtree" ON {table} USING RTREE (geom_m)')
-            con.execute(
-                "INSERT INTO layers (name, source, crs, geometry_type, feature_count, derived, metric_crs, role, "
-                "columns, bounds_wgs84, params) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [name, source, crs_to_string(src_crs), ",".join(gtypes), len(src), derived, crs_to_string(mcrs),
-                 role, json.dumps(columns), json.dumps(list(bounds)), json.dumps(params or {})],
-            )
-            con.execute("COMMIT")
-        except Exception as exc:
-            con.execute("ROLLBACK")
-            if isinstance(exc, duckdb.Error):
-                raise GeoSearchError(f"cannot store layer {name!r}: {exc}") from exc
-            raise
-        finally:
-            con.unregister("_gs_layer_src")
+            with transaction(con, _gs_layer_src=src):
+                con.execute(f"DROP TABLE IF EXISTS {table}")
+                con.execute("DELETE FROM layers WHERE name = ?", [name])
+                con.execute(
+                    f"CREATE TABLE {table} AS SELECT fid, feature_id::VARCHAR AS feature_id, "
+                    "properties::JSON AS properties, ST_GeomFromWKB(wkb) AS geom, "
+                    "ST_GeomFromWKB(wkb_m) AS geom_m FROM _gs_layer_src"
+                )
+                if rtree:
+                    con.execute(f'CREATE INDEX "layer_{name}_geom_rtree" ON {table} USING RTREE (geom)')
+                    con.execute(f'CREATE INDEX "layer_{name}_geom_m_rtree" ON {table} USING RTREE (geom_m)')
+                con.execute(
+                    "INSERT INTO layers (name, source, crs, geometry_type, feature_count, derived, metric_crs, role, "
+                    "columns, bounds_wgs84, params) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [name, source, crs_to_string(src_crs), ",".join(gtypes), len(src), derived, crs_to_string(mcrs),
+                     role, json.dumps(columns), json.dumps(list(bounds)), json.dumps(params or {})],
+                )
+        except duckdb.Error as exc:
+            raise GeoSearchError(f"cannot store layer {name!r}: {exc}") from exc
         return get_layer(con, name)
 
 

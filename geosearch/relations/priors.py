@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from geosearch.db import transaction
 from geosearch.errors import GeoSearchError
 from geosearch.relations.layers import IndexRef, get_layer, list_layers, open_index, table_exists
 from geosearch.relations.predicates import REGIONS_TABLE, _load_regions, _nearest, to_metric
@@ -63,20 +64,12 @@ def compute_priors(
                 dens = np.where(areas_km2 > 0, counts / areas_km2, np.nan)
             src = pd.DataFrame({"tile_id": tile_ids, "layer": info.name, "role": info.role,
                                 "distance_m": dist, "density_per_km2": dens})
-            con.register("_gs_priors_src", src)
-            con.execute("BEGIN")
-            try:
+            with transaction(con, _gs_priors_src=src):
                 con.execute("DELETE FROM tile_priors WHERE layer = ?", [info.name])
                 con.execute("INSERT INTO tile_priors SELECT tile_id, layer, role, "
                             "CASE WHEN isnan(distance_m) THEN NULL ELSE distance_m END, "
                             "CASE WHEN isnan(density_per_km2) THEN NULL ELSE density_per_km2 END "
                             "FROM _gs_priors_src")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-            finally:
-                con.unregister("_gs_priors_src")
             written += len(src)
         return written
 

@@ -67,31 +67,34 @@ def _print_info(info: object) -> None:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from geosearch.relations import compute_priors, register_layer
+    from geosearch.relations import register_layer
 
     _need_index(args.index)
     info = register_layer(args.index, args.file, args.name, role=args.role, replace=args.replace,
                           id_column=args.id_column)
-    _print_info(info)
-    if info.role in ("roads", "water", "buildings"):
-        n = compute_priors(args.index, layers=[info.name])
-        if n:
-            print(f"tile priors: {n} row(s)")
+    _report_layer(args.index, info)
     return 0
 
 
+def _report_layer(index: str, info) -> None:
+    """Print a registered layer; layers with a prior role refresh the per-tile GIS priors."""
+    from geosearch.relations import compute_priors
+
+    _print_info(info)
+    if info.role in ("roads", "water", "buildings"):
+        n = compute_priors(index, layers=[info.name])
+        if n:
+            print(f"tile priors: {n} row(s)")
+
+
 def _derive(args: argparse.Namespace) -> int:
-    from geosearch.relations import compute_priors, derive_layer
+    from geosearch.relations import derive_layer
 
     _need_index(args.index)
     info = derive_layer(args.index, args.raster, args.kind, args.name, green=args.green, nir=args.nir,
                         red=args.red, blue=args.blue, swir=args.swir, threshold=args.threshold,
                         max_size=args.max_size, replace=args.replace)
-    _print_info(info)
-    if info.role in ("roads", "water", "buildings"):
-        n = compute_priors(args.index, layers=[info.name])
-        if n:
-            print(f"tile priors: {n} row(s)")
+    _report_layer(args.index, info)
     return 0
 
 
