@@ -65,6 +65,8 @@ def test_bad_input_exit_2(built, capsys, tmp_path):
         (["search", str(tmp_path / "none.duckdb"), "roads"], "index not found"),
         (["index", str(raster), "--out", str(out), "--model", "no-such-model"], "unknown model"),
         (["search", str(out)], "error"),
+        (["models", "gallery", str(tmp_path / "m.jsonl"), "--model", "geosearch-tiny", "--split", "test",
+          "--out", str(tmp_path / "g.npz")], "train split only"),
     ]
     for argv, needle in cases:
         rc, err = _err(capsys, argv)

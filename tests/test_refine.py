@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from shapely.geometry import box
 
-from geosearch.errors import WeightsMissingError
+from geosearch.errors import InputError, WeightsMissingError
 from geosearch.geo import reproject_geom
 from geosearch.pipeline import MethodContext, run_method
 from geosearch.refine import calibrate
@@ -151,3 +151,68 @@ def test_sam_backend_without_weights(tmp_path, square_index):
     assert not sam.available()
     with pytest.raises(WeightsMissingError):
         sam.propose(index, index.mosaic().bounds, ["red"])
+
+
+def _solid(rgb, n=4, size=32):
+    return np.stack([np.full((size, size, 3), rgb, np.uint8)] * n)
+
+
+def test_gallery_round_trip_and_reference(tmp_path):
+    from geosearch.refine.gallery import read_gallery, save_gallery
+
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    path = save_gallery(tmp_path / "m.gallery.npz", emb, [f"c{i % 3}" for i in range(50)], "m@1", "unit test")
+    assert not list(tmp_path.glob(".*tmp*"))            # written atomically, no leftovers
+    g = read_gallery(path)
+    assert g.model_id == "m@1" and len(g) == 50
+    assert np.abs(g.embeddings - emb).max() < 0.02     # int8 storage
+    vec = emb[7]
+    top3 = np.sort(emb @ vec)[-3:].mean()
+    assert g.reference(vec) == pytest.approx(top3, abs=0.02)
+    assert g.best_labels(vec, 1) == ["c1"]
+    (tmp_path / "bad.npz").write_bytes(b"not a gallery")
+    with pytest.raises(InputError):
+        read_gallery(tmp_path / "bad.npz")
+    with pytest.raises(InputError):
+        save_gallery(tmp_path / "empty.npz", np.zeros((0, 8)), [], "m@1", "empty")
+
+
+def test_gallery_refuses_other_splits(tmp_path):
+    from geosearch.refine.gallery import build_gallery
+    from geosearch.refine.testing import colour_model
+
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(json.dumps({"path": "a.png", "class": "A", "split": "test"}) + "\n")
+    for split in ("test", "dev"):
+        with pytest.raises(InputError, match="train split only"):
+            build_gallery(colour_model(), str(manifest), split, out=tmp_path / "g.npz")
+
+
+def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
+    """With a gallery of real red and green scenes, the query's best regions are compared with what
+    real examples score: "red" (present) reaches the reference, "blue" (absent) falls far short,
+    and the reason says so."""
+    from geosearch.refine import gallery as G
+
+    index, _ = square_index
+    model = index.model()
+    emb = model.encode_images(np.concatenate([_solid((220, 40, 40)), _solid((60, 150, 60)), _solid((40, 40, 220))]))
+    G.save_gallery(tmp_path / "test-colour.gallery.npz", emb, ["red"] * 4 + ["green"] * 4 + ["blue"] * 4,
+                   model.model_id, "solid colours")
+    monkeypatch.setattr(G, "PACKAGED_DIR", tmp_path)
+    monkeypatch.setattr(G, "_LOADED", {})
+    present = run_method("segment", index, "red", 5).details["calibration_features"]
+    absent = run_method("segment", index, "blue", 5).details["calibration_features"]
+    assert "d_ref" in present and "d_ref" in absent
+    assert present["d_ref"] > -0.1 and absent["d_ref"] < present["d_ref"] - 0.3
+    params = {"features": ["d_ref"], "coef": [20.0], "intercept": 2.0, "threshold": 0.5, "calibrated": True}
+    monkeypatch.setattr(calibrate, "load_calibration", lambda *a, **k: params)
+    ans = run_method("abstain", index, "a blue lake", 5)
+    assert ans.abstained and "reference gallery" in ans.reason
+    assert not run_method("abstain", index, "red", 5).abstained
+    # a gallery embedded with other weights is never used
+    G.save_gallery(tmp_path / "test-colour.gallery.npz", emb, ["x"] * 12, "test-colour@other", "other weights")
+    monkeypatch.setattr(G, "_LOADED", {})
+    assert G.find_gallery("test-colour", "test-colour@1") is None

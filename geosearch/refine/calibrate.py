@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from geosearch.index import TileIndex
+from geosearch.refine.gallery import find_gallery
 from geosearch.refine.rerank import GENERIC_PROMPTS
 
 CALIBRATION_PATH = Path(__file__).parent / "calibration.json"
@@ -138,8 +139,25 @@ def query_features(index: TileIndex, vec: np.ndarray) -> dict:
     else:
         s = index.embeddings @ b.T
         bm = -float((s.max(axis=1) - s[:, j]).min())
-    return {"z_top": (top - mean) / std, "bank_count": float(np.log1p(mine.sum())), "bank_margin": bm,
-            "bank_sim": float(tsim[j])}
+    out = {"z_top": (top - mean) / std, "bank_count": float(np.log1p(mine.sum())), "bank_margin": bm,
+           "bank_sim": float(tsim[j])}
+    gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
+    if gal is not None:
+        out["ref_top"] = gal.reference(vec)
+    return out
+
+
+REF_REGIONS = 3   # d_ref compares the mean own-extent score of this many best regions to the gallery
+
+
+def reference_gap(s_regions: list[float], query_feats: dict) -> float | None:
+    """``d_ref``: mean own-extent score of the best :data:`REF_REGIONS` regions minus the gallery
+    reference of the query (``None`` without a gallery or regions)."""
+    ref = query_feats.get("ref_top")
+    if ref is None or not s_regions:
+        return None
+    best = sorted(s_regions, reverse=True)[:REF_REGIONS]
+    return float(np.mean(best) - ref)
 
 
 def features_for(index: TileIndex, vec: np.ndarray, s_region: float, s_generic: float | None) -> dict:

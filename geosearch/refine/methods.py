@@ -259,6 +259,10 @@ def _answer(index: TileIndex, text: str, k: int, ctx: MethodContext, method: str
     params = calibrate.load_calibration(index.meta.get("model_name"))
     regions = []
     best_feats: dict = calibrate.query_features(index, ref.vec)
+    d_ref = calibrate.reference_gap([float(c.features.get("s_region", c.score)) for c in ref.candidates
+                                     if not c.features.get("fill")], best_feats)
+    if d_ref is not None:
+        best_feats["d_ref"] = d_ref
     s_top = float(top[0].features.get("s_region", top[0].score)) if top else 0.0
     for rank, c in enumerate(top, start=1):
         conf, feats = _confidence(index, ref.vec, c, params, best_feats, s_top)
@@ -277,13 +281,21 @@ def _answer(index: TileIndex, text: str, k: int, ctx: MethodContext, method: str
         details["abstain_threshold"] = thr
         if not regions or best is None or best < thr:
             ans.abstained = True
-            f = best_feats
-            ans.reason = (f"not found: best region confidence {0.0 if best is None else best:.2f} is below "
-                          f"{thr:.2f} (its score is {f.get('z_index', 0):.1f} SD above this index's tile "
-                          f"scores for the query and {f.get('d_generic', 0):+.3f} vs generic aerial prompts)")
+            ans.reason = _abstain_reason(best, thr, best_feats)
             ans.near_misses = regions[: int(o["max_near_misses"])]
             ans.regions = []
     return ans
+
+
+def _abstain_reason(best: float | None, thr: float, f: dict) -> str:
+    head = f"not found: best region confidence {0.0 if best is None else best:.2f} is below {thr:.2f}"
+    if "d_ref" in f:
+        return (f"{head} (the best regions score {-f['d_ref']:.3f} below what real examples of the query "
+                f"score in the reference gallery)" if f["d_ref"] < 0 else
+                f"{head} (the best regions score {f['d_ref']:.3f} above the gallery's real examples, "
+                f"which is still too little for this query)")
+    return (f"{head} (its score is {f.get('z_index', 0):.1f} SD above this index's tile scores for the query "
+            f"and {f.get('d_generic', 0):+.3f} vs generic aerial prompts)")
 
 
 @register_method("pyramid", "coarse-to-fine pyramid (Dynamic Image Pyramid): regions = best windows")

@@ -2,7 +2,7 @@
 never on the test split).
 
     python -m geosearch.refine.tune grid  out/aid-dev-tune  '{"seg_threshold": [0.5, 0.6]}'
-    python -m geosearch.refine.tune fit   out/aid-dev-tune
+    python -m geosearch.refine.tune fit   out/aid-dev-tune,out/aid-dev-tune1 '{"features": ["d_ref"]}'
 
 ``grid`` runs the ``segment`` method over the benchmark for each combination of options (they
 override :data:`geosearch.refine.methods.DEFAULTS`) and prints hit@10 / map / cost. ``fit`` runs
@@ -75,25 +75,35 @@ def grid(bench_dir: str, space: dict, method: str = "segment", stride: int = 1) 
     return rows
 
 
-def fit(bench_dir: str, options: dict | None = None, max_false: float = 0.15) -> dict:
-    r = run_bench(bench_dir, "segment", options)
-    feats, labels = [], []
-    for run, s in zip(r["runs"], r["scores"]):
-        f = (run.answer.details.get("calibration_features") if run.answer else None) or {}
-        feats.append([f.get(n, -10.0) for n in calibrate.FEATURES])
-        labels.append(1.0 if s.answerable else 0.0)
+def fit(bench_dirs: str | list[str], options: dict | None = None, max_false: float = 0.15,
+        features: list[str] | None = None) -> dict:
+    """Run ``segment`` over one or more tuning benchmarks (comma-separated), fit the logistic
+    confidence on the named calibration features of each query's answer (label: answerable vs
+    ``absent``), choose the threshold (false-abstain rate <= ``max_false``) and save it."""
+    dirs = bench_dirs.split(",") if isinstance(bench_dirs, str) else list(bench_dirs)
+    features = features or list(calibrate.FEATURES)
+    feats, labels, index, notes = [], [], None, []
+    for d in dirs:
+        r = run_bench(d, "segment", options)
+        index = r["index"]
+        for run, sc in zip(r["runs"], r["scores"]):
+            f = (run.answer.details.get("calibration_features") if run.answer else None) or {}
+            missing = [n for n in features if n not in f]
+            if missing:
+                raise SystemExit(f"feature(s) {missing} not computed for {d} (is the model's gallery present?)")
+            feats.append([f[n] for n in features])
+            labels.append(1.0 if sc.answerable else 0.0)
+        meta = json.loads((Path(d) / "bench.json").read_text())
+        notes.append(f"{Path(d).name} (seed {meta.get('seed')}, left out {'/'.join(meta.get('left_out_classes', []))})")
     x, y = np.array(feats), np.array(labels)
     coef, b = calibrate.fit_logistic(x, y)
     p = 1 / (1 + np.exp(-(x @ coef + b)))
     thr = calibrate.choose_threshold(p[y == 1], p[y == 0], max_false)
     curve = calibrate.tradeoff(p[y == 1], p[y == 0])
-    bench = load_benchmark(bench_dir)
-    index = r["index"]
     params = {"model": index.meta.get("model_name"), "model_id": index.meta.get("model_id"),
-              "features": calibrate.FEATURES, "coef": [round(float(c), 6) for c in coef],
+              "features": features, "coef": [round(float(c), 6) for c in coef],
               "intercept": round(float(b), 6), "threshold": round(float(thr), 6),
-              "fitted_on": f"{bench.meta.name} at {bench_dir} (dev split only, seed "
-                           f"{json.loads((Path(bench_dir) / 'bench.json').read_text()).get('seed')}): "
+              "fitted_on": f"AID/RSICD dev-split tuning benchmarks only: {', '.join(notes)}; "
                            f"{int(y.sum())} answerable + {int((1 - y).sum())} absent queries, method segment",
               "fit_abstain_recall": round(float(np.mean(p[y == 0] < thr)), 4),
               "fit_false_abstain_rate": round(float(np.mean(p[y == 1] < thr)), 4),
@@ -262,7 +272,8 @@ if __name__ == "__main__":
         stride = int(arg.pop("_stride", 1))
         grid(bench_dir, arg, arg.pop("_method", ["segment"])[0] if "_method" in arg else "segment", stride)
     elif cmd == "fit":
-        fit(bench_dir, arg)
+        feats = arg.pop("features", None)
+        fit(bench_dir, arg, features=feats)
     elif cmd == "fitq":
         fit_query_level(bench_dir, arg.get("features"))
     elif cmd == "final":

@@ -18,6 +18,14 @@ def register(sub) -> None:
     pe.add_argument("--device", default=None)
     pe.add_argument("--json", action="store_true")
     pe.set_defaults(func=run_eval)
+    pg = msub.add_parser("gallery", help="embed a reference gallery of real scenes for calibrated abstention")
+    pg.add_argument("source", nargs="?", default="../shared/data/aid-rsicd/manifest.jsonl",
+                    help="a captioned manifest (its train split is used) or a folder of class sub-folders")
+    pg.add_argument("--model", default=None, help="registry name or ARCH:CHECKPOINT (default: settings)")
+    pg.add_argument("--split", default="train", help="manifest split (only 'train' is accepted)")
+    pg.add_argument("--out", default=None, help="output .npz (default: MODELS_DIR/<model>.gallery.npz)")
+    pg.add_argument("--device", default=None)
+    pg.set_defaults(func=run_gallery)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -49,4 +57,15 @@ def run_eval(args) -> int:
         print(json.dumps({"model": model.model_id, "split": args.split, **metrics}, indent=2))
     else:
         print(f"{model.model_id} on {args.split}: {format_metrics(metrics)}")
+    return 0
+
+
+def run_gallery(args) -> int:
+    from geosearch.models import get_model
+    from geosearch.refine.gallery import build_gallery, check_gallery_source
+
+    check_gallery_source(args.source, args.split)
+    model = get_model(args.model, device=args.device)
+    out, n = build_gallery(model, args.source, args.split, out=args.out, progress=True)
+    print(f"gallery of {n} images for {model.model_id}: {out}")
     return 0

@@ -1,0 +1,142 @@
+"""Reference gallery: image embeddings of real, labelled scenes, one file per model.
+
+Abstention has to answer "is there anything like the query in *this* mosaic?". Scores against the
+index alone cannot tell: the best tile of a mosaic without airports still scores something for
+"an airport", and the index's own score distribution says nothing about how high a real airport
+would score. The gallery does: it holds embeddings of real aerial scenes (for the starter model, the
+7,976 AID/RSICD **train** chips), so :meth:`Gallery.reference` gives, for any query vector, the
+mean score of its best few real examples. The calibration feature ``d_ref`` (see
+:mod:`geosearch.refine.calibrate`) is how far the mosaic's best regions fall short of that.
+
+Files are ``<model name>.gallery.npz``, looked up next to the packaged weights and in
+``settings.models_dir``; they record the ``model_id`` they were embedded with, and a gallery of other
+weights is never used. Embeddings are stored as int8 with a per-row scale (cosine error < 1e-2).
+Build one with ``geosearch models gallery`` (train split or a folder of class sub-folders only).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geosearch.errors import InputError
+from geosearch.settings import Settings, get_settings
+
+PACKAGED_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
+REFERENCE_K = 3          # the reference is the mean score of the query's best K gallery scenes
+
+
+@dataclass
+class Gallery:
+    embeddings: np.ndarray        # (N, D) float32, unit rows
+    labels: np.ndarray            # (N,) class names (may be empty strings)
+    model_id: str
+    source: str
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def reference(self, vec: np.ndarray, k: int = REFERENCE_K) -> float:
+        """Mean of the ``k`` best gallery scores of the query vector: what a real example scores."""
+        s = self.embeddings @ np.asarray(vec, np.float32)
+        k = max(1, min(int(k), len(s)))
+        return float(np.partition(s, len(s) - k)[-k:].mean())
+
+    def best_labels(self, vec: np.ndarray, k: int = REFERENCE_K) -> list[str]:
+        """Labels of the ``k`` best gallery scenes (shown in explanations)."""
+        s = self.embeddings @ np.asarray(vec, np.float32)
+        return [str(self.labels[i]) for i in np.argsort(-s)[:k]]
+
+
+def gallery_filename(model_name: str) -> str:
+    return f"{model_name}.gallery.npz"
+
+
+def save_gallery(path: str | Path, embeddings: np.ndarray, labels: list[str] | np.ndarray, model_id: str,
+                 source: str) -> Path:
+    """Write a gallery atomically (int8 rows plus per-row scale)."""
+    emb = np.asarray(embeddings, np.float32)
+    if emb.ndim != 2 or not len(emb):
+        raise InputError("a gallery needs at least one embedding")
+    scale = np.abs(emb).max(axis=1, keepdims=True) / 127.0 + 1e-12
+    q = np.clip(np.round(emb / scale), -127, 127).astype(np.int8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, q=q, scale=scale.astype(np.float32), labels=np.asarray(labels, dtype=str),
+                        model_id=np.array(model_id), source=np.array(source),
+                        created=np.array(time.strftime("%Y-%m-%d")))
+    os.replace(tmp, path)
+    return path
+
+
+def read_gallery(path: str | Path) -> Gallery:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            emb = z["q"].astype(np.float32) * z["scale"]
+            labels, model_id, source = z["labels"], str(z["model_id"]), str(z["source"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"not a GeoSearch gallery file: {path} ({exc})") from exc
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
+    return Gallery(emb, labels, model_id, source, path)
+
+
+_LOADED: dict[tuple[str, str], Gallery | None] = {}
+
+
+def find_gallery(model_name: str | None, model_id: str | None, settings: Settings | None = None) -> Gallery | None:
+    """The gallery for these exact weights, or ``None`` (calibration then falls back to features
+    that need no gallery). Cached per model."""
+    if not model_name or not model_id:
+        return None
+    key = (model_name, model_id)
+    if key not in _LOADED:
+        settings = settings or get_settings()
+        found = None
+        for folder in (Path(settings.models_dir), PACKAGED_DIR):
+            p = folder / gallery_filename(model_name)
+            if p.is_file():
+                g = read_gallery(p)
+                if g.model_id == model_id:
+                    found = g
+                    break
+        _LOADED[key] = found
+    return _LOADED[key]
+
+
+def check_gallery_source(source: str | Path, split: str | None) -> Path:
+    """A manifest's ``train`` split or a folder; anything else is refused before a model loads."""
+    src = Path(source)
+    if src.suffix == ".jsonl" and split != "train":
+        raise InputError(f"a gallery is built from the train split only (got split={split!r}): dev is for "
+                         "tuning and test for final evaluation")
+    if not src.exists():
+        raise InputError(f"gallery source not found: {src}")
+    return src
+
+
+def build_gallery(model, source: str, split: str | None = "train", out: str | Path | None = None,
+                  batch: int = 256, progress: bool = False) -> tuple[Path, int]:
+    """Embed every image of ``source`` (a captioned manifest, only its ``train`` split, or a folder of
+    class sub-folders) with ``model`` and save the gallery (default: ``settings.models_dir``)."""
+    from geosearch.train.data import decode_images, load_source
+
+    src = check_gallery_source(source, split)
+    data = load_source(source, split if src.suffix == ".jsonl" else None)
+    images = decode_images(data.records, max(model.image_size, 150))
+    embs = []
+    for i in range(0, len(images), batch):
+        embs.append(model.encode_images(images[i:i + batch]))
+        if progress:
+            print(f"  {min(i + batch, len(images))}/{len(images)} images", flush=True)
+    out = Path(out) if out else Path(get_settings().models_dir) / gallery_filename(model.name)
+    desc = f"{len(images)} images from {source}" + (f" (split {split})" if src.suffix == ".jsonl" else "")
+    save_gallery(out, np.concatenate(embs), [r.label for r in data.records], model.model_id, desc)
+    _LOADED.clear()
+    return out, len(images)
