@@ -192,17 +192,33 @@ def build_graph(ws: Workspace, progress: ProgressFn | None = None):
         reason = None
         threshold = None
         if cands:
+            from shapely.geometry import shape
+
             from geosearch.refine import calibrate as cal
+            from geosearch.refine.common import embed_windows
             from tools.common import query_vector
 
             with ws.using(req.index) as h:
-                vec = query_vector(h.index, parsed.positive_prompts, parsed.negative_prompts)
-                params = cal.load_calibration(h.index.meta.get("model_name"))
+                idx = h.index
+                vec = query_vector(idx, parsed.positive_prompts, parsed.negative_prompts)
+                params = cal.load_calibration(idx.meta.get("model_name"))
                 threshold = float(params.get("threshold", 0.5))
+                # the best candidates are rescored at their own extent, as the engine's methods do,
+                # so that the gallery reference (d_ref) compares like with like
+                cands.sort(key=lambda r: -r.score)
+                head = cands[: min(16, max(req.k, cal.REF_REGIONS))]
+                emb, _ = embed_windows(idx, [idx.area_to_mosaic_crs(shape(r.polygon), "EPSG:4326").bounds
+                                             for r in head])
+                own = {r.id: float(e @ vec) for r, e in zip(head, emb)}
                 for r in cands:
-                    feats = cal.features_for(h.index, vec, r.score, None)
-                    r.confidence = float(cal.confidence(feats, params))
-                    r.details["calibration"] = {k: round(float(v), 4) for k, v in feats.items()}
+                    r.details["s_region"] = round(own.get(r.id, r.score), 6)
+                cands.sort(key=lambda r: -r.details["s_region"])
+                confs, top_feats = cal.region_confidences(idx, vec, [(r.details["s_region"], None) for r in cands],
+                                                          params, all_scores=list(own.values()))
+                for rank, (r, conf) in enumerate(zip(cands, confs)):
+                    r.confidence = conf
+                    if rank == 0:
+                        r.details["calibration"] = {k: round(float(v), 4) for k, v in top_feats.items()}
                     if not params.get("calibrated", False):
                         r.flags.append("uncalibrated")
             cands.sort(key=lambda r: -(r.confidence or 0.0))
@@ -214,9 +230,9 @@ def build_graph(ws: Workspace, progress: ProgressFn | None = None):
                       else "no tile of the index matches the query")
         elif state["method"] == "abstain" and threshold is not None and (final[0].confidence or 0) < threshold:
             abstained = True
-            reason = (f"not found: best region confidence {final[0].confidence:.2f} is below {threshold:.2f} "
-                      f"(score {final[0].score:.3f}, {final[0].details.get('calibration', {}).get('z_index', 0):+.1f}"
-                      " SD above this index's tile scores)")
+            from geosearch.refine.methods import abstain_reason
+
+            reason = abstain_reason(final[0].confidence, threshold, final[0].details.get("calibration", {}))
         if abstained:
             near = (final + near)[:5]
             final = []

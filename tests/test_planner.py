@@ -117,3 +117,29 @@ def test_openai_compatible_chat_model(monkeypatch):
     msg = m.invoke([HumanMessage("hi")])
     assert msg.tool_calls[0]["name"] == "parse_query" and msg.tool_calls[0]["args"] == {"text": "x"}
     assert seen["tools"][0]["function"]["name"] == "ParseQueryInput"
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_planner_calibrates_against_gallery(vegas_ws, tmp_path, monkeypatch):
+    """The planner's calibrate step rescored its best candidates at their own extent and compares
+    them with the model's reference gallery, like the engine's ``abstain`` method."""
+    from geosearch.refine import calibrate
+    from geosearch.refine import gallery as G
+    from server.planner import PlanRequest, run_planner
+
+    idx = vegas_ws.handle("vegas.duckdb").index
+    G.save_gallery(tmp_path / "geosearch-tiny.gallery.npz", idx.embeddings[:50], ["tile"] * 50,
+                   idx.meta["model_id"], "tiles of the index itself")
+    monkeypatch.setattr(G, "PACKAGED_DIR", tmp_path)
+    monkeypatch.setattr(G, "_LOADED", {})
+    params = {"features": ["d_ref"], "coef": [50.0], "intercept": 0.0, "threshold": 0.5, "calibrated": True}
+    monkeypatch.setattr(calibrate, "load_calibration", lambda *a, **k: params)
+    res = run_planner(PlanRequest(text="a parking lot", index="vegas.duckdb", k=3, explain=False), vegas_ws)
+    top = (res.regions or res.near_misses)[0]
+    cal = top.details["calibration"]
+    assert {"d_ref", "ref_top"} <= set(cal)
+    assert "s_region" in top.details
+    assert res.abstained == (cal["d_ref"] < 0)       # sigmoid(50 * d_ref) < 0.5 exactly when d_ref < 0
+    if res.abstained:
+        assert "reference gallery" in res.reason

@@ -14,16 +14,20 @@ region is normalised twice before it is turned into a probability:
 Query-level features (:func:`query_features`, no region needed): ``z_top`` (the best tile's
 z-score), ``bank_count`` / ``bank_margin`` (the query is mapped to its nearest scene of
 :data:`SCENE_BANK` in text space; how many tiles of the index are zero-shot classified as that
-scene, and the best such tile's margin) and ``bank_sim``.
+scene, and the best such tile's margin), ``bank_sim``, and, when the model has a reference gallery
+(:mod:`geosearch.refine.gallery`), ``ref_top`` (what the query's best real examples score).
+``d_ref`` (:func:`reference_gap`, set by the methods once the regions are refined) is the mean
+own-extent score of the best regions minus ``ref_top``.
 
 ``confidence = sigmoid(b0 + b . x)`` over the features named in the fitted parameters, fitted by
 logistic regression (L2, Newton steps) on the dev *tuning* benchmark only, with label 1 for
 answerable queries and 0 for ``absent`` ones; lower-ranked regions get the top logit shifted by
-``REGION_SLOPE`` (methods.py) times their own-extent score gap to the best region. A query is
+``REGION_SLOPE`` times their own-extent score gap to the best region. A query is
 answered "not found" when its best region's confidence is below ``threshold`` (chosen on the same
-tuning data so that at most 15 % of answerable queries abstain). On the tuning benchmark the region
-features alone reached abstain_recall 0.28 at false_abstain_rate 0.14, ``bank_count`` alone 0.56 at
-0.10, so the fitted model uses ``bank_count``. Fitted values live in ``calibration.json`` next to this module, with
+tuning data so that at most 15 % of answerable queries abstain). Region features alone reached abstain_recall
+0.28 (false_abstain_rate <= 0.15) and ``bank_count`` 0.56 on one tuning benchmark but 0.28 on the
+reported one; ``d_ref`` is what the fitted starter calibration uses (docs/refinement.md).
+Fitted values live in ``calibration.json`` next to this module, with
 a note of the data and model that fitted them; for another model the hand-set fallback
 :data:`FALLBACK` is used and marked as uncalibrated.
 """
@@ -147,6 +151,7 @@ def query_features(index: TileIndex, vec: np.ndarray) -> dict:
     return out
 
 
+REGION_SLOPE = 10.0   # confidence of lower regions: logit shifted by 10 x their score gap to the top one
 REF_REGIONS = 3   # d_ref compares the mean own-extent score of this many best regions to the gallery
 
 
@@ -158,6 +163,32 @@ def reference_gap(s_regions: list[float], query_feats: dict) -> float | None:
         return None
     best = sorted(s_regions, reverse=True)[:REF_REGIONS]
     return float(np.mean(best) - ref)
+
+
+def region_confidences(index: TileIndex, vec: np.ndarray, regions: list[tuple[float, float | None]],
+                       params: dict, query_feats: dict | None = None,
+                       all_scores: list[float] | None = None) -> tuple[list[float], dict]:
+    """Calibrated confidence of ranked regions, given each one's own-extent score and (or ``None``)
+    the generic prompts' score at the same crop. The query-level logit (fitted features, including
+    ``d_ref`` from the best own-extent scores among ``all_scores``, default the regions' own) is
+    shifted by :data:`REGION_SLOPE` times each region's score gap to the first region. Returns the
+    confidences and the features of the first region (query-level + region-level)."""
+    qf = dict(query_feats) if query_feats is not None else query_features(index, vec)
+    d_ref = reference_gap(list(all_scores) if all_scores is not None else [r[0] for r in regions], qf)
+    if d_ref is not None:
+        qf["d_ref"] = d_ref
+    if not regions:
+        return [], qf
+    s_top = float(regions[0][0])
+    confs, best = [], qf
+    for rank, (s_reg, s_gen) in enumerate(regions):
+        feats = {**qf, **features_for(index, vec, float(s_reg), s_gen)}
+        p = confidence(feats, params)
+        logit = np.log(max(p, 1e-12) / max(1 - p, 1e-12)) + REGION_SLOPE * min(0.0, float(s_reg) - s_top)
+        confs.append(float(1 / (1 + np.exp(-logit))))
+        if rank == 0:
+            best = feats
+    return confs, best
 
 
 def features_for(index: TileIndex, vec: np.ndarray, s_region: float, s_generic: float | None) -> dict:

@@ -117,21 +117,6 @@ def _pyramid(index: TileIndex, text: str, k: int, o: dict) -> PyramidResult:
                           keep=int(o["keep"]))
 
 
-REGION_SLOPE = 10.0   # confidence of lower regions: logit shifted by 10 x their score gap to the top one
-
-
-def _confidence(index: TileIndex, vec: np.ndarray, c: Candidate, params: dict, query_feats: dict,
-                s_top: float) -> tuple[float, dict]:
-    """Calibrated confidence of a region: the query-level logit (fitted features, see calibrate.py)
-    shifted by the region's own-extent score gap to the best region."""
-    s_gen = c.features.get("s_generic")
-    s_reg = float(c.features.get("s_region", c.score))
-    feats = {**query_feats, **calibrate.features_for(index, vec, s_reg, None if s_gen is None else float(s_gen))}
-    p = calibrate.confidence(feats, params)
-    logit = np.log(max(p, 1e-12) / max(1 - p, 1e-12)) + REGION_SLOPE * min(0.0, s_reg - s_top)
-    return float(1 / (1 + np.exp(-logit))), feats
-
-
 def _to_region(index: TileIndex, c: Candidate, rank: int, method: str, shape: str, conf: float) -> Region:
     geom84 = c.polygon_wgs84 if shape == "polygon" else to_wgs84(index, box(*c.bbox_map))
     feats = {k: round(float(v), 5) for k, v in c.features.items() if isinstance(v, (int, float))}
@@ -257,18 +242,13 @@ def _answer(index: TileIndex, text: str, k: int, ctx: MethodContext, method: str
     top = ref.candidates[:k]
     add_flags(top, ref.pyramid.windows, query=text, options=ctx.options, layers_dir=ctx.layers_dir)
     params = calibrate.load_calibration(index.meta.get("model_name"))
-    regions = []
-    best_feats: dict = calibrate.query_features(index, ref.vec)
-    d_ref = calibrate.reference_gap([float(c.features.get("s_region", c.score)) for c in ref.candidates
-                                     if not c.features.get("fill")], best_feats)
-    if d_ref is not None:
-        best_feats["d_ref"] = d_ref
-    s_top = float(top[0].features.get("s_region", top[0].score)) if top else 0.0
-    for rank, c in enumerate(top, start=1):
-        conf, feats = _confidence(index, ref.vec, c, params, best_feats, s_top)
-        if rank == 1:
-            best_feats = {**best_feats, **feats}
-        regions.append(_to_region(index, c, rank, method, o["region_shape"], conf))
+    s_all = [float(c.features.get("s_region", c.score)) for c in ref.candidates if not c.features.get("fill")]
+    g = [c.features.get("s_generic") for c in top]
+    confs, best_feats = calibrate.region_confidences(
+        index, ref.vec, [(float(c.features.get("s_region", c.score)), None if x is None else float(x))
+                         for c, x in zip(top, g)], params, all_scores=s_all)
+    regions = [_to_region(index, c, rank, method, o["region_shape"], conf)
+               for rank, (c, conf) in enumerate(zip(top, confs), start=1)]
     details = {"windows_embedded": ref.pyramid.windows_embedded, "finest_scale_m": ref.pyramid.finest_scale_m,
                "pyramid_full_res_reads": ref.pyramid.full_res_reads,
                "dense_windows_at_finest": dense_count(index, ref.pyramid.finest_scale_m),
@@ -281,13 +261,15 @@ def _answer(index: TileIndex, text: str, k: int, ctx: MethodContext, method: str
         details["abstain_threshold"] = thr
         if not regions or best is None or best < thr:
             ans.abstained = True
-            ans.reason = _abstain_reason(best, thr, best_feats)
+            ans.reason = abstain_reason(best, thr, best_feats)
             ans.near_misses = regions[: int(o["max_near_misses"])]
             ans.regions = []
     return ans
 
 
-def _abstain_reason(best: float | None, thr: float, f: dict) -> str:
+def abstain_reason(best: float | None, thr: float, f: dict) -> str:
+    """The "not found" sentence: by how much the best regions fall short of the gallery's real
+    examples (or, without a gallery, how they compare with the index and generic prompts)."""
     head = f"not found: best region confidence {0.0 if best is None else best:.2f} is below {thr:.2f}"
     if "d_ref" in f:
         return (f"{head} (the best regions score {-f['d_ref']:.3f} below what real examples of the query "

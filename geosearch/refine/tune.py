@@ -282,7 +282,13 @@ if __name__ == "__main__":
         cost_report(bench_dir, sys.argv[3])
     elif cmd == "curve":
         params = calibrate.load_calibration(arg.get("model"))
-        plot_tradeoff(curve_from_result(bench_dir), params["threshold"], arg["out"], arg.get("title", ""))
+        curve = curve_from_result(bench_dir)
+        plot_tradeoff(curve, params["threshold"], arg["out"], arg.get("title", ""))
+        if arg.get("json"):   # the curve itself, next to the plot
+            tmp = Path(arg["json"]).with_name(f".{Path(arg['json']).name}.tmp")
+            tmp.write_text(json.dumps({"result": bench_dir, "threshold": params["threshold"],
+                                       "features": params["features"], "curve": curve}, indent=1) + "\n")
+            tmp.replace(arg["json"])
     elif cmd == "run":
         r = run_bench(bench_dir, arg.pop("method", "segment"), arg, stride=int(arg.pop("_stride", 1)))
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r["metrics"].items()}),
