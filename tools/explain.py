@@ -57,14 +57,22 @@ class ExplainOutput(BaseModel):
     explanation_source: str = "template"
 
 
-def _calibration(idx, vec: np.ndarray, score: float) -> tuple[float | None, dict, bool]:
+def _calibrations(idx, vec: np.ndarray, own: np.ndarray) -> tuple[list[tuple[float, dict]], bool]:
+    """Confidence and calibration features of each region from its own-extent score, the same way
+    the engine's methods and the planner calibrate (gallery reference ``d_ref`` when the model has one)."""
     from geosearch.refine import calibrate
 
     params = calibrate.load_calibration(idx.meta.get("model_name"))
-    feats = calibrate.features_for(idx, vec, score, None)
-    conf = calibrate.confidence(feats, params)
-    return float(conf), {k: round(float(v), 4) for k, v in feats.items()} | {
-        "threshold": float(params.get("threshold", 0.5))}, bool(params.get("calibrated", False))
+    order = np.argsort(-own, kind="stable")
+    confs, top_feats = calibrate.region_confidences(idx, vec, [(float(own[i]), None) for i in order], params)
+    out: list[tuple[float, dict]] = [(0.0, {})] * len(own)
+    for rank, (i, conf) in enumerate(zip(order, confs)):
+        feats = top_feats if rank == 0 else {
+            **{k: v for k, v in top_feats.items() if k in ("d_ref", "ref_top", "z_top", "bank_count")},
+            **calibrate.features_for(idx, vec, float(own[i]), None)}
+        out[int(i)] = (float(conf), {k: round(float(v), 4) for k, v in feats.items()}
+                       | {"threshold": float(params.get("threshold", 0.5))})
+    return out, bool(params.get("calibrated", False))
 
 
 def run(inp: ExplainInput, ws: Workspace, progress: ProgressFn | None = None) -> ExplainOutput:
@@ -116,12 +124,11 @@ def run(inp: ExplainInput, ws: Workspace, progress: ProgressFn | None = None) ->
                 con.close()
         report(progress, 1, total, "calibrating")
         out: list[RegionExplanation] = []
-        calibrated = False
+        cals, calibrated = _calibrations(idx, vec, emb @ vec)
         for i, ((rid, _g), region) in enumerate(zip(geoms, inp.regions)):
             e = emb[i]
             score = float(e @ vec)
-            # calibrate the score the region came with (what the planner decided on), else the window's
-            conf, cal, calibrated = _calibration(idx, vec, score if region.score is None else float(region.score))
+            conf, cal = cals[i]
             evidence = []
             for tid in region.evidence_tiles[:5]:
                 try:
