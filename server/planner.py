@@ -210,8 +210,9 @@ def build_graph(ws: Workspace, progress: ProgressFn | None = None):
                 emb, _ = embed_windows(idx, [idx.area_to_mosaic_crs(shape(r.polygon), "EPSG:4326").bounds
                                              for r in head])
                 own = {r.id: float(e @ vec) for r, e in zip(head, emb)}
-                for r in cands:
-                    r.details["s_region"] = round(own.get(r.id, r.score), 6)
+                floor = min(own.values())
+                for i, r in enumerate(cands):   # the rest stay below the rescored head, in their order
+                    r.details["s_region"] = round(own[r.id] if i < len(head) else min(r.score, floor), 6)
                 cands.sort(key=lambda r: -r.details["s_region"])
                 confs, top_feats = cal.region_confidences(idx, vec, [(r.details["s_region"], None) for r in cands],
                                                           params, all_scores=list(own.values()))
@@ -230,7 +231,7 @@ def build_graph(ws: Workspace, progress: ProgressFn | None = None):
                       else "no tile of the index matches the query")
         elif state["method"] == "abstain" and threshold is not None and (final[0].confidence or 0) < threshold:
             abstained = True
-            from geosearch.refine.methods import abstain_reason
+            from geosearch.refine.calibrate import abstain_reason
 
             reason = abstain_reason(final[0].confidence, threshold, final[0].details.get("calibration", {}))
         if abstained:

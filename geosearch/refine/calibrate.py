@@ -191,6 +191,19 @@ def region_confidences(index: TileIndex, vec: np.ndarray, regions: list[tuple[fl
     return confs, best
 
 
+def abstain_reason(best: float | None, thr: float, f: dict) -> str:
+    """The "not found" sentence: by how much the best regions fall short of the gallery's real
+    examples (or, without a gallery, how they compare with the index and generic prompts)."""
+    head = f"not found: best region confidence {0.0 if best is None else best:.2f} is below {thr:.2f}"
+    if "d_ref" in f:
+        return (f"{head} (the best regions score {-f['d_ref']:.3f} below what real examples of the query "
+                f"score in the reference gallery)" if f["d_ref"] < 0 else
+                f"{head} (the best regions score {f['d_ref']:.3f} above the gallery's real examples, "
+                f"which is still too little for this query)")
+    return (f"{head} (its score is {f.get('z_index', 0):.1f} SD above this index's tile scores for the query "
+            f"and {f.get('d_generic', 0):+.3f} vs generic aerial prompts)")
+
+
 def features_for(index: TileIndex, vec: np.ndarray, s_region: float, s_generic: float | None) -> dict:
     st = index_stats(index)
     mean, std, _ = st.prompt_stats(index, vec)
