@@ -75,6 +75,24 @@ def grid(bench_dir: str, space: dict, method: str = "segment", stride: int = 1) 
     return rows
 
 
+def fit_and_save(index, features: list[str], x: np.ndarray, y: np.ndarray, max_false: float,
+                 fitted_on: str) -> tuple[dict, np.ndarray]:
+    """Logistic fit (label 1 = answerable), threshold at false-abstain rate <= ``max_false``, saved to
+    calibration.json for the index's model; returns the parameters and the fitted confidences."""
+    coef, b = calibrate.fit_logistic(x, y)
+    p = 1 / (1 + np.exp(-(x @ coef + b)))
+    thr = calibrate.choose_threshold(p[y == 1], p[y == 0], max_false)
+    params = {"model": index.meta.get("model_name"), "model_id": index.meta.get("model_id"), "features": features,
+              "coef": [round(float(c), 6) for c in coef], "intercept": round(float(b), 6),
+              "threshold": round(float(thr), 6), "fitted_on": fitted_on,
+              "fit_abstain_recall": round(float(np.mean(p[y == 0] < thr)), 4),
+              "fit_false_abstain_rate": round(float(np.mean(p[y == 1] < thr)), 4),
+              "created": time.strftime("%Y-%m-%d")}
+    calibrate.save_calibration(str(index.meta.get("model_name")), params)
+    print(json.dumps(params, indent=2))
+    return params, p
+
+
 def fit(bench_dirs: str | list[str], options: dict | None = None, max_false: float = 0.15,
         features: list[str] | None = None) -> dict:
     """Run ``segment`` over one or more tuning benchmarks (comma-separated), fit the logistic
@@ -96,20 +114,10 @@ def fit(bench_dirs: str | list[str], options: dict | None = None, max_false: flo
         meta = json.loads((Path(d) / "bench.json").read_text())
         notes.append(f"{Path(d).name} (seed {meta.get('seed')}, left out {'/'.join(meta.get('left_out_classes', []))})")
     x, y = np.array(feats), np.array(labels)
-    coef, b = calibrate.fit_logistic(x, y)
-    p = 1 / (1 + np.exp(-(x @ coef + b)))
-    thr = calibrate.choose_threshold(p[y == 1], p[y == 0], max_false)
+    params, p = fit_and_save(index, features, x, y, max_false,
+                             f"AID/RSICD dev-split tuning benchmarks only: {', '.join(notes)}; "
+                             f"{int(y.sum())} answerable + {int((1 - y).sum())} absent queries, method segment")
     curve = calibrate.tradeoff(p[y == 1], p[y == 0])
-    params = {"model": index.meta.get("model_name"), "model_id": index.meta.get("model_id"),
-              "features": features, "coef": [round(float(c), 6) for c in coef],
-              "intercept": round(float(b), 6), "threshold": round(float(thr), 6),
-              "fitted_on": f"AID/RSICD dev-split tuning benchmarks only: {', '.join(notes)}; "
-                           f"{int(y.sum())} answerable + {int((1 - y).sum())} absent queries, method segment",
-              "fit_abstain_recall": round(float(np.mean(p[y == 0] < thr)), 4),
-              "fit_false_abstain_rate": round(float(np.mean(p[y == 1] < thr)), 4),
-              "created": time.strftime("%Y-%m-%d")}
-    calibrate.save_calibration(str(index.meta.get("model_name")), params)
-    print(json.dumps(params, indent=2))
     return {"params": params, "curve": curve}
 
 
@@ -125,20 +133,10 @@ def fit_query_level(bench_dir: str, features: list[str] | None = None, max_false
     feats = [calibrate.query_features(index, query_vector(index, [positive_text(t)])) for t in bench.query_texts]
     y = np.array([1.0 if bench.truth(i).answerable else 0.0 for i in range(len(bench))])
     x = np.array([[f[n] for n in features] for f in feats])
-    coef, b = calibrate.fit_logistic(x, y)
-    p = 1 / (1 + np.exp(-(x @ coef + b)))
-    thr = calibrate.choose_threshold(p[y == 1], p[y == 0], max_false)
     seed = json.loads((Path(bench_dir) / "bench.json").read_text()).get("seed")
-    params = {"model": index.meta.get("model_name"), "model_id": index.meta.get("model_id"), "features": features,
-              "coef": [round(float(c), 6) for c in coef], "intercept": round(float(b), 6),
-              "threshold": round(float(thr), 6),
-              "fitted_on": f"{bench_dir} (AID/RSICD dev split only, build_aid_bench seed {seed}): "
-                           f"{int(y.sum())} answerable + {int((1 - y).sum())} absent queries; query-level features",
-              "fit_abstain_recall": round(float(np.mean(p[y == 0] < thr)), 4),
-              "fit_false_abstain_rate": round(float(np.mean(p[y == 1] < thr)), 4),
-              "created": time.strftime("%Y-%m-%d")}
-    calibrate.save_calibration(str(index.meta.get("model_name")), params)
-    print(json.dumps(params, indent=1))
+    params, _ = fit_and_save(index, features, x, y, max_false,
+                             f"{bench_dir} (AID/RSICD dev split only, build_aid_bench seed {seed}): {int(y.sum())} "
+                             f"answerable + {int((1 - y).sum())} absent queries; query-level features")
     return params
 
 
