@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
+from geosearch.models.starter import reference_image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -19,22 +19,13 @@ TEXT = "an aerial image of a harbour"
 N_DIMS = 16
 
 
-def gradient_image(size: int = 150) -> np.ndarray:
-    """Deterministic RGB uint8 test input: red ramps left->right, green top->bottom, blue checker."""
-    y, x = np.mgrid[0:size, 0:size]
-    r = x * 255 // (size - 1)
-    g = y * 255 // (size - 1)
-    b = ((x // 15 + y // 15) % 2) * 200 + 25
-    return np.stack([r, g, b], axis=-1).astype(np.uint8)
-
-
 def main() -> None:
     from geosearch.models import get_model
     from geosearch.models.base import sha256_file
     from geosearch.models.starter import WEIGHTS_PATH
 
     model = get_model("geosearch-starter", device="cpu")
-    img = model.encode_images(gradient_image()[None])[0]
+    img = model.encode_images(reference_image()[None])[0]
     txt = model.encode_text([TEXT])[0]
     ref = {
         "model_id": model.model_id,

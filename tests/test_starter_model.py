@@ -9,18 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from geosearch.models.starter import reference_image
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "tests" / "fixtures" / "starter_reference.json"
 CARD = REPO / "geosearch" / "models" / "weights" / "MODEL_CARD.md"
-
-
-def gradient_image(size: int = 150) -> np.ndarray:
-    """Same input as scripts/make_starter_reference.py."""
-    y, x = np.mgrid[0:size, 0:size]
-    r = x * 255 // (size - 1)
-    g = y * 255 // (size - 1)
-    b = ((x // 15 + y // 15) % 2) * 200 + 25
-    return np.stack([r, g, b], axis=-1).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +50,7 @@ def test_weights_sha256_matches_model_card(starter):
 
 def test_embeddings_match_reference(starter):
     ref = json.loads(REFERENCE.read_text())
-    img = starter.encode_images(gradient_image()[None])[0]
+    img = starter.encode_images(reference_image()[None])[0]
     txt = starter.encode_text([ref["text"]])[0]
     n = len(ref["image_first"])
     assert np.allclose(img[:n], ref["image_first"], atol=1e-3)

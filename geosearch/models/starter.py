@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from geosearch.errors import GeoSearchError, WeightsMissingError
@@ -185,3 +186,14 @@ register_model(ModelSpec(
     description="offline starter: ResNet-10t image tower trained on AID/RSICD + locked all-MiniLM-L6-v2",
     weights_file=str(WEIGHTS_PATH), builder=_build_starter, default=True,
 ))
+
+
+def reference_image(size: int = 150) -> np.ndarray:
+    """Deterministic RGB uint8 input for the starter's regression check (scripts/make_starter_reference.py
+    writes its embedding, tests/test_starter_model.py compares): red ramps left->right, green top->bottom,
+    blue checker."""
+    y, x = np.mgrid[0:size, 0:size]
+    r = x * 255 // (size - 1)
+    g = y * 255 // (size - 1)
+    b = ((x // 15 + y // 15) % 2) * 200 + 25
+    return np.stack([r, g, b], axis=-1).astype(np.uint8)
