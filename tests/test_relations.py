@@ -59,20 +59,21 @@ def con(index: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     c.close()
 
 
+def _with_layer(con: duckdb.DuckDBPyConnection, path: Path, name: str) -> duckdb.DuckDBPyConnection:
+    if not path.exists():
+        pytest.skip(f"shared test data not found under {DATA}")
+    register_layer(con, path, name)
+    return con
+
+
 @pytest.fixture()
 def roads_index(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    if not ROADS.exists():
-        pytest.skip(f"shared test data not found under {DATA}")
-    register_layer(con, ROADS, "roads")
-    return con
+    return _with_layer(con, ROADS, "roads")
 
 
 @pytest.fixture()
 def buildings_index(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    if not BUILDINGS.exists():
-        pytest.skip(f"shared test data not found under {DATA}")
-    register_layer(con, BUILDINGS, "buildings")
-    return con
+    return _with_layer(con, BUILDINGS, "buildings")
 
 
 @needs_data
