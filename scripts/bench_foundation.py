@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geosearch.fileio import atomic_write_text
 from geosearch.index import TileIndex, build_index
 from geosearch.models import get_model
 from geosearch.search import search
@@ -78,10 +79,7 @@ def main() -> None:
         print(f"{n:>9} tiles: p50 {out['search_latency_ms'][str(n)]['p50']:.2f} ms, "
               f"p95 {out['search_latency_ms'][str(n)]['p95']:.2f} ms")
         del idx
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = Path(args.out).with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(out, indent=2))
-    tmp_out.replace(args.out)
+    atomic_write_text(args.out, json.dumps(out, indent=2))
     print(json.dumps(out["index_build"], indent=2))
 
 

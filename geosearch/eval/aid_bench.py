@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from PIL import Image
 from shapely.geometry import box, mapping
 
 from geosearch.errors import InputError
+from geosearch.fileio import atomic_path, atomic_write_text
 from geosearch.geo import WGS84, reproject_geom
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "aid-rsicd"
@@ -122,21 +122,14 @@ def _write_mosaic(chips: list[Chip], data_dir: Path, path: Path, width: int, hei
                "crs": CRS, "transform": from_origin(ORIGIN[0], ORIGIN[1], GSD_M, GSD_M),
                "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
                "predictor": 2, "interleave": "pixel", "photometric": "RGB", "BIGTIFF": "IF_SAFER"}
-    tmp = path.with_name(f".{path.name}.tmp.tif")
-    with rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(img)
-        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
-        levels = [f for f in (2, 4, 8, 16, 32) if max(width, height) / f >= 256]
-        if levels:
-            dst.build_overviews(levels, Resampling.average)
-            dst.update_tags(ns="rio_overview", resampling="average")
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tif") as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(img)
+            dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+            levels = [f for f in (2, 4, 8, 16, 32) if max(width, height) / f >= 256]
+            if levels:
+                dst.build_overviews(levels, Resampling.average)
+                dst.update_tags(ns="rio_overview", resampling="average")
 
 
 def build_aid_bench(out_dir: str | Path, *, split: str = "dev", data_dir: str | Path | None = None,
@@ -232,9 +225,9 @@ def build_aid_bench(out_dir: str | Path, *, split: str = "dev", data_dir: str | 
     bench = {"name": f"aid-{split}", "description": desc, "iou": 0.5, "k": [1, 5, 10],
              "source": "/work/shared/data/aid-rsicd (split dev only)", "seed": seed, "gsd_m": GSD_M,
              "crs": CRS, "left_out_classes": left, "n_chips": len(present)}
-    _atomic_text(out / "regions.geojson", json.dumps({"type": "FeatureCollection", "features": feats}))
-    _atomic_text(out / "queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
-    _atomic_text(out / "bench.json", json.dumps(bench, indent=2) + "\n")
+    atomic_write_text(out / "regions.geojson", json.dumps({"type": "FeatureCollection", "features": feats}))
+    atomic_write_text(out / "queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
+    atomic_write_text(out / "bench.json", json.dumps(bench, indent=2) + "\n")
     types: dict[str, int] = {}
     for q in queries:
         types[q["type"]] = types.get(q["type"], 0) + 1

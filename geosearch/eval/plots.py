@@ -15,14 +15,13 @@ import numpy as np
 
 from geosearch.errors import InputError
 from geosearch.eval.metrics import abstention_sweep, hit_curve
+from geosearch.fileio import atomic_path, atomic_write_text
 
 
 def save_figure(fig, out: str | Path) -> None:
     """Write a PNG atomically: to a temporary name beside ``out``, then rename."""
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(out)
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp)
 
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
@@ -209,7 +208,5 @@ def update_readme(readme: str | Path, table: str) -> bool:
     if start < 0 or end < 0 or end < start:
         return False
     new = text[: start + len(README_START)] + "\n" + table + "\n" + text[end:]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+    atomic_write_text(path, new)
     return True

@@ -19,7 +19,6 @@ and written in EPSG:4326.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -29,22 +28,15 @@ import shapely
 from shapely.geometry import MultiPolygon, Point, box, mapping, shape
 
 from geosearch.errors import InputError
+from geosearch.fileio import atomic_path, atomic_write_text
 from geosearch.geo import WGS84, as_crs, reproject_geom, utm_crs_for
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _atomic_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _read_vectors(path: Path) -> tuple[list[dict], object]:
@@ -77,10 +69,10 @@ def _write_bench(out: Path, name: str, description: str, mosaic: Path, regions: 
     _atomic_copy(mosaic, out / "mosaic" / mosaic.name)
     for layer, src in (layers or {}).items():
         _atomic_copy(src, out / "layers" / f"{layer}.geojson")
-    _atomic_text(out / "regions.geojson", json.dumps({"type": "FeatureCollection", "features": regions}))
-    _atomic_text(out / "queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
-    _atomic_text(out / "bench.json", json.dumps({"name": name, "description": description, "iou": 0.5,
-                                                 "k": [1, 5, 10]}, indent=2) + "\n")
+    atomic_write_text(out / "regions.geojson", json.dumps({"type": "FeatureCollection", "features": regions}))
+    atomic_write_text(out / "queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
+    atomic_write_text(out / "bench.json", json.dumps({"name": name, "description": description, "iou": 0.5,
+                                                      "k": [1, 5, 10]}, indent=2) + "\n")
     return {"out": str(out), "regions": len(regions), "queries": len(queries),
             "query_types": dict(Counter(q["type"] for q in queries))}
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from geosearch.errors import GeoSearchError, WeightsMissingError
+from geosearch.fileio import atomic_path
 from geosearch.models.base import EmbeddingModel, sha256_file
 from geosearch.models.registry import CONFIG_DIR, ModelSpec, get_weight, register_model
 from geosearch.settings import Settings
@@ -125,10 +126,8 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike, cfg: dict[str,
             "text_tower_sha256": MINILM_SHA256, "mean": json.dumps(MEAN), "std": json.dumps(STD)}
     meta.update(extra or {})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geosearch.fileio import atomic_write_text
 from geosearch.index import TileIndex
 from geosearch.refine.gallery import find_gallery
 from geosearch.refine.rerank import GENERIC_PROMPTS
@@ -264,6 +265,4 @@ def choose_threshold(conf_answerable: np.ndarray, conf_absent: np.ndarray, max_f
 def save_calibration(model_name: str, params: dict, path: Path = CALIBRATION_PATH) -> None:
     data = json.loads(path.read_text()) if path.is_file() else {"models": {}}
     data.setdefault("models", {})[model_name] = params
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)  # atomic: never a half-written calibration file
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")  # never a half-written calibration file

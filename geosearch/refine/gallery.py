@@ -16,7 +16,6 @@ Build one with ``geosearch models gallery`` (train split or a folder of class su
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from geosearch.errors import InputError
+from geosearch.fileio import atomic_path
 from geosearch.settings import Settings, get_settings
 
 PACKAGED_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
@@ -66,12 +66,10 @@ def save_gallery(path: str | Path, embeddings: np.ndarray, labels: list[str] | n
     scale = np.abs(emb).max(axis=1, keepdims=True) / 127.0 + 1e-12
     q = np.clip(np.round(emb / scale), -127, 127).astype(np.int8)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, q=q, scale=scale.astype(np.float32), labels=np.asarray(labels, dtype=str),
-                        model_id=np.array(model_id), source=np.array(source),
-                        created=np.array(time.strftime("%Y-%m-%d")))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, q=q, scale=scale.astype(np.float32), labels=np.asarray(labels, dtype=str),
+                            model_id=np.array(model_id), source=np.array(source),
+                            created=np.array(time.strftime("%Y-%m-%d")))
     return path
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from geosearch.errors import GeoSearchError
+from geosearch.fileio import atomic_path
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -121,8 +122,6 @@ def decode_images(records: list[Record], size: int, cache_dir: Path | None = Non
         for i, arr in enumerate(pool.map(one, records)):
             out[i] = arr
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(cache)
+        with atomic_path(cache, suffix=".npy") as tmp:
+            np.save(tmp, out)
     return out

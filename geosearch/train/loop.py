@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geosearch.fileio import atomic_path
 from geosearch.models.base import apply_threads, resolve_device
 from geosearch.models.starter import (
     MEAN,
@@ -99,9 +99,8 @@ class TextBank:
                     emb = torch.zeros(len(self.texts), vecs.shape[1])
                 emb[part] = vecs
             self.emb = emb
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(self.emb, path.with_suffix(".tmp"))
-            os.replace(path.with_suffix(".tmp"), path)
+            with atomic_path(path) as tmp:
+                torch.save(self.emb, tmp)
 
     @torch.inference_mode()
     def _encode(self, texts: list[str]) -> torch.Tensor:
@@ -238,8 +237,8 @@ def train(cfg: TrainConfig) -> TrainResult:
               "opt": opt.state_dict(), "sched": sched.state_dict(), "history": history,
               "best_score": best_score, "epoch": epoch, "step": step, "epoch_losses": epoch_losses,
               "config": asdict(cfg)}
-        torch.save(ck, last_path.with_suffix(".tmp"))
-        os.replace(last_path.with_suffix(".tmp"), last_path)
+        with atomic_path(last_path) as tmp:
+            torch.save(ck, tmp)
 
     for epoch in range(epoch0, cfg.epochs):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))

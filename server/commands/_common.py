@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
+# The atomic writers live in the engine; re-exported here because many commands import them from here.
+from geosearch.fileio import atomic_write_json, atomic_write_text
 
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+__all__ = ["atomic_write_json", "atomic_write_text", "format_table"]
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
