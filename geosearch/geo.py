@@ -66,6 +66,8 @@ def pixel_size_m(crs, transform, bounds: Bounds) -> tuple[float, float]:
 
 def utm_crs_for(lon: float, lat: float) -> CRS:
     """The UTM zone CRS of a WGS84 point: a suitable metric CRS for distances and areas."""
+    if not (math.isfinite(lon) and math.isfinite(lat)):
+        raise InputError("cannot choose a metric CRS: no finite coordinates")
     zone = int(math.floor((lon + 180) / 6) % 60) + 1
     return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
@@ -136,3 +138,70 @@ def _geojson_to_geom(data: dict):
 
 def geom_to_geojson(geom) -> dict:
     return mapping(geom)
+
+
+# --- the geometry toolbox: overlap, suppression, WGS84 output ---------------------------------
+def overlap_ratios(a, b) -> tuple[float, float]:
+    """(IoU, intersection over the smaller area) of two geometries in one CRS."""
+    if a.is_empty or b.is_empty:
+        return 0.0, 0.0
+    ax0, ay0, ax1, ay1 = a.bounds
+    bx0, by0, bx1, by1 = b.bounds
+    if ax1 < bx0 or bx1 < ax0 or ay1 < by0 or by1 < ay0:
+        return 0.0, 0.0
+    inter = a.intersection(b).area
+    if inter <= 0:
+        return 0.0, 0.0
+    union = a.area + b.area - inter
+    return (float(inter / union) if union > 0 else 0.0), float(inter / max(min(a.area, b.area), 1e-18))
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two geometries in one CRS (0 when either is empty)."""
+    return overlap_ratios(a, b)[0]
+
+
+def box_ious(boxes: np.ndarray, one: np.ndarray) -> np.ndarray:
+    """IoU of each row of ``boxes`` (N, 4: minx, miny, maxx, maxy) with the box ``one``."""
+    b = np.asarray(boxes, float).reshape(-1, 4)
+    ix = np.clip(np.minimum(b[:, 2], one[2]) - np.maximum(b[:, 0], one[0]), 0, None)
+    iy = np.clip(np.minimum(b[:, 3], one[3]) - np.maximum(b[:, 1], one[1]), 0, None)
+    inter = ix * iy
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area + (one[2] - one[0]) * (one[3] - one[1]) - inter, 1e-18)
+
+
+def nms_boxes(boxes: np.ndarray, n: int, iou_max: float) -> list[int]:
+    """Greedy non-maximum suppression over boxes already sorted best first: the positions of at
+    most ``n`` boxes, none overlapping a kept one by IoU >= ``iou_max``."""
+    b = np.asarray(boxes, float).reshape(-1, 4)
+    keep: list[int] = []
+    for i in range(len(b)):
+        if keep and box_ious(b[keep], b[i]).max() >= iou_max:
+            continue
+        keep.append(i)
+        if len(keep) >= n:
+            break
+    return keep
+
+
+def to_wgs84(geom, crs):
+    """A geometry in ``crs`` as EPSG:4326, with its edges densified (a quarter of its larger side)
+    so that edges that curve in lon/lat stay close."""
+    if as_crs(crs).is_geographic:
+        return reproject_geom(geom, crs, WGS84)
+    x0, y0, x1, y1 = geom.bounds
+    step = max(x1 - x0, y1 - y0) / 4 or 1.0
+    return reproject_geom(shapely.segmentize(geom, step), crs, WGS84)
+
+
+def boxes_to_wgs84(bounds: np.ndarray, crs) -> list:
+    """Boxes (shape (N, 4), in ``crs``) as EPSG:4326 polygons (edges densified), vectorised."""
+    bounds = np.asarray(bounds, float).reshape(-1, 4)
+    boxes = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
+    if as_crs(crs) == WGS84:
+        return list(boxes)
+    step = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]) / 4
+    dense = shapely.segmentize(boxes, step)
+    t = transformer(crs, WGS84)
+    return list(shapely.transform(dense, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1]))))

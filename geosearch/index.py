@@ -35,7 +35,7 @@ from shapely.geometry import box
 
 from geosearch import db
 from geosearch.errors import GeoSearchError, IndexMismatchError, InputError
-from geosearch.geo import WGS84, Bounds, as_crs, reproject_geom, transformer
+from geosearch.geo import Bounds, as_crs, boxes_to_wgs84, reproject_geom
 from geosearch.models import EmbeddingModel, get_model
 from geosearch.mosaic import Mosaic, open_mosaic
 from geosearch.settings import Settings, get_settings
@@ -86,17 +86,6 @@ def _index_settings(settings: Settings, mosaic: Mosaic) -> dict:
     return {"scales_m": sorted(float(s) for s in settings.scales_m), "overlap": settings.overlap,
             "min_valid_fraction": settings.min_valid_fraction, "rgb_bands": list(mosaic.bands),
             "stretch": mosaic.stretch}
-
-
-def tile_polygons_wgs84(bounds: np.ndarray, crs) -> list:
-    """Tile boxes (mosaic CRS, shape (N, 4)) as EPSG:4326 polygons (edges densified)."""
-    boxes = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
-    if as_crs(crs) == WGS84:
-        return list(boxes)
-    step = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]) / 4
-    dense = shapely.segmentize(boxes, step)
-    t = transformer(crs, WGS84)
-    return list(shapely.transform(dense, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1]))))
 
 
 def build_index(inputs: Sequence[str | Path], out: str | Path, *, model: str | EmbeddingModel | None = None,
@@ -203,7 +192,7 @@ def _insert_tiles(con, mosaic: Mosaic, tiles: list[Tile], fracs: np.ndarray, emb
                   date: str | None) -> None:
     bounds = np.array([t.bounds for t in tiles], dtype=np.float64)
     polys = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
-    polys84 = tile_polygons_wgs84(bounds, mosaic.crs)
+    polys84 = boxes_to_wgs84(bounds, mosaic.crs)
     frame = pd.DataFrame({
         "tile_id": [t.tile_id for t in tiles], "scale_m": [t.scale_m for t in tiles],
         "row": [t.row for t in tiles], "col": [t.col for t in tiles],
@@ -420,7 +409,7 @@ class TileIndex:
 
     def polygons_wgs84(self) -> list:
         if self._polys84 is None:
-            self._polys84 = tile_polygons_wgs84(self.bounds, self.crs)
+            self._polys84 = boxes_to_wgs84(self.bounds, self.crs)
         return self._polys84
 
     def mosaic(self, date: str | None = None) -> Mosaic:

@@ -49,11 +49,14 @@ class Answer:
     near_misses: list[Region] = field(default_factory=list)
     full_res_reads: int = 0
     details: dict = field(default_factory=dict)
+    explanation: str | None = None
 
     def geojson(self) -> dict:
+        """The answer as a GeoJSON FeatureCollection (EPSG:4326), near-misses in its properties."""
         return {"type": "FeatureCollection", "features": [r.feature() for r in self.regions],
                 "properties": {"query": self.query, "method": self.method, "abstained": self.abstained,
-                               "reason": self.reason, "full_res_reads": self.full_res_reads,
+                               "reason": self.reason, "explanation": self.explanation,
+                               "full_res_reads": self.full_res_reads,
                                "near_misses": [r.feature() for r in self.near_misses], **self.details}}
 
 
@@ -61,8 +64,12 @@ class Answer:
 class MethodContext:
     """What a method may use besides the query text: never ground truth."""
 
-    layers_dir: str | None = None
-    options: dict = field(default_factory=dict)
+    layers_dir: str | None = None                 # a folder of vector layers (benchmarks), else the index's own
+    options: dict = field(default_factory=dict)   # per-call overrides of the chain's Settings fields
+    area: object | None = None                    # shapely geometry (EPSG:4326) the answer must lie in
+    settings: object | None = None                # geosearch.settings.Settings (default: get_settings())
+    parsed: object | None = None                  # a ParsedQuery made elsewhere (an LLM parse)
+    progress: Callable[[float, float | None, str | None], None] | None = None
 
 
 MethodFn = Callable[[TileIndex, str, int, MethodContext], Answer]
@@ -102,7 +109,7 @@ def run_method(name: str, index: TileIndex, text: str, k: int = 10,
 
 
 # Modules that register further methods when they exist (refinement, relations, abstention...).
-PLUGIN_MODULES = ["geosearch.refine.methods", "geosearch.relations.methods", "geosearch.change.methods"]
+PLUGIN_MODULES = ["geosearch.chain", "geosearch.change.methods"]
 _plugins_loaded = False
 
 

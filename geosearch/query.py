@@ -68,7 +68,13 @@ class ParsedQuery(BaseModel):
     exclusions: list[str] = Field(default_factory=list)
     positive_prompts: list[str] = Field(default_factory=list)
     negative_prompts: list[str] = Field(default_factory=list)
+    image_text: str = Field("", description="what the image model looks for: the query without its relation, "
+                                            "time, place and exclusion clauses")
     source: Literal["rules", "llm"] = "rules"
+
+    def look_for(self) -> str:
+        """The text to embed for the image model (``image_text``, else the targets, else the query)."""
+        return (self.image_text or " and ".join(t.text for t in self.targets) or self.text).strip()
 
     @field_validator("positive_prompts")
     @classmethod
@@ -313,6 +319,7 @@ def parse_query(text: str) -> ParsedQuery:
     # What is left: the targets.
     rest = _clean_phrase(work)
     rest = FILLER.sub("", rest)
+    image_text = re.sub(r"\s+", " ", rest).strip(" ,;.:-")
     rest = LEAD_DETERMINERS.sub("", rest)
     rest = re.sub(r"\b(?:that|which|who)\s+(?:are|is)\s*$", "", rest, flags=re.I)
     pieces = [_clean_phrase(LEAD_DETERMINERS.sub("", p)) for p in re.split(r",|;|\band\b|\bor\b|\bplus\b", rest)]
@@ -336,7 +343,8 @@ def parse_query(text: str) -> ParsedQuery:
     positive = prompts_for([t.text for t in targets])
     negative = prompts_for(exclusions) if exclusions else []
     return ParsedQuery(text=original, targets=targets, attributes=all_attrs, relations=relations, geo=geo,
-                       time=time, exclusions=exclusions, positive_prompts=positive, negative_prompts=negative)
+                       time=time, exclusions=exclusions, positive_prompts=positive, negative_prompts=negative,
+                       image_text=image_text or " and ".join(t.text for t in targets))
 
 
 def _has_dist(m: re.Match[str]) -> bool:

@@ -9,8 +9,8 @@ import shapely
 from shapely.geometry import mapping
 
 from geosearch.errors import InputError
-from geosearch.geo import Bounds
-from geosearch.index import TileIndex, tile_polygons_wgs84
+from geosearch.geo import Bounds, boxes_to_wgs84
+from geosearch.index import TileIndex
 
 
 @dataclass
@@ -92,7 +92,7 @@ def search(index: TileIndex, query: str | list[str] | np.ndarray, k: int = 10, *
             raise InputError(f"no tiles dated {date!r} in the index; dates: {', '.join(index.date_list) or 'none'}")
         mask &= index.dates == date
     order = top_k(s, k, mask)
-    polys = tile_polygons_wgs84(index.bounds[order], index.crs) if len(order) else []
+    polys = boxes_to_wgs84(index.bounds[order], index.crs) if len(order) else []
     hits = []
     for rank, (i, poly) in enumerate(zip(order, polys), start=1):
         hits.append(SearchHit(rank, str(index.tile_ids[i]), float(index.scales[i]), float(s[i]),

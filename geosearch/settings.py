@@ -10,7 +10,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -34,11 +34,33 @@ class Settings(BaseSettings):
     min_valid_fraction: float = Field(0.05, ge=0.0, le=1.0,
                                       description="Tiles with less valid (non-nodata) area are skipped.")
 
-    # Search / refinement
+    # Search
     text_cache_size: int = 1024
-    pyramid_top_n: int = 8
-    pyramid_depth: int = 2
-    pyramid_budget: int = 64
+
+    # The answering chain (geosearch.chain): coarse-to-fine pyramid, segmentation, reranking,
+    # abstention. Every eval result records these values; MethodContext.options may override any
+    # of them by name for one call (``geosearch eval --option seg_windows=6``).
+    pyramid_top_n: int = Field(4, ge=1, description="coarse tiles (NMS'd) zoomed into per query")
+    pyramid_depth: int = Field(2, ge=0, description="zoom levels below a coarse tile")
+    pyramid_budget: int = Field(54, ge=0, description="windows embedded on the fly per query")
+    pyramid_keep: int = Field(1, ge=1, description="children kept per parent and level")
+    seg_windows: int = Field(4, ge=0, description="windows segmented per query")
+    seg_source: Literal["stored", "crops"] = Field(
+        "stored", description="stored: heatmap from stored tiles + pyramid windows (no reads); "
+                              "crops: read each window once and embed multi-scale crops")
+    seg_context: float = Field(2.0, gt=0, description="segmented square, times the coarse tile's side")
+    seg_fracs: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0.5, 1 / 3, 0.25], description="crop sizes (share of the side), seg_source=crops")
+    seg_threshold: float = Field(0.6, ge=0, le=1, description="heatmap threshold, share of the window's range")
+    seg_grid: int = Field(24, ge=4, description="heatmap cells per side")
+    merge_iou: float = Field(0.5, gt=0, le=1, description="candidates overlapping this much are merged")
+    merge_contain: float = Field(1.01, gt=0, description="> 1: off; else merge candidates this much inside")
+    rerank_max: int = Field(16, ge=1, description="candidates re-embedded at their own extent")
+    region_shape: Literal["bbox", "polygon"] = "bbox"
+    whole_windows: int = Field(12, ge=0, description="best pyramid windows (NMS'd) that are candidates too")
+    max_near_misses: int = Field(3, ge=0, description="near-misses returned with an abstention")
+    fill: bool = Field(True, description="pad a short list with the next best (unrefined) windows")
+    relation_pool: int = Field(3, ge=1, description="with relations: refine this many times k candidates")
 
     # Server
     data_roots: Annotated[list[Path], NoDecode] = Field(
@@ -52,7 +74,7 @@ class Settings(BaseSettings):
     llm_model: str | None = None
     llm_api_key: str | None = None
 
-    @field_validator("scales_m", "data_roots", mode="before")
+    @field_validator("scales_m", "data_roots", "seg_fracs", mode="before")
     @classmethod
     def _split_env_list(cls, value):
         """Environment lists: a JSON list, or separated by os.pathsep or commas."""
@@ -70,3 +92,8 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+CHAIN_FIELDS = ("pyramid_top_n", "pyramid_depth", "pyramid_budget", "pyramid_keep", "seg_windows", "seg_source",
+                "seg_context", "seg_fracs", "seg_threshold", "seg_grid", "merge_iou", "merge_contain", "rerank_max",
+                "region_shape", "whole_windows", "max_near_misses", "fill", "relation_pool")

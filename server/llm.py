@@ -1,5 +1,5 @@
-"""Optional LLM access over an OpenAI-compatible endpoint (httpx): a plain completion function for
-the query parser / explanations, and a tiny LangChain chat model for the LLM planner.
+"""The LLM planner's chat model: a tiny LangChain chat model over an OpenAI-compatible endpoint
+(the plain completion function for the query parser lives in :mod:`geosearch.llm`).
 
 Configured with ``GEOSEARCH_LLM_BASE_URL`` (e.g. ``http://127.0.0.1:11434/v1``),
 ``GEOSEARCH_LLM_MODEL`` and optionally ``GEOSEARCH_LLM_API_KEY``.
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import httpx
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -20,41 +19,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from geosearch.errors import GeoSearchError
+from geosearch.llm import chat_completion, complete_fn  # noqa: F401  (complete_fn re-exported)
 from geosearch.settings import Settings
-
-
-def _headers(api_key: str | None) -> dict[str, str]:
-    h = {"Content-Type": "application/json"}
-    if api_key:
-        h["Authorization"] = f"Bearer {api_key}"
-    return h
-
-
-def chat_completion(base_url: str, model: str, messages: list[dict], *, api_key: str | None = None,
-                    tools: list[dict] | None = None, timeout: float = 60.0) -> dict:
-    """POST /chat/completions; returns the first choice's message (dict)."""
-    body: dict[str, Any] = {"model": model, "messages": messages, "temperature": 0}
-    if tools:
-        body["tools"] = tools
-    try:
-        r = httpx.post(base_url.rstrip("/") + "/chat/completions", json=body, headers=_headers(api_key),
-                       timeout=timeout)
-        r.raise_for_status()
-        return r.json()["choices"][0]["message"]
-    except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
-        raise GeoSearchError(f"LLM endpoint {base_url} failed: {exc}") from exc
-
-
-def complete_fn(settings: Settings) -> Callable[[str], str]:
-    """prompt -> reply text, over the configured endpoint."""
-    if not settings.llm_base_url:
-        raise GeoSearchError("no LLM configured: set GEOSEARCH_LLM_BASE_URL and GEOSEARCH_LLM_MODEL")
-    base, model, key = settings.llm_base_url, settings.llm_model or "default", settings.llm_api_key
-
-    def complete(prompt: str) -> str:
-        return chat_completion(base, model, [{"role": "user", "content": prompt}], api_key=key).get("content") or ""
-
-    return complete
 
 
 def _to_openai(m: BaseMessage) -> dict:

@@ -32,67 +32,13 @@ from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from geosearch.errors import GeoSearchError
-from tools import answer as t_answer
-from tools import check_relation as t_rel
-from tools import coarse_search as t_coarse
-from tools import explain as t_explain
-from tools import parse_query as t_parse
-from tools import segment_region as t_seg
-from tools import zoom_tile as t_zoom
 from tools.common import Workspace, tool_error_message
+from tools.registry import TOOLS, ToolSpec
 
 INSTRUCTIONS = """GeoSearch finds places in indexed Earth-observation mosaics from a description in words.
 Call `answer` for the whole chain, or parse_query -> coarse_search -> zoom_tile / segment_region ->
 check_relation -> explain step by step. Read `geosearch://indexes` for the available indexes and the
 prompt `answer_region_query` for guidance. Coordinates are lon/lat (EPSG:4326)."""
-
-
-class _ToolSpec(BaseModel):
-    name: str
-    title: str
-    description: str
-    input_model: Any
-    output_model: Any
-    fn: Any
-    images: bool = False
-    sampling: bool = False
-
-
-TOOLS: list[_ToolSpec] = [
-    _ToolSpec(name="parse_query", title="Parse a region query",
-              description="Parse a query in words into targets, attributes, relations (near, far_from, within, "
-                          "intersects, contains, along, between, density, edge_of with layer and distance), geo "
-                          "constraints, time (dates, change), exclusions and the positive/negative prompts to embed.",
-              input_model=t_parse.ParseQueryInput, output_model=t_parse.ParseQueryOutput, fn=t_parse.run,
-              sampling=True),
-    _ToolSpec(name="coarse_search", title="Coarse tile search",
-              description="Rank the tiles of an index for a query (or prompts), optionally inside an area; returns "
-                          "tile id, scale, bbox and polygon in EPSG:4326 and score.",
-              input_model=t_coarse.CoarseSearchInput, output_model=t_coarse.CoarseSearchOutput, fn=t_coarse.run),
-    _ToolSpec(name="zoom_tile", title="Zoom into a tile",
-              description="One pyramid step inside a tile (or bbox): ranked finer sub-windows plus a PNG preview "
-                          "of the window (image content, ≤ 1 MB).",
-              input_model=t_zoom.ZoomTileInput, output_model=t_zoom.ZoomTileOutput, fn=t_zoom.run, images=True),
-    _ToolSpec(name="segment_region", title="Segment candidate regions",
-              description="Candidate region polygons (EPSG:4326) with scores inside a tile or bbox.",
-              input_model=t_seg.SegmentRegionInput, output_model=t_seg.SegmentRegionOutput, fn=t_seg.run,
-              images=True),
-    _ToolSpec(name="check_relation", title="Check a spatial relation",
-              description="For each region: does it hold near / far_from / within / intersects / contains / along / "
-                          "between / density / edge_of a layer of the index (name or role: roads, water, "
-                          "buildings...)? Returns holds, the measured value and the nearest feature.",
-              input_model=t_rel.CheckRelationInput, output_model=t_rel.CheckRelationOutput, fn=t_rel.run),
-    _ToolSpec(name="explain", title="Explain regions",
-              description="Score breakdown per prompt, relation results, calibration, evidence tiles with previews "
-                          "and a short explanation for regions and a query.",
-              input_model=t_explain.ExplainInput, output_model=t_explain.ExplainOutput, fn=t_explain.run,
-              images=True, sampling=True),
-    _ToolSpec(name="answer", title="Answer a region query",
-              description="The whole chain through the planner (parse, coarse search, relations, zoom/segment, "
-                          "calibrate/abstain, explain): a GeoJSON FeatureCollection of regions with confidence and "
-                          "flags, or an abstention with its reason and the best near-misses.",
-              input_model=t_answer.AnswerInput, output_model=t_answer.AnswerOutput, fn=t_answer.run),
-]
 
 
 def _sampling_complete(ctx: Context) -> Callable[[str], str] | None:
@@ -122,7 +68,7 @@ def _sampling_complete(ctx: Context) -> Callable[[str], str] | None:
     return complete
 
 
-def _make_tool(spec: _ToolSpec, ws: Workspace) -> Callable[..., Any]:
+def _make_tool(spec: ToolSpec, ws: Workspace) -> Callable[..., Any]:
     model = spec.input_model
 
     async def tool(ctx: Context, **kwargs: Any) -> Any:
@@ -192,9 +138,8 @@ def create_server(roots: Sequence[str] | None = None, *, settings=None, workspac
     mcp = MCPServer(name, title="GeoSearch", instructions=INSTRUCTIONS, version=_version())
     mcp.workspace = ws  # type: ignore[attr-defined]
     for spec in TOOLS:
-        read_only = spec.name != "answer"
         mcp.add_tool(_make_tool(spec, ws), name=spec.name, title=spec.title, description=spec.description,
-                     annotations=ToolAnnotations(read_only_hint=read_only, open_world_hint=False))
+                     annotations=ToolAnnotations(read_only_hint=spec.read_only, open_world_hint=False))
 
     def _res(fn: Callable[[], Any]) -> Any:
         try:
@@ -244,7 +189,7 @@ def create_server(roots: Sequence[str] | None = None, *, settings=None, workspac
                   mime_type="image/png", description="A PNG of one tile of an index")
     def tile_preview(tile_id: str, name: str) -> bytes:
         def get() -> bytes:
-            from tools.common import render_png
+            from geosearch.render import render_png
 
             with ws.using(name) as h:
                 i = h.index.position(tile_id)

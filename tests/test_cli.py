@@ -25,7 +25,7 @@ def test_search_table_and_geojson(built, capsys):
     capsys.readouterr()
     assert main(["search", str(out), "bright square", "-k", "3"]) == 0
     table = capsys.readouterr().out
-    assert "rank" in table and "s64_" in table or "s128_" in table
+    assert "rank" in table and ("s64_" in table or "s128_" in table)
     assert main(["search", str(out), "bright square", "-k", "3", "--format", "geojson"]) == 0
     fc = json.loads(capsys.readouterr().out)
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 3

@@ -137,7 +137,9 @@ def test_no_bench_given(capsys):
 
 def test_method_cannot_reach_the_truth(bench, results):
     """Methods get a plain str, the index and a context with no truth fields; layers are a private copy."""
-    assert {f.name for f in dataclasses.fields(MethodContext)} == {"layers_dir", "options"}
+    # what a method may see besides the text: user inputs and settings, never a truth field
+    assert {f.name for f in dataclasses.fields(MethodContext)} == {"layers_dir", "options", "area", "settings",
+                                                                   "parsed", "progress"}
     seen: list[tuple] = []
 
     @register_method("spy-test", "records what a method receives")
@@ -155,7 +157,7 @@ def test_method_cannot_reach_the_truth(bench, results):
         assert ctx["options"] == {}
         assert ctx["layers_dir"] and not Path(ctx["layers_dir"]).resolve().is_relative_to(bench.resolve())
         assert layer_files == ["roads.geojson"]
-        assert "relevant" not in json.dumps(ctx) and "r0" not in json.dumps(ctx)
+        assert "relevant" not in json.dumps(ctx, default=str) and "r0" not in json.dumps(ctx, default=str)
     assert r["method"] == "spy-test"
     assert (bench / "regions.geojson").read_text() == truth_text
 

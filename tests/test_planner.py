@@ -1,5 +1,5 @@
-"""The LangGraph planner: deterministic on a real mosaic (spacenet-vegas), and the LLM variant
-driven by a fake chat model that emits tool calls."""
+"""The answering chain on a real mosaic (spacenet-vegas) with a roads layer, and the LLM planner
+driven by a fake chat model that emits tool calls: its regions are calibrated by the same chain."""
 
 from __future__ import annotations
 
@@ -27,41 +27,45 @@ def vegas_ws(tmp_path_factory, tiny_settings):
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_deterministic_planner_on_real_mosaic(vegas_ws):
-    from server.planner import PlanRequest, best_method, run_planner
+def test_chain_checks_relations_on_real_roads(vegas_ws):
+    from geosearch.chain import STAGES, answer
+    from geosearch.pipeline import MethodContext
 
     steps: list[str] = []
-    res = run_planner(PlanRequest(text="a parking lot within 200 m of the road", index="vegas.duckdb", k=3),
-                      vegas_ws, progress=lambda d, t, m: steps.append(m or ""))
-    assert res.method == best_method()
-    assert [s.split(":")[0] for s in res.trace] == ["parse", "coarse", "relations", "refine", "calibrate", "explain"]
-    assert "done" in steps
-    gj = res.geojson()
-    json.dumps(gj)
-    assert gj["type"] == "FeatureCollection"
+    index = vegas_ws.handle("vegas.duckdb").index
+    ctx = MethodContext(progress=lambda d, t, m: steps.append(m or ""))
+    res = answer(index, "a parking lot within 200 m of the road", 3, ctx)
+    assert steps[-1] == "done" and len(STAGES) == 6
+    json.dumps(res.geojson(), default=str)
+    assert res.details["relations_checked"] == ["near:roads"]
+    shown = res.regions + res.near_misses
+    assert shown, "an answer or its near-misses"
     if res.abstained:
         assert res.reason and not res.regions
-        assert res.near_misses, "an abstention shows its best near-misses"
     else:
         assert 1 <= len(res.regions) <= 3
-    bounds = vegas_ws.handle("vegas.duckdb").index.bounds_wgs84
-    for r in res.regions + res.near_misses:
-        assert bounds[0] - 1e-6 <= r.bbox[0] < r.bbox[2] <= bounds[2] + 1e-6
-        assert bounds[1] - 1e-6 <= r.bbox[1] < r.bbox[3] <= bounds[3] + 1e-6
-        assert any(x["predicate"] == "near" for x in r.details.get("relations", [])) or "fails" in " ".join(r.flags)
-    # a relation on a layer the index lacks: not an error, flagged as unchecked
-    res2 = run_planner(PlanRequest(text="houses near the river", index="vegas.duckdb", k=2, explain=False),
-                       vegas_ws)
-    assert res2.relations_unchecked
+    b = index.bounds_wgs84
+    for r in shown:
+        x0, y0, x1, y1 = r.polygon_wgs84.bounds
+        assert b[0] - 1e-6 <= x0 < x1 <= b[2] + 1e-6 and b[1] - 1e-6 <= y0 < y1 <= b[3] + 1e-6
+        checks = r.details["relations"]
+        assert checks and checks[0]["predicate"] == "near"
+        assert checks[0]["satisfied"] == ("relation_failed" not in r.flags)
+    for r in res.regions:
+        assert r.details["relations"][0]["satisfied"] and r.details["relations"][0]["value"] <= 200
+    # a relation on a layer the index lacks: not an error, flagged as not checkable
+    res2 = answer(index, "houses near the river", 2, MethodContext(options={"explain": False}))
+    assert res2.details["relations_unchecked"]
+    assert all("relation_not_checkable" in r.flags for r in res2.regions + res2.near_misses)
 
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_llm_planner_with_fake_model(vegas_ws):
+def test_llm_planner_with_fake_model_is_calibrated(vegas_ws):
     from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
     from langchain_core.messages import AIMessage
 
-    from server.planner import PlanRequest, run_llm_planner
+    from server.planner import run_llm_planner
 
     index = vegas_ws.handle("vegas.duckdb").index
     tile = str(index.tile_ids[0])
@@ -77,25 +81,64 @@ def test_llm_planner_with_fake_model(vegas_ws):
         AIMessage(content="The parking lots are in the regions returned by segment_region."),
     ]
     model = FakeMessagesListChatModel(responses=script)
-    res = run_llm_planner(PlanRequest(text="where are the parking lots?", index="vegas.duckdb", k=2), vegas_ws,
-                          model=model)
-    assert res.planner == "llm"
-    assert [t.split("(")[0] for t in res.trace] == ["parse_query", "coarse_search", "segment_region", "zoom_tile"]
-    assert res.trace[-1].endswith("-> error")  # the path escape came back to the model as an error
-    assert 1 <= len(res.regions) <= 2 and not res.abstained
-    assert res.explanation.startswith("The parking lots")
+    res = run_llm_planner("where are the parking lots?", "vegas.duckdb", vegas_ws, model=model, k=2)
+    assert res.method == "llm" and res.details["planner"] == "llm"
+    assert [t.split("(")[0] for t in res.details["trace"]] == ["parse_query", "coarse_search", "segment_region",
+                                                               "zoom_tile"]
+    assert res.details["trace"][-1].endswith("-> error")  # the path escape came back to the model as an error
+    assert res.details["model_reply"].startswith("The parking lots")
+    # calibrated like the chain: confidences, calibration features, an abstention decision with near-misses
+    shown = res.regions + res.near_misses
+    assert shown and all(r.confidence is not None for r in shown)
+    assert "abstain_threshold" in res.details and res.details["calibration_features"]
+    assert len(res.regions) <= 2
+    if res.abstained:
+        assert res.reason.startswith("not found") and res.near_misses
+    assert res.explanation
 
 
-def test_langchain_tools_share_the_pydantic_schemas(tmp_path):
-    from server.planner import TOOL_SPECS, langchain_tools
+def test_langchain_tools_share_the_registry(tmp_path):
+    from server.planner import langchain_tools
     from tools.common import Workspace
+    from tools.registry import TOOLS
 
     tools = langchain_tools(Workspace([tmp_path], restrict=True))
-    assert [t.name for t in tools] == [s[0] for s in TOOL_SPECS]
-    for t, (_, _, model, _) in zip(tools, TOOL_SPECS):
-        assert t.args_schema is model
+    specs = [s for s in TOOLS if s.name != "answer"]
+    assert [t.name for t in tools] == [s.name for s in specs]
+    for t, s in zip(tools, specs):
+        assert t.args_schema is s.input_model and t.description == s.description
     out = tools[1].invoke({"index": "nope.duckdb", "query": "x"})
     assert out.startswith("error:") and "not found" in out
+
+
+def test_mcp_server_uses_the_same_registry(tmp_path):
+    import anyio
+
+    from server.mcp_server import create_server
+    from tools.registry import TOOLS
+
+    server = create_server([str(tmp_path)])
+
+    async def names():
+        return {t.name: t.description for t in await server.list_tools()}
+
+    got = anyio.run(names)
+    assert got == {t.name: t.description for t in TOOLS}
+
+
+def test_tools_never_import_the_server():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for folder, banned in (("tools", ("server",)), ("geosearch", ("server", "tools", "mcp"))):
+        for path in (root / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                for m in mods:
+                    assert m.split(".")[0] not in banned, f"{path.relative_to(root)} imports {m}"
 
 
 def test_openai_compatible_chat_model(monkeypatch):
@@ -121,12 +164,12 @@ def test_openai_compatible_chat_model(monkeypatch):
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_planner_calibrates_against_gallery(vegas_ws, tmp_path, monkeypatch):
-    """The planner's calibrate step rescored its best candidates at their own extent and compares
-    them with the model's reference gallery, like the engine's ``abstain`` method."""
+def test_chain_calibrates_against_gallery(vegas_ws, tmp_path, monkeypatch):
+    """The chain compares the best regions' own-extent scores with the model's reference gallery."""
+    from geosearch.chain import answer
+    from geosearch.pipeline import MethodContext
     from geosearch.refine import calibrate
     from geosearch.refine import gallery as G
-    from server.planner import PlanRequest, run_planner
 
     idx = vegas_ws.handle("vegas.duckdb").index
     G.save_gallery(tmp_path / "geosearch-tiny.gallery.npz", idx.embeddings[:50], ["tile"] * 50,
@@ -135,11 +178,9 @@ def test_planner_calibrates_against_gallery(vegas_ws, tmp_path, monkeypatch):
     monkeypatch.setattr(G, "_LOADED", {})
     params = {"features": ["d_ref"], "coef": [50.0], "intercept": 0.0, "threshold": 0.5, "calibrated": True}
     monkeypatch.setattr(calibrate, "load_calibration", lambda *a, **k: params)
-    res = run_planner(PlanRequest(text="a parking lot", index="vegas.duckdb", k=3, explain=False), vegas_ws)
-    top = (res.regions or res.near_misses)[0]
-    cal = top.details["calibration"]
+    res = answer(idx, "a parking lot", 3, MethodContext(options={"explain": False}))
+    cal = res.details["calibration_features"]
     assert {"d_ref", "ref_top"} <= set(cal)
-    assert "s_region" in top.details
     assert res.abstained == (cal["d_ref"] < 0)       # sigmoid(50 * d_ref) < 0.5 exactly when d_ref < 0
     if res.abstained:
         assert "reference gallery" in res.reason

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 from shapely.geometry import box
 
-from geosearch.errors import InputError, WeightsMissingError
+from geosearch.errors import InputError
 from geosearch.geo import reproject_geom
 from geosearch.pipeline import MethodContext, run_method
 from geosearch.refine import calibrate
-from geosearch.refine.flags import relation_not_checkable
-from geosearch.refine.heatmap import Candidate, SamBackend, segment
+from geosearch.refine.heatmap import Candidate, segment
 from geosearch.refine.merge import merge_candidates
 from geosearch.refine.pyramid import child_bounds, dense_window_count, pyramid_search, zoom
-from geosearch.refine.rerank import exclusions, negative_prompts
+from geosearch.refine.rerank import negative_prompts
 from geosearch.refine.testing import build_test_index
 
 
@@ -113,25 +112,31 @@ def test_pyramid_method(square_index):
 
 def test_abstains_on_query_matching_nothing(square_index):
     index, _ = square_index
-    ans = run_method("abstain", index, "a blue lake", 5)   # nothing blue in the raster
+    ans = run_method("answer", index, "a blue lake", 5)   # nothing blue in the raster
     assert ans.abstained and ans.regions == []
     assert ans.reason and "not found" in ans.reason
     assert ans.near_misses
-    ok = run_method("abstain", index, "red", 5)
+    ok = run_method("answer", index, "red", 5)
     assert not ok.abstained and ok.regions[0].confidence > 0.5
 
 
-def test_relation_flag(square_index):
+def test_relation_without_layers_is_flagged_not_checkable(square_index):
+    """A relation the index has no layer for is flagged, never silently passed or failed."""
     index, _ = square_index
-    ans = run_method("segment", index, "red", 3, MethodContext(options={"relation_not_checkable": True}))
-    assert all("relation_not_checkable" in r.flags for r in ans.regions)
-    assert relation_not_checkable("a red roof next to a road", {}, None)
-    assert not relation_not_checkable("a red roof next to a road", {"unchecked_relations": []}, None)
+    ans = run_method("answer", index, "red next to a road", 3)
+    assert ans.regions and all("relation_not_checkable" in r.flags for r in ans.regions)
+    assert ans.details["relations_unchecked"] and not ans.details["relations_checked"]
+    plain = run_method("answer", index, "red", 3)
+    assert all("relation_not_checkable" not in r.flags for r in plain.regions)
 
 
 def test_negative_prompts():
-    assert exclusions("a park without a pond") == ["pond"]
-    negs = negative_prompts("a playground without a pond")
+    from geosearch.chain import parse
+
+    q = parse("a playground without a pond")
+    assert q.parsed.exclusions == ["pond"] and q.look_for == "a playground"
+    negs = q.negatives
+    assert negs == negative_prompts("a playground", ["pond"])
     assert any("pond" in n for n in negs) and any("stadium" in n for n in negs)
 
 
@@ -143,14 +148,6 @@ def test_calibration_fit_and_threshold():
     p = 1 / (1 + np.exp(-(x @ coef + b)))
     t = calibrate.choose_threshold(p[y == 1], p[y == 0], max_false=0.15)
     assert np.mean(p[y == 1] < t) <= 0.15 and np.mean(p[y == 0] < t) >= 0.7
-
-
-def test_sam_backend_without_weights(tmp_path, square_index):
-    index, _ = square_index
-    sam = SamBackend(tmp_path / "missing.pth")
-    assert not sam.available()
-    with pytest.raises(WeightsMissingError):
-        sam.propose(index, index.mosaic().bounds, ["red"])
 
 
 def _solid(rgb, n=4, size=32):
@@ -209,9 +206,9 @@ def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
     assert present["d_ref"] > -0.1 and absent["d_ref"] < present["d_ref"] - 0.3
     params = {"features": ["d_ref"], "coef": [20.0], "intercept": 2.0, "threshold": 0.5, "calibrated": True}
     monkeypatch.setattr(calibrate, "load_calibration", lambda *a, **k: params)
-    ans = run_method("abstain", index, "a blue lake", 5)
+    ans = run_method("answer", index, "a blue lake", 5)
     assert ans.abstained and "reference gallery" in ans.reason
-    assert not run_method("abstain", index, "red", 5).abstained
+    assert not run_method("answer", index, "red", 5).abstained
     # a gallery embedded with other weights is never used
     G.save_gallery(tmp_path / "test-colour.gallery.npz", emb, ["x"] * 12, "test-colour@other", "other weights")
     monkeypatch.setattr(G, "_LOADED", {})

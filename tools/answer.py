@@ -1,5 +1,7 @@
-"""Tool ``answer``: the whole chain through the planner -> GeoJSON FeatureCollection of regions with
-confidence and flags, or an abstention with its reason and the best near-misses."""
+"""Tool ``answer``: the whole answering chain (:func:`geosearch.chain.answer`: parse, coarse search,
+pyramid, segmentation, relations, calibration / abstention, explanation) -> a GeoJSON
+FeatureCollection of regions with confidence and flags, or an abstention with its reason and the
+best near-misses. What this tool serves is exactly what ``geosearch eval`` scores."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tools.common import ProgressFn, Workspace
+from tools.common import ProgressFn, RegionOut, Workspace, jsonable, parse_area, region_from_engine
 
 
 class AnswerInput(BaseModel):
@@ -16,7 +18,7 @@ class AnswerInput(BaseModel):
     area: list[float] | dict[str, Any] | None = Field(
         None, description="bbox [minx, miny, maxx, maxy] in lon/lat, or a GeoJSON geometry (EPSG:4326)")
     k: int = Field(5, ge=1, le=50, description="at most this many regions")
-    explain: bool = True
+    explain: bool = Field(True, description="add a short explanation of the answer")
 
 
 class AnswerOutput(BaseModel):
@@ -26,17 +28,23 @@ class AnswerOutput(BaseModel):
     reason: str | None = None
     method: str
     explanation: str | None = None
+    regions: list[RegionOut] = Field(default_factory=list, description="ranked regions (empty when abstained)")
+    near_misses: list[RegionOut] = Field(default_factory=list)
     geojson: dict[str, Any] = Field(description="FeatureCollection (EPSG:4326); near-misses in properties")
-    trace: list[str] = Field(default_factory=list)
 
 
 def run(inp: AnswerInput, ws: Workspace, progress: ProgressFn | None = None) -> AnswerOutput:
-    from server.planner import PlanRequest, run_planner
+    from geosearch.chain import answer
+    from geosearch.pipeline import MethodContext
 
-    res = run_planner(PlanRequest(text=inp.text, index=inp.index, area=inp.area, k=inp.k, explain=inp.explain),
-                      ws, progress)
-    gj = res.geojson()
+    area = parse_area(inp.area)
+    with ws.using(inp.index) as h:
+        ctx = MethodContext(area=area, options={"explain": inp.explain}, settings=ws.settings, progress=progress)
+        ans = answer(h.index, inp.text, inp.k, ctx)
+    gj = jsonable(ans.geojson())
+    gj["properties"]["index"] = h.name
     answer_id = ws.put_answer(gj)
-    return AnswerOutput(answer_id=answer_id, uri=f"geosearch://answers/{answer_id}", abstained=res.abstained,
-                        reason=res.reason, method=res.method, explanation=res.explanation, geojson=gj,
-                        trace=res.trace)
+    return AnswerOutput(answer_id=answer_id, uri=f"geosearch://answers/{answer_id}", abstained=ans.abstained,
+                        reason=ans.reason, method=ans.method, explanation=ans.explanation,
+                        regions=[region_from_engine(r) for r in ans.regions],
+                        near_misses=[region_from_engine(r) for r in ans.near_misses], geojson=gj)

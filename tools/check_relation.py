@@ -1,7 +1,7 @@
-"""Tool ``check_relation``: does each region satisfy near / far_from / within / ... a layer of the index?
-
-Layers live in the index DuckDB (``geosearch layers add``). ``layer`` may be a registered layer name
-or a role (roads, water, buildings, vegetation...) that picks the first layer with that role.
+"""Tool ``check_relation``: does each region satisfy near / far_from / within / ... a layer of the
+index? One call of the engine's relation applier (:func:`geosearch.relations.apply.apply_relations`),
+the same one the answering chain and ``explain`` use: ``negated`` asks for the opposite ("not
+within water"), ``layer`` may be a registered layer name or a role (roads, water, buildings...).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from geosearch.errors import InputError
-from tools.common import ProgressFn, RegionIn, Workspace, report
+from geosearch.errors import GeoSearchError, InputError
+from tools.common import ProgressFn, RegionIn, Workspace, jsonable, report
 
 PredicateName = Literal["near", "far_from", "within", "intersects", "contains", "along", "between", "density",
                         "edge_of"]
@@ -23,13 +23,16 @@ class CheckRelationInput(BaseModel):
     predicate: PredicateName
     layer: str = Field(min_length=1, max_length=63, description="layer name or role (roads, water, buildings...)")
     distance_m: float | None = Field(None, ge=0, le=1e6, description="metres (near, far_from, along, between, edge_of)")
-    layer_b: str | None = Field(None, description="second layer (between)")
+    layer_b: str | None = Field(None, max_length=63, description="second layer (between)")
     threshold: float | None = Field(None, description="density: features per km²; along: min share (0-1)")
+    negated: bool = Field(False, description="the region must NOT satisfy the predicate ('not within water')")
 
 
 class RelationOut(BaseModel):
     region_id: str
-    holds: bool
+    holds: bool = Field(description="the predicate holds for the region")
+    satisfied: bool = Field(description="the relation as asked holds (holds, or not holds when negated)")
+    negated: bool = False
     value: float | None
     unit: str
     nearest_id: str | None
@@ -38,6 +41,14 @@ class RelationOut(BaseModel):
     layer_b: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def from_engine(cls, d: dict) -> RelationOut:
+        return cls(region_id=str(d["region_id"]), holds=bool(d["holds"]), satisfied=bool(d["satisfied"]),
+                   negated=bool(d.get("negated")), value=None if d.get("value") is None else float(d["value"]),
+                   unit=str(d.get("unit", "")), nearest_id=None if d.get("nearest_id") is None else str(d["nearest_id"]),
+                   predicate=d["predicate"], layer=d["layer"], layer_b=d.get("layer_b"),
+                   details=jsonable(d.get("details") or {}))
+
 
 class CheckRelationOutput(BaseModel):
     index: str
@@ -45,46 +56,28 @@ class CheckRelationOutput(BaseModel):
     layer: str
     layer_b: str | None = None
     distance_m: float | None = None
+    negated: bool = False
     results: list[RelationOut]
-    held: int
-
-
-def resolve_layer(con, name: str) -> str:
-    from geosearch.relations.layers import resolve_layer as engine_resolve
-
-    return engine_resolve(con, name)
-
-
-def check(con, regions: list[tuple[str, Any]], predicate: str, layer: str, distance_m: float | None,
-          layer_b: str | None = None, threshold: float | None = None) -> tuple[str, str | None, list]:
-    from geosearch.relations import check_relation
-
-    name = resolve_layer(con, layer)
-    name_b = resolve_layer(con, layer_b) if layer_b else None
-    res = check_relation(con, regions, predicate, name, distance_m, name_b, threshold=threshold)
-    return name, name_b, res
+    held: int = Field(description="regions for which the relation as asked holds")
 
 
 def run(inp: CheckRelationInput, ws: Workspace, progress: ProgressFn | None = None) -> CheckRelationOutput:
-    from geosearch import db
+    from geosearch.query import RelationSpec
+    from geosearch.relations.apply import apply_relations, layers_connection
 
     regions = [(r.id, r.geometry()) for r in inp.regions]
     if len({rid for rid, _ in regions}) != len(regions):
         raise InputError("region ids must be unique")
+    spec = RelationSpec(predicate=inp.predicate, layer=inp.layer, layer_b=inp.layer_b, distance_m=inp.distance_m,
+                        threshold=inp.threshold, negated=inp.negated)
     report(progress, 0, 1, "checking relation")
-    with ws.using(inp.index) as h:
-        con = db.connect(h.path, read_only=True)
-        try:
-            name, name_b, res = check(con, regions, inp.predicate, inp.layer, inp.distance_m, inp.layer_b,
-                                      inp.threshold)
-        finally:
-            con.close()
+    with ws.using(inp.index) as h, layers_connection(h.path) as con:
+        rep = apply_relations(con, regions, [spec])
+    if rep.unchecked:
+        raise GeoSearchError(rep.unchecked[0].split(": ", 1)[-1])
     report(progress, 1, 1, "done")
-    from tools.common import jsonable
-
-    out = [RelationOut(region_id=r.region_id, holds=bool(r.holds), value=None if r.value is None else float(r.value),
-                       unit=r.unit, nearest_id=None if r.nearest_id is None else str(r.nearest_id),
-                       predicate=r.predicate, layer=r.layer, layer_b=r.layer_b, details=jsonable(r.details))
-           for r in res]
-    return CheckRelationOutput(index=h.name, predicate=inp.predicate, layer=name, layer_b=name_b,
-                               distance_m=inp.distance_m, results=out, held=sum(r.holds for r in out))
+    out = [RelationOut.from_engine(d) for rid, _ in regions for d in rep.results[rid]]
+    first = out[0] if out else None
+    return CheckRelationOutput(index=h.name, predicate=inp.predicate, layer=first.layer if first else inp.layer,
+                               layer_b=first.layer_b if first else inp.layer_b, distance_m=inp.distance_m,
+                               negated=inp.negated, results=out, held=sum(r.satisfied for r in out))

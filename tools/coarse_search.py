@@ -8,8 +8,9 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from geosearch.query import parse_query, query_from_prompts
+from geosearch.refine.common import query_vector
 from geosearch.search import search
-from tools.common import ProgressFn, TileOut, Workspace, parse_area, query_vector, report
+from tools.common import ProgressFn, TileOut, Workspace, parse_area, report
 
 
 class CoarseSearchInput(BaseModel):

@@ -2,14 +2,14 @@
 roots, a cache of open indexes (read-only, shared between requests, one lock each), PNG previews
 and cached answers.
 
-Tools are plain functions ``run(inp, ws, progress=None) -> Output`` over the engine; the MCP server,
-the planner and the LangChain binding all call the same functions.
+Tools are plain functions ``run(inp, ws, progress=None) -> Output`` over one engine call each; the
+MCP server and the LangChain binding both serve them from :mod:`tools.registry`. Engine results are
+converted to the boundary models here, once (:func:`region_from_engine`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import threading
 import time
@@ -26,12 +26,9 @@ from pydantic import BaseModel, Field, field_validator
 from shapely.geometry import box, mapping, shape
 
 from geosearch.errors import GeoSearchError, InputError
-from geosearch.geo import WGS84, Bounds, reproject_bounds, reproject_geom
 
 ProgressFn = Callable[[float, float | None, str | None], None]
 INDEX_SUFFIXES = {".duckdb", ".db", ".gsidx"}
-MAX_PREVIEW_BYTES = 1_000_000
-PREVIEW_SIDE = 512
 
 
 # --- boundary models -----------------------------------------------------------------------
@@ -308,7 +305,7 @@ class Workspace:
             return self._llm_complete
         if not self.settings.llm_base_url:
             return None
-        from server.llm import complete_fn
+        from geosearch.llm import complete_fn
 
         return complete_fn(self.settings)
 
@@ -316,70 +313,7 @@ class Workspace:
         self._llm_complete = fn
 
 
-# --- helpers over the engine ---------------------------------------------------------------
-def query_vector(index, prompts: list[str], negative: list[str] | None = None, neg_weight: float = 0.5) -> np.ndarray:
-    """Mean prompt embedding, minus ``neg_weight`` times the negative prompts' one, unit norm."""
-    from geosearch.search import text_vector
-
-    vec = text_vector(index, prompts)
-    negative = [n for n in (negative or []) if n and n.strip()]
-    if negative:
-        vec = vec - neg_weight * text_vector(index, negative)
-        vec = vec / (np.linalg.norm(vec) + 1e-12)
-    return vec.astype(np.float32)
-
-
-def window_bounds(index, tile: str | None, bbox: list[float] | None) -> Bounds:
-    """A window in the mosaic CRS from a tile id or a bbox (EPSG:4326), clipped to the mosaic."""
-    if (tile is None) == (bbox is None):
-        raise InputError("give exactly one of tile (a tile id) or bbox ([minx, miny, maxx, maxy] lon/lat)")
-    if tile is not None:
-        return tuple(float(v) for v in index.bounds[index.position(tile)])  # type: ignore[return-value]
-    b = reproject_bounds(tuple(bbox), WGS84, index.crs)  # type: ignore[arg-type]
-    mb = index.mosaic_bounds
-    x0, y0, x1, y1 = max(b[0], mb[0]), max(b[1], mb[1]), min(b[2], mb[2]), min(b[3], mb[3])
-    if not (x1 > x0 and y1 > y0):
-        raise InputError("the bbox does not overlap the indexed mosaic "
-                         f"(mosaic bbox in EPSG:4326: {[round(v, 6) for v in index.bounds_wgs84]})")
-    return (x0, y0, x1, y1)
-
-
-def bounds_to_wgs84_polygon(index, bounds: Bounds):
-    return reproject_geom(shapely.segmentize(box(*bounds), max(bounds[2] - bounds[0], bounds[3] - bounds[1]) / 4),
-                          index.crs, WGS84)
-
-
-def render_png(index, bounds: Bounds, max_side: int = PREVIEW_SIDE, outlines: list | None = None) -> bytes:
-    """The window as a PNG (≤ 1 MB), optionally with polygons (mosaic CRS) outlined in yellow."""
-    from PIL import Image, ImageDraw
-
-    w_m, h_m = bounds[2] - bounds[0], bounds[3] - bounds[1]
-    mosaic = index.mosaic()
-    native = max(w_m / mosaic.res[0], h_m / mosaic.res[1])
-    side = int(max(16, min(max_side, native)))
-    if w_m >= h_m:
-        size = (max(1, round(side * h_m / w_m)), side)
-    else:
-        size = (side, max(1, round(side * w_m / h_m)))
-    img = Image.fromarray(mosaic.read(bounds, size).rgb)
-    if outlines:
-        draw = ImageDraw.Draw(img)
-        sx, sy = size[1] / w_m, size[0] / h_m
-        for geom in outlines:
-            for poly in getattr(geom, "geoms", [geom]):
-                if not hasattr(poly, "exterior"):
-                    continue
-                pts = [((x - bounds[0]) * sx, (bounds[3] - y) * sy) for x, y in poly.exterior.coords]
-                draw.line(pts, fill=(255, 255, 0), width=2)
-    while True:
-        buf = io.BytesIO()
-        img.save(buf, format="PNG", optimize=True)
-        data = buf.getvalue()
-        if len(data) <= MAX_PREVIEW_BYTES or min(img.size) <= 16:
-            return data
-        img = img.resize((max(1, img.size[0] * 3 // 4), max(1, img.size[1] * 3 // 4)))
-
-
+# --- helpers of the tool boundary ---------------------------------------------------------
 def tool_error_message(exc: BaseException) -> str:
     """A one-line, user-facing message for an exception raised by a tool."""
     from pydantic import ValidationError

@@ -12,8 +12,9 @@ from pydantic import BaseModel, Field
 from geosearch.errors import GeoSearchError
 from geosearch.geo import WGS84, reproject_bounds
 from geosearch.query import parse_query, query_from_prompts
-from tools.check_relation import RelationOut, check
-from tools.common import ProgressFn, RegionIn, Workspace, query_vector, report
+from geosearch.refine.common import query_vector
+from tools.check_relation import RelationOut
+from tools.common import ProgressFn, RegionIn, Workspace, report
 from tools.zoom_tile import Preview, preview_for
 
 
@@ -76,8 +77,8 @@ def _calibrations(idx, vec: np.ndarray, own: np.ndarray) -> tuple[list[tuple[flo
 
 
 def run(inp: ExplainInput, ws: Workspace, progress: ProgressFn | None = None) -> ExplainOutput:
-    from geosearch import db
     from geosearch.refine.common import embed_windows
+    from geosearch.relations.apply import apply_relations, layers_connection
 
     parsed = parse_query(inp.query)
     pq = query_from_prompts(inp.prompts, parsed.negative_prompts, inp.query) if inp.prompts else parsed
@@ -105,23 +106,11 @@ def run(inp: ExplainInput, ws: Workspace, progress: ProgressFn | None = None) ->
         emb, _ = embed_windows(idx, bounds_list)
         rel_results: dict[str, list[RelationOut]] = {rid: [] for rid, _ in geoms}
         if inp.check_relations and parsed.relations:
-            con = db.connect(h.path, read_only=True)
-            try:
-                for spec in parsed.relations:
-                    try:
-                        name, name_b, res = check(con, geoms, spec.predicate, spec.layer, spec.distance_m,
-                                                  spec.layer_b, spec.threshold)
-                    except GeoSearchError as exc:
-                        unchecked.append(f"{spec.phrase or spec.predicate}: {exc}")
-                        continue
-                    for r in res:
-                        rel_results[r.region_id].append(RelationOut(
-                            region_id=r.region_id, holds=bool(r.holds),
-                            value=None if r.value is None else float(r.value), unit=r.unit,
-                            nearest_id=None if r.nearest_id is None else str(r.nearest_id),
-                            predicate=r.predicate, layer=r.layer, layer_b=r.layer_b))
-            finally:
-                con.close()
+            with layers_connection(h.path) as con:
+                rep = apply_relations(con, geoms, parsed.relations, parsed.time)
+            unchecked += rep.unchecked
+            for rid, checks in rep.results.items():
+                rel_results[rid] = [RelationOut.from_engine(d) for d in checks]
         report(progress, 1, total, "calibrating")
         out: list[RegionExplanation] = []
         cals, calibrated = _calibrations(idx, vec, emb @ vec)
@@ -165,9 +154,10 @@ def _explanation(ws: Workspace, inp: ExplainInput, pq, regions: list[RegionExpla
                      f"the abstention threshold {best.calibration.get('threshold', 0.5):.2f}).")
     rel = [r for reg in regions for r in reg.relations]
     if rel:
-        held = sum(r.holds for r in rel)
+        held = sum(r.satisfied for r in rel)
         lines.append(f"Spatial checks: {held} of {len(rel)} hold "
-                     + "; ".join(f"{r.region_id} {r.predicate} {r.layer}: {'yes' if r.holds else 'no'}"
+                     + "; ".join(f"{r.region_id} {'not ' if r.negated else ''}{r.predicate} {r.layer}: "
+                                 f"{'yes' if r.satisfied else 'no'}"
                                  + (f" ({r.value:.0f} {r.unit})" if r.value is not None else "")
                                  for r in rel[:4]) + ".")
     if unchecked:
@@ -183,7 +173,8 @@ def _explanation(ws: Workspace, inp: ExplainInput, pq, regions: list[RegionExpla
 
     scores = "\n".join(f"- {r.id}: overall {r.score:.3f} (z {r.z_index:+.1f}); "
                        + ", ".join(f"'{p}' {s:.3f}" for p, s in list(r.prompt_scores.items())[:3]) for r in regions)
-    relations = "\n".join(f"- {r.region_id} {r.predicate} {r.layer}: {r.holds} ({r.value} {r.unit})" for r in rel) \
+    relations = "\n".join(f"- {r.region_id} {'not ' if r.negated else ''}{r.predicate} {r.layer}: {r.satisfied} "
+                          f"({r.value} {r.unit})" for r in rel) \
         or "- none"
     calib = ", ".join(f"{r.id}: {r.confidence:.2f}" for r in regions if r.confidence is not None) or "not available"
     evidence = ", ".join(t.id for r in regions for t in r.evidence_tiles) or "none"

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, Field
 
+from geosearch.geo import to_wgs84
+from geosearch.refine.common import query_vector, window_bounds
 from tools.coarse_search import prompts_of
-from tools.common import (
-    ProgressFn,
-    RegionOut,
-    Workspace,
-    jsonable,
-    query_vector,
-    region_out,
-    report,
-    window_bounds,
-)
+from tools.common import ProgressFn, RegionOut, Workspace, jsonable, region_out, report
 from tools.zoom_tile import Preview, WindowRef, preview_for
 
 
 class SegmentRegionInput(WindowRef):
     k: int = Field(10, ge=1, le=100, description="at most this many regions")
-    backend: Literal["heatmap", "sam"] = "heatmap"
     preview: bool = Field(False, description="attach a PNG preview with the regions outlined")
 
 
@@ -35,8 +25,9 @@ class SegmentRegionOutput(BaseModel):
 
 
 def run(inp: SegmentRegionInput, ws: Workspace, progress: ProgressFn | None = None) -> SegmentRegionOutput:
+    from shapely.geometry import box
+
     from geosearch.refine import segment
-    from tools.common import bounds_to_wgs84_polygon
 
     pos, neg = prompts_of(inp.query, inp.prompts, inp.negative_prompts)
     with ws.using(inp.index) as h:
@@ -44,7 +35,7 @@ def run(inp: SegmentRegionInput, ws: Workspace, progress: ProgressFn | None = No
         bounds = window_bounds(idx, inp.tile, inp.bbox)
         report(progress, 0, 2, "segmenting")
         vec = query_vector(idx, pos, neg)
-        cands = segment(idx, inp.tile if inp.tile else bounds, vec, backend=inp.backend)
+        cands = segment(idx, inp.tile if inp.tile else bounds, vec, backend="heatmap")
         cands = sorted(cands, key=lambda c: -c.score)[: inp.k]
         tag = inp.tile or "bbox"
         regions = [region_out(f"seg-{tag}-{i}", c.polygon_wgs84, c.score, scale_m=c.scale_m,
@@ -55,6 +46,6 @@ def run(inp: SegmentRegionInput, ws: Workspace, progress: ProgressFn | None = No
                    for i, c in enumerate(cands, start=1)]
         report(progress, 1, 2, "rendering preview")
         prev = preview_for(ws, h, bounds, outlines=[c.polygon_map for c in cands], tag="seg") if inp.preview else None
-        window_bbox = list(bounds_to_wgs84_polygon(idx, bounds).bounds)
+        window_bbox = list(to_wgs84(box(*bounds), idx.crs).bounds)
     report(progress, 2, 2, "done")
     return SegmentRegionOutput(index=h.name, window_bbox=window_bbox, prompts=pos, regions=regions, preview=prev)

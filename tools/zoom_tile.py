@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, Field, model_validator
+from shapely.geometry import box
 
+from geosearch.geo import to_wgs84
+from geosearch.refine.common import query_vector, window_bounds
+from geosearch.render import render_png
 from tools.coarse_search import prompts_of
-from tools.common import (
-    BBox,
-    ProgressFn,
-    Workspace,
-    _check_bbox,
-    bounds_to_wgs84_polygon,
-    query_vector,
-    render_png,
-    report,
-    window_bounds,
-)
+from tools.common import BBox, ProgressFn, Workspace, _check_bbox, report
 
 
 class WindowRef(BaseModel):
@@ -72,7 +66,7 @@ class ZoomTileOutput(BaseModel):
 def preview_for(ws: Workspace, h, bounds, outlines=None, tag: str = "") -> Preview:
     png = render_png(h.index, bounds, outlines=outlines)
     pid = ws.put_preview(f"{h.path}|{bounds}|{tag}", png)
-    bb = list(bounds_to_wgs84_polygon(h.index, bounds).bounds)
+    bb = list(to_wgs84(box(*bounds), h.index.crs).bounds)
     return Preview(uri=f"geosearch://previews/{pid}", bytes=len(png), bbox=bb)
 
 
@@ -95,16 +89,14 @@ def run(inp: ZoomTileInput, ws: Workspace, progress: ProgressFn | None = None) -
         wins = zoom(idx, bounds, vec, factor=inp.factor, tile_id=inp.tile)
         out = []
         for rank, w in enumerate(wins[: inp.k], start=1):
-            poly = bounds_to_wgs84_polygon(idx, w.bounds)
+            poly = to_wgs84(box(*w.bounds), idx.crs)
             out.append(SubWindow(rank=rank, score=w.score, scale_m=w.scale_m, level=w.level, parent_tile=w.tile_id,
                                  bbox=list(poly.bounds), polygon=mapping(poly), gain=w.score - wscore))
         report(progress, 2, 3, "rendering preview")
         prev = None
         if inp.preview:
-            from shapely.geometry import box
-
             prev = preview_for(ws, h, bounds, outlines=[box(*w.bounds) for w in wins[:1]], tag="zoom")
-        window_bbox = list(bounds_to_wgs84_polygon(idx, bounds).bounds)
+        window_bbox = list(to_wgs84(box(*bounds), idx.crs).bounds)
     report(progress, 3, 3, "done")
     return ZoomTileOutput(index=h.name, window_bbox=window_bbox, window_score=wscore, prompts=pos, windows=out,
                           preview=prev)

@@ -32,11 +32,12 @@ from geosearch.geo import WGS84, transformer, utm_crs_for
 from geosearch.index import TileIndex, build_index
 from geosearch.models import get_model
 from geosearch.pipeline import Answer, MethodContext, list_methods, run_method
-from geosearch.settings import Settings, get_settings
+from geosearch.settings import CHAIN_FIELDS, Settings, get_settings
 
 RESULT_FORMAT = "geosearch-eval/1"
+DEFAULT_METHOD = "answer"   # the served chain (geosearch ask / MCP answer)
 SETTINGS_KEYS = ("model", "device", "threads", "batch_size", "scales_m", "overlap", "min_valid_fraction",
-                 "text_cache_size", "pyramid_top_n", "pyramid_depth", "pyramid_budget")
+                 "text_cache_size", *CHAIN_FIELDS)
 
 
 @dataclass
@@ -116,7 +117,8 @@ def _mosaic_full_res(index: TileIndex) -> int:
 
 
 def answer_queries(index: TileIndex, texts: list[str], method: str, k: int, layers_dir: Path | None,
-                   on_query: Callable[[int, int], None] | None = None) -> list[_Run]:
+                   on_query: Callable[[int, int], None] | None = None, *, settings: Settings | None = None,
+                   options: dict | None = None) -> list[_Run]:
     """Phase 1: only the query texts are handed to the method."""
     runs: list[_Run] = []
     with tempfile.TemporaryDirectory(prefix="geosearch-eval-layers-") as tmp:
@@ -125,7 +127,7 @@ def answer_queries(index: TileIndex, texts: list[str], method: str, k: int, laye
             shutil.copytree(layers_dir, Path(tmp) / "layers")
             private_layers = str(Path(tmp) / "layers")
         for i, text in enumerate(texts):
-            ctx = MethodContext(layers_dir=private_layers)
+            ctx = MethodContext(layers_dir=private_layers, settings=settings, options=dict(options or {}))
             before = _mosaic_full_res(index)
             t0 = time.perf_counter()
             try:
@@ -194,14 +196,23 @@ def dumps_result(result: dict) -> str:
     return text[:-2] + ',\n  "per_query": [\n' + rows + "\n  ]\n}\n"
 
 
+def _chain_config(settings: Settings, options: dict | None) -> dict:
+    """The chain constants this run used (settings overridden by options)."""
+    from geosearch.chain import chain_config
+
+    return chain_config(settings, options)
+
+
 def _round(d: dict, nd: int = 4) -> dict:
     return {k: (round(v, nd) if isinstance(v, float) else v) for k, v in d.items()}
 
 
-def evaluate(bench_dir: str | Path, method: str = "coarse", *, model: str | None = None, k: int = 100,
+def evaluate(bench_dir: str | Path, method: str = DEFAULT_METHOD, *, model: str | None = None, k: int = 100,
              index_path: str | Path | None = None, settings: Settings | None = None,
-             progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
-    """Run one method over a benchmark folder and return the result document (JSON-ready)."""
+             options: dict | None = None, progress: bool = False,
+             log: Callable[[str], None] | None = None) -> dict:
+    """Run one method over a benchmark folder and return the result document (JSON-ready).
+    ``options`` override the chain's settings by name for every query (recorded in the result)."""
     if method not in method_names():
         raise InputError(f"unknown method {method!r}; known: {', '.join(sorted(method_names()))}")
     if not 1 <= k <= MAX_RESULTS:
@@ -221,7 +232,8 @@ def evaluate(bench_dir: str | Path, method: str = "coarse", *, model: str | None
         if i % 10 == 0 or i == n:
             say(f"{method}: answered {i}/{n} queries ({time.perf_counter() - t_answer:.0f} s)")
 
-    runs = answer_queries(index, list(bench.query_texts), method, k, bench.layers_dir, on_query=tick)
+    runs = answer_queries(index, list(bench.query_texts), method, k, bench.layers_dir, on_query=tick,
+                          settings=settings, options=options)
 
     b = index.bounds_wgs84
     metric_crs = utm_crs_for((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
@@ -262,7 +274,8 @@ def evaluate(bench_dir: str | Path, method: str = "coarse", *, model: str | None
         "method": method, "method_description": info.description,
         "model": {"name": index.meta.get("model_name"), "model_id": index.meta.get("model_id")},
         "settings": {**{key: getattr(settings, key) for key in SETTINGS_KEYS}, "k": k,
-                     "metric_crs": metric_crs.to_string()},
+                     "metric_crs": metric_crs.to_string(), "options": dict(options or {}),
+                     "chain": _chain_config(settings, options)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "metrics": metrics, "per_type": per_type, "cost": cost, "per_query": per_query,
     }

@@ -14,22 +14,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from geosearch.geo import iou  # the one IoU, re-exported for the scorer
+
 MAX_RESULTS = 100
 EPS = 1e-9
-
-
-def iou(a, b) -> float:
-    if a.is_empty or b.is_empty:
-        return 0.0
-    ax0, ay0, ax1, ay1 = a.bounds
-    bx0, by0, bx1, by1 = b.bounds
-    if ax1 < bx0 or bx1 < ax0 or ay1 < by0 or by1 < ay0:
-        return 0.0
-    inter = a.intersection(b).area
-    if inter <= 0:
-        return 0.0
-    union = a.area + b.area - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 @dataclass

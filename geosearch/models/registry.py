@@ -176,6 +176,16 @@ def _build_tiny(spec: ModelSpec, device: torch.device, settings: Settings) -> Em
         return _build_open_clip(spec.name, spec.arch, None, device, settings)
 
 
+def _build_colour(spec: ModelSpec, device: torch.device, settings: Settings) -> EmbeddingModel:
+    """A deterministic colour model with known answers ("red", "green", "blue"), for tests that run
+    the whole chain in another process (an MCP server, the CLI): no weights."""
+    from dataclasses import replace
+
+    from geosearch.refine.testing import colour_model
+
+    return replace(colour_model(32), name=spec.name)
+
+
 def _spec(name: str) -> ModelSpec:
     _ensure_builtin()
     if name not in _REGISTRY:
@@ -203,6 +213,9 @@ def _ensure_builtin() -> None:
         ModelSpec("geosearch-tiny", "geosearch-tiny",
                   "tiny random-weight model for tests and smoke runs (not for real search)",
                   builder=_build_tiny),
+        ModelSpec("geosearch-colour", "geosearch-colour",
+                  "deterministic colour model with known answers, for tests (not for real search)",
+                  builder=_build_colour),
     ]
     for spec in presets:
         _REGISTRY.setdefault(spec.name, spec)

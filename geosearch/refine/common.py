@@ -1,7 +1,6 @@
-"""Shared helpers of the refinement engine: reading and embedding windows, text vectors, geometry.
-
-Everything here works on an open :class:`~geosearch.index.TileIndex`; bounds are in the mosaic CRS.
-"""
+"""Shared helpers of the refinement engine: query vectors, window bounds, reading and embedding
+windows. Everything here works on an open :class:`~geosearch.index.TileIndex`; bounds are in the
+mosaic CRS."""
 
 from __future__ import annotations
 
@@ -9,14 +8,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import shapely
-from shapely.geometry import box
 
-from geosearch.geo import Bounds, as_crs, reproject_geom
+from geosearch.errors import InputError
+from geosearch.geo import WGS84, Bounds, reproject_bounds
 from geosearch.index import TileIndex
 from geosearch.search import text_vector
 
 _POOL: ThreadPoolExecutor | None = None
+NEGATIVE_WEIGHT = 0.5   # share of the negative prompts' mean embedding subtracted from the query vector
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -26,12 +25,34 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def query_vector(index: TileIndex, prompts: str | Sequence[str] | np.ndarray) -> np.ndarray:
-    """Unit text vector of a prompt list (mean of the prompt embeddings), or a given vector."""
+def query_vector(index: TileIndex, prompts: str | Sequence[str] | np.ndarray,
+                 negative: Sequence[str] | None = None, neg_weight: float = NEGATIVE_WEIGHT) -> np.ndarray:
+    """Unit text vector of a prompt list (mean of the prompt embeddings), minus ``neg_weight`` times
+    the negative prompts' mean embedding when ``negative`` is given; or a given vector, normalised."""
     if isinstance(prompts, np.ndarray):
         v = prompts.astype(np.float32)
         return v / (np.linalg.norm(v) + 1e-12)
-    return text_vector(index, [prompts] if isinstance(prompts, str) else list(prompts))
+    vec = text_vector(index, [prompts] if isinstance(prompts, str) else list(prompts))
+    negative = [n for n in (negative or []) if n and n.strip()]
+    if negative:
+        vec = vec - neg_weight * text_vector(index, negative)
+        vec = vec / (np.linalg.norm(vec) + 1e-12)
+    return vec.astype(np.float32)
+
+
+def window_bounds(index: TileIndex, tile: str | None, bbox: Sequence[float] | None) -> Bounds:
+    """A window in the mosaic CRS from a tile id or a bbox (EPSG:4326), clipped to the mosaic."""
+    if (tile is None) == (bbox is None):
+        raise InputError("give exactly one of tile (a tile id) or bbox ([minx, miny, maxx, maxy] lon/lat)")
+    if tile is not None:
+        return tuple(float(v) for v in index.bounds[index.position(tile)])  # type: ignore[return-value]
+    b = reproject_bounds(tuple(bbox), WGS84, index.crs)  # type: ignore[arg-type]
+    mb = index.mosaic_bounds
+    x0, y0, x1, y1 = max(b[0], mb[0]), max(b[1], mb[1]), min(b[2], mb[2]), min(b[3], mb[3])
+    if not (x1 > x0 and y1 > y0):
+        raise InputError("the bbox does not overlap the indexed mosaic "
+                         f"(mosaic bbox in EPSG:4326: {[round(v, 6) for v in index.bounds_wgs84]})")
+    return (x0, y0, x1, y1)
 
 
 def read_windows(index: TileIndex, bounds_list: Sequence[Bounds], size: int | None = None
@@ -53,27 +74,6 @@ def embed_windows(index: TileIndex, bounds_list: Sequence[Bounds], size: int | N
     if not len(images):
         return np.zeros((0, index.embeddings.shape[1]), np.float32), valid
     return index.model().encode_images(images), valid
-
-
-def bounds_polygon(bounds: Bounds):
-    return box(*bounds)
-
-
-def to_wgs84(index: TileIndex, geom):
-    """A mosaic-CRS geometry in EPSG:4326 (edges densified so that curved edges stay close)."""
-    crs = index.crs
-    if as_crs(crs).is_geographic:
-        return reproject_geom(geom, crs, "EPSG:4326")
-    x0, y0, x1, y1 = geom.bounds
-    step = max(x1 - x0, y1 - y0) / 4 or 1.0
-    return reproject_geom(shapely.segmentize(geom, step), crs, "EPSG:4326")
-
-
-def iou(a, b) -> float:
-    inter = a.intersection(b).area
-    if inter <= 0:
-        return 0.0
-    return float(inter / (a.area + b.area - inter))
 
 
 def window_scale_m(index: TileIndex, bounds: Bounds) -> float:

@@ -1,8 +1,7 @@
-"""Flags attached to answer regions: ``low_margin``, ``ambiguous_scale``, ``relation_not_checkable``."""
+"""Image flags of answer regions: ``low_margin`` and ``ambiguous_scale``."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,30 +12,9 @@ from geosearch.refine.pyramid import Window
 LOW_MARGIN = 0.01          # final-score gap to the next region, or s_region - s_neg
 SCALE_EPS = 0.01           # another scale (>= 2x apart) scoring within this of the region's s_region
 
-_RELATION = re.compile(r"\b(near|next to|close to|beside|adjacent|within|inside|surrounded by|along|"
-                       r"north of|south of|east of|west of|across from|between|far from|away from|"
-                       r"\d+\s*(?:m|km|metres|meters) (?:of|from))\b", re.I)
-
-
-def mentions_relation(query: str) -> bool:
-    return bool(_RELATION.search(query))
-
-
-def relation_not_checkable(query: str, options: dict, layers_dir: str | None) -> bool:
-    """True when the caller says relations cannot be checked (``options['relation_not_checkable']``
-    or a non-empty ``options['unchecked_relations']``), or, when it says nothing, when the query
-    mentions a spatial relation and no layer folder is given."""
-    if "relation_not_checkable" in options:
-        return bool(options["relation_not_checkable"])
-    if "unchecked_relations" in options:
-        return bool(options["unchecked_relations"])
-    return layers_dir is None and mentions_relation(query)
-
-
-def add_flags(cands: Sequence[Candidate], windows: Sequence[Window], *, query: str, options: dict,
-              layers_dir: str | None) -> None:
-    """Set the flags on the ranked candidates (in place)."""
-    rel = relation_not_checkable(query, options, layers_dir)
+def add_flags(cands: Sequence[Candidate], windows: Sequence[Window]) -> None:
+    """Set the image flags on the ranked candidates (in place). Relation flags come from the one
+    relation applier (:mod:`geosearch.relations.apply`)."""
     wb = np.array([w.bounds for w in windows], float).reshape(-1, 4)
     w_area = (wb[:, 2] - wb[:, 0]) * (wb[:, 3] - wb[:, 1])
     w_scale = np.array([w.scale_m for w in windows], float)
@@ -58,6 +36,4 @@ def add_flags(cands: Sequence[Candidate], windows: Sequence[Window], *, query: s
             ratio = np.maximum(w_scale / scale, scale / np.maximum(w_scale, 1e-12))
             if np.any((ratio >= 2) & (inside >= 0.7) & (w_score >= s_reg - SCALE_EPS)):
                 flags.add("ambiguous_scale")
-        if rel:
-            flags.add("relation_not_checkable")
         c.flags = sorted(flags)

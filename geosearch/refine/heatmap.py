@@ -9,8 +9,8 @@ is normalised to the window's own score range, thresholded (``threshold`` of tha
 into 8-connected components with :func:`rasterio.features.shapes`, and each component becomes a
 :class:`Candidate` with its polygon, bbox and mask in the mosaic CRS and in EPSG:4326.
 
-Backends share one interface (:class:`SegmentBackend`): :class:`HeatmapBackend` (default) and
-:class:`SamBackend`, which needs SAM-family weights and otherwise raises a clear error.
+Backends share one interface (:class:`SegmentBackend`): :class:`HeatmapBackend` (read and embed
+crops) and :class:`StoredHeatmapBackend` (from stored tile scores, no reads).
 """
 
 from __future__ import annotations
@@ -18,17 +18,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from rasterio.features import shapes
 from rasterio.transform import Affine
 from shapely.geometry import box, shape
 
-from geosearch.errors import WeightsMissingError
-from geosearch.geo import Bounds
+from geosearch.geo import Bounds, to_wgs84
 from geosearch.index import TileIndex
-from geosearch.refine.common import query_vector, to_wgs84, window_scale_m
+from geosearch.refine.common import query_vector, window_scale_m
 
 
 @dataclass
@@ -212,7 +210,7 @@ def heatmap_candidates(index: TileIndex, heat: Heatmap, *, threshold: float = 0.
         peak = float(np.nanmax(vals[comp]))
         bbox = tuple(float(v) for v in poly.bounds)
         frac = float(comp.sum() / total)
-        cands.append(Candidate(polygon_map=poly, polygon_wgs84=to_wgs84(index, poly), score=score,
+        cands.append(Candidate(polygon_map=poly, polygon_wgs84=to_wgs84(poly, index.crs), score=score,
                                bbox_map=bbox, mask=comp, mask_bounds=heat.bounds,
                                scale_m=scale * math.sqrt(max(frac, 1e-9)), window_score=window_score,
                                evidence_tiles=list(evidence),
@@ -275,41 +273,16 @@ class StoredHeatmapBackend(SegmentBackend):
                                   window_score=window_score, evidence=evidence)
 
 
-class SamBackend(SegmentBackend):
-    """SAM-family masks scored by the text model. Needs weights (``sam_vit_b.pth`` or the path
-    given); without them :meth:`propose` raises :class:`WeightsMissingError`."""
-
-    name = "sam"
-
-    def __init__(self, weights: str | Path | None = None):
-        from geosearch.settings import get_settings
-
-        self.weights = Path(weights) if weights else Path(get_settings().models_dir) / "sam_vit_b.pth"
-
-    def available(self) -> bool:
-        return self.weights.is_file()
-
-    def propose(self, index: TileIndex, bounds: Bounds, prompts: str | Sequence[str] | np.ndarray,
-                **kwargs) -> list[Candidate]:
-        if not self.available():
-            raise WeightsMissingError(f"SAM weights not found at {self.weights}: put a SAM checkpoint there or "
-                                      "use the heatmap backend (segment(..., backend='heatmap'))")
-        raise WeightsMissingError("the SAM backend is not bundled in this build (no segment-anything "
-                                  "package); use backend='heatmap'")
-
-
 def get_backend(name: str | SegmentBackend = "heatmap", **kwargs) -> SegmentBackend:
     if isinstance(name, SegmentBackend):
         return name
     if name == "heatmap":
         return HeatmapBackend(**kwargs)
-    if name == "sam":
-        return SamBackend(**kwargs)
     if name == "stored":
         return StoredHeatmapBackend(**kwargs)
     from geosearch.errors import InputError
 
-    raise InputError(f"unknown segmentation backend {name!r}; known: heatmap, stored, sam")
+    raise InputError(f"unknown segmentation backend {name!r}; known: heatmap, stored")
 
 
 def segment(index: TileIndex, bounds: Bounds | str, prompts: str | Sequence[str] | np.ndarray, *,
@@ -329,6 +302,6 @@ def bbox_polygon(c: Candidate):
     return box(*c.bbox_map)
 
 
-__all__ = ["Candidate", "Heatmap", "HeatmapBackend", "SamBackend", "SegmentBackend", "StoredHeatmapBackend",
+__all__ = ["Candidate", "Heatmap", "HeatmapBackend", "SegmentBackend", "StoredHeatmapBackend",
            "bbox_polygon", "heatmap_from_windows",
            "heatmap_candidates", "segment", "similarity_heatmap"]

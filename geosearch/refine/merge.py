@@ -10,17 +10,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+from geosearch.geo import overlap_ratios, to_wgs84
 from geosearch.index import TileIndex
-from geosearch.refine.common import to_wgs84
 from geosearch.refine.heatmap import Candidate
-
-
-def overlap_ratios(a, b) -> tuple[float, float]:
-    """(IoU, intersection over the smaller area) of two geometries."""
-    inter = a.intersection(b).area
-    if inter <= 0:
-        return 0.0, 0.0
-    return float(inter / (a.area + b.area - inter)), float(inter / max(min(a.area, b.area), 1e-12))
 
 
 def merge_candidates(cands: list[Candidate], *, iou: float = 0.5, contain: float = 1.01,
@@ -53,5 +45,5 @@ def merge_candidates(cands: list[Candidate], *, iou: float = 0.5, contain: float
             target.bbox_map = tuple(float(v) for v in target.polygon_map.bounds)
             target.mask = None
             if index is not None:
-                target.polygon_wgs84 = to_wgs84(index, target.polygon_map)
+                target.polygon_wgs84 = to_wgs84(target.polygon_map, index.crs)
     return kept

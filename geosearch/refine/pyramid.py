@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geosearch.geo import Bounds
+from geosearch.geo import Bounds, iou
 from geosearch.index import TileIndex
-from geosearch.refine.common import embed_windows, iou, query_vector
+from geosearch.refine.common import embed_windows, query_vector
 from geosearch.search import top_k
 from geosearch.settings import get_settings
 from geosearch.tiling import tiles_for_mosaic
@@ -101,10 +101,10 @@ def _zoom_many(index: TileIndex, parents: list[tuple[Bounds, float | None, str |
 
 
 def coarse_candidates(index: TileIndex, vec: np.ndarray, n: int, nms_iou: float = 0.3,
-                      pool: int = 200) -> list[Window]:
-    """Top-``n`` coarse tiles after greedy non-maximum suppression (distinct places)."""
+                      pool: int = 200, mask: np.ndarray | None = None) -> list[Window]:
+    """Top-``n`` coarse tiles (among ``mask``) after greedy non-maximum suppression (distinct places)."""
     s = index.embeddings @ vec
-    order = top_k(s, min(pool, len(s)))
+    order = top_k(s, min(pool, len(s)), mask)
     chosen: list[Window] = []
     polys = []
     from shapely.geometry import box
@@ -125,12 +125,13 @@ def pyramid_search(index: TileIndex, prompts: str | Sequence[str] | np.ndarray, 
                    top_n: int | None = None, depth: int | None = None, budget: int | None = None,
                    keep: int = 2, factor: float = 0.5, overlap: float = 0.5, min_scale_m: float = 0.0,
                    require_improvement: bool = True, nms_iou: float = 0.3,
-                   min_valid: float = 0.05) -> PyramidResult:
+                   min_valid: float = 0.05, mask: np.ndarray | None = None) -> PyramidResult:
     """Coarse-to-fine search: returns every scored window (best first) and the cost counters.
 
     ``top_n``, ``depth`` and ``budget`` (windows embedded per query) default to the settings
     ``pyramid_top_n``, ``pyramid_depth`` and ``pyramid_budget``; ``k`` only bounds how many coarse
-    tiles are kept in ``windows`` besides the explored ones.
+    tiles are kept in ``windows`` besides the explored ones. ``mask`` (one bool per tile) restricts
+    the coarse tiles to an area or a date.
     """
     st = get_settings()
     top_n = st.pyramid_top_n if top_n is None else top_n
@@ -139,12 +140,12 @@ def pyramid_search(index: TileIndex, prompts: str | Sequence[str] | np.ndarray, 
     vec = query_vector(index, prompts)
     mosaic = index.mosaic()
     reads0 = mosaic.stats.full_res_reads
-    explored = coarse_candidates(index, vec, top_n, nms_iou)
+    explored = coarse_candidates(index, vec, top_n, nms_iou, mask=mask)
     windows: list[Window] = list(explored)
     # keep the other best coarse tiles too, so that refinement never loses what coarse search found
     s = index.embeddings @ vec
     seen = {w.tile_id for w in explored}
-    for i in top_k(s, max(k, top_n) * 2):
+    for i in top_k(s, max(k, top_n) * 2, mask):
         if str(index.tile_ids[i]) not in seen:
             windows.append(Window(tuple(float(v) for v in index.bounds[i]), float(s[i]), float(index.scales[i]), 0,
                                   str(index.tile_ids[i])))

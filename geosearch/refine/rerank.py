@@ -6,8 +6,8 @@ Each candidate gets these features (cosine similarities with the unit text vecto
                the bbox's longer side) read at the model's input size, against the query prompts;
 ``s_source``   the score it was proposed with (mean heatmap score of its component, or the window
                score for whole windows);
-``s_neg``      the crop's best score among negative prompts: exclusions from the query ("not X",
-               "without X", options ``exclude``) and hard negatives from :data:`CONFUSABLE`, the
+``s_neg``      the crop's best score among negative prompts: the parsed query's exclusions ("not X",
+               "without X", plus options ``exclude``) and hard negatives from :data:`CONFUSABLE`, the
                table of scene pairs that models confuse (playground / stadium, ...);
 ``s_generic``  the crop's best score among :data:`GENERIC_PROMPTS` ("an aerial image", ...);
 ``s_context``  the score of a square crop twice the region's side around it (only when
@@ -33,7 +33,6 @@ w_context 1.0, extras {"relation": 0.2, "prior": 0.1}.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -83,10 +82,6 @@ CONFUSABLE: dict[str, list[str]] = {
     "school": ["playground", "dense residential"],
 }
 
-_EXCL = re.compile(r"\b(?:not|no|without|excluding|except|but not)\s+(?:a |an |the |any )?"
-                   r"([a-z][a-z \-]*?)(?=$|[,.;]| and | or | but | with | near | next )", re.I)
-
-
 @dataclass
 class RerankWeights:
     region: float = 1.0
@@ -96,16 +91,6 @@ class RerankWeights:
     specific: float = 0.0
     context: float = 1.0
     extras: dict[str, float] = field(default_factory=lambda: {"relation": 0.2, "prior": 0.1})
-
-
-def exclusions(query: str) -> list[str]:
-    """Phrases the query excludes ("a park without a pond" -> ["pond"])."""
-    return [m.group(1).strip() for m in _EXCL.finditer(query) if m.group(1).strip()]
-
-
-def positive_text(query: str) -> str:
-    """The query with its exclusion clauses removed."""
-    return _EXCL.sub("", query).strip(" ,;") or query
 
 
 def hard_negatives(query: str) -> list[str]:
@@ -121,10 +106,11 @@ def hard_negatives(query: str) -> list[str]:
     return out
 
 
-def negative_prompts(query: str, exclude: Sequence[str] = ()) -> list[str]:
-    """Negative prompts of a query: exclusions (parsed + given) then hard negatives."""
-    negs = [f"an aerial image of {e}" for e in [*exclusions(query), *exclude]]
-    negs += [f"an aerial image of {n}" for n in hard_negatives(positive_text(query))]
+def negative_prompts(look_for: str, exclusions: Sequence[str] = ()) -> list[str]:
+    """Negative prompts of a query: its exclusions (from the parser, plus any given), then hard
+    negatives of what it looks for (``ParsedQuery.look_for()``)."""
+    negs = [f"an aerial image of {e}" for e in exclusions if e and e.strip()]
+    negs += [f"an aerial image of {n}" for n in hard_negatives(look_for)]
     return list(dict.fromkeys(negs))
 
 

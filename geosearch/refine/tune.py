@@ -5,7 +5,7 @@ never on the test split).
     python -m geosearch.refine.tune fit   out/aid-dev-tune,out/aid-dev-tune1 '{"features": ["d_ref"]}'
 
 ``grid`` runs the ``segment`` method over the benchmark for each combination of options (they
-override :data:`geosearch.refine.methods.DEFAULTS`) and prints hit@10 / map / cost. ``fit`` runs
+override the chain settings of :func:`geosearch.chain.chain_config`) and prints hit@10 / map / cost. ``fit`` runs
 ``segment`` once, fits the logistic confidence on the top region's calibration features (label:
 answerable vs ``absent``), chooses the abstention threshold (false-abstain rate <= 0.15) and
 writes ``calibration.json`` with a note of the data that fitted it.
@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from geosearch.chain import dense_count
 from geosearch.eval.bench_format import load_benchmark
 from geosearch.eval.harness import answer_queries, prepare_index, score_runs
 from geosearch.eval.metrics import aggregate
+from geosearch.fileio import atomic_write_text
 from geosearch.geo import utm_crs_for
 from geosearch.refine import calibrate
-from geosearch.refine import methods as M
 from geosearch.settings import get_settings
 
 _INDEX_CACHE: dict = {}
@@ -44,15 +45,9 @@ def run_bench(bench_dir: str, method: str = "segment", options: dict | None = No
     if key not in _INDEX_CACHE:
         _INDEX_CACHE[key] = prepare_index(bench, get_settings(), None)[0]
     index = _INDEX_CACHE[key]
-    saved = dict(M.DEFAULTS)
-    M.DEFAULTS.update(options or {})
-    try:
-        t0 = time.perf_counter()
-        runs = answer_queries(index, list(bench.query_texts), method, k, bench.layers_dir)
-        secs = time.perf_counter() - t0
-    finally:
-        M.DEFAULTS.clear()
-        M.DEFAULTS.update(saved)
+    t0 = time.perf_counter()
+    runs = answer_queries(index, list(bench.query_texts), method, k, bench.layers_dir, options=options)
+    secs = time.perf_counter() - t0
     b = index.bounds_wgs84
     scores = score_runs(bench, runs, utm_crs_for((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))
     metrics = aggregate(scores, bench.meta.k)
@@ -150,12 +145,12 @@ def cost_report(bench_dir: str, result_json: str) -> dict:
     rows = []
     for run, pq in zip(r["runs"], res["per_query"]):
         finest = run.answer.details.get("finest_scale_m") if run.answer else None
-        dense = M.dense_count(index, finest) if finest else None
+        dense = dense_count(index, finest) if finest else None
         rows.append({"id": pq["id"], "reads": pq["full_res_reads"], "finest_scale_m": finest, "dense": dense})
     reads = np.array([x["reads"] for x in rows], float)
     ratio = np.array([x["reads"] / x["dense"] for x in rows if x["dense"]], float)
     finest_all = min(x["finest_scale_m"] for x in rows if x["finest_scale_m"])
-    dense_all = M.dense_count(index, finest_all)
+    dense_all = dense_count(index, finest_all)
     out = {"queries": len(rows), "full_res_reads_per_query_mean": round(float(reads.mean()), 2),
            "full_res_reads_per_query_max": int(reads.max()), "full_res_reads_total": int(reads.sum()),
            "per_query_ratio_mean": round(float(ratio.mean()), 5), "per_query_ratio_max": round(float(ratio.max()), 5),
@@ -213,7 +208,7 @@ def final(bench_dir: str, out_dir: str, methods: list[str], wait_calibration_for
 
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     for m in methods:
-        if m == "abstain" and wait_calibration_for:
+        if m == "answer" and wait_calibration_for:
             while not calibrate.load_calibration(wait_calibration_for).get("calibrated"):
                 time.sleep(10)
         t0 = time.perf_counter()
@@ -222,7 +217,7 @@ def final(bench_dir: str, out_dir: str, methods: list[str], wait_calibration_for
         met = doc["metrics"]
         print(m, round(time.perf_counter() - t0, 1), "s", json.dumps({k: met[k] for k in
               ("hit@1", "hit@10", "map", "abstain_recall", "false_abstain_rate")}), flush=True)
-    if "abstain" in methods:   # trade-off curve of the calibrated top-1 confidence (answers are cached)
+    if "answer" in methods:   # trade-off curve of the calibrated top-1 confidence (answers are cached)
         from geosearch.pipeline import run_method
 
         bench = load_benchmark(bench_dir)
@@ -239,7 +234,6 @@ def final(bench_dir: str, out_dir: str, methods: list[str], wait_calibration_for
         reads = np.array([r["reads"] for r in rows], float)
         ratios = np.array([r["reads"] / r["dense"] for r in rows if r["dense"]], float)
         finest_all = min(r["finest"] for r in rows if r["finest"])
-        from geosearch.refine.methods import dense_count
 
         dense_all = dense_count(index, finest_all)
         fin, cnt = np.unique([r["finest"] or 0 for r in rows], return_counts=True)
@@ -283,10 +277,9 @@ if __name__ == "__main__":
         curve = curve_from_result(bench_dir)
         plot_tradeoff(curve, params["threshold"], arg["out"], arg.get("title", ""))
         if arg.get("json"):   # the curve itself, next to the plot
-            tmp = Path(arg["json"]).with_name(f".{Path(arg['json']).name}.tmp")
-            tmp.write_text(json.dumps({"result": bench_dir, "threshold": params["threshold"],
-                                       "features": params["features"], "curve": curve}, indent=1) + "\n")
-            tmp.replace(arg["json"])
+            atomic_write_text(arg["json"], json.dumps({"result": bench_dir, "threshold": params["threshold"],
+                                                       "features": params["features"], "curve": curve},
+                                                      indent=1) + "\n")
     elif cmd == "run":
         r = run_bench(bench_dir, arg.pop("method", "segment"), arg, stride=int(arg.pop("_stride", 1)))
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r["metrics"].items()}),

@@ -8,7 +8,6 @@ both geometries. Reprojection is done with pyproj/geopandas (always lon/lat axis
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pyproj import CRS
 
 from geosearch.db import connect, transaction
 from geosearch.errors import GeoSearchError
+from geosearch.geo import utm_crs_for
 from geosearch.relations.safety import (
     infer_role,
     table_for,
@@ -194,14 +194,6 @@ def check_column(con: duckdb.DuckDBPyConnection, name: str, column: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # CRS helpers
-
-
-def utm_crs_for(lon: float, lat: float) -> CRS:
-    """The WGS 84 / UTM zone containing ``(lon, lat)``."""
-    if not (math.isfinite(lon) and math.isfinite(lat)):
-        raise GeoSearchError("cannot choose a metric CRS: layer has no finite coordinates")
-    zone = int(math.floor((lon + 180.0) / 6.0)) % 60 + 1
-    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
 
 def _is_metric(crs: CRS) -> bool:

@@ -17,7 +17,11 @@ from server.commands._common import atomic_write_text, format_table
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a retrieval method on a benchmark folder (FORMAT.md)")
     p.add_argument("bench", nargs="?", help="benchmark folder (bench.json, mosaic/, regions.geojson, queries.jsonl)")
-    p.add_argument("--method", default="coarse", help="retrieval method (see --list-methods)")
+    p.add_argument("--method", default="answer",
+                   help="retrieval method (default: answer, the served chain; see --list-methods)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a chain setting for this run (e.g. seg_windows=6, w_context=0.5); "
+                        "VALUE is JSON or a plain string; repeatable")
     p.add_argument("--model", default=None, help="embedding model (default: GEOSEARCH_MODEL or the starter model)")
     p.add_argument("--out", default=None, help="result JSON to write")
     p.add_argument("--index", default=None, help="index file to build or reuse (default: BENCH_DIR/.geosearch/)")
@@ -58,6 +62,36 @@ def run(args) -> int:
     return _evaluate(args)
 
 
+def parse_options(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings -> a dict (VALUE parsed as JSON when it is JSON)."""
+    import json
+
+    from geosearch.errors import InputError
+    from geosearch.settings import CHAIN_FIELDS
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(f"--option needs KEY=VALUE (got {item!r})")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+        if key not in CHAIN_FIELDS and not key.startswith("w_") and key not in KNOWN_METHOD_OPTIONS:
+            raise InputError(f"unknown option {key!r}; chain settings: {', '.join(CHAIN_FIELDS)}, w_<weight>, "
+                             f"or {', '.join(sorted(KNOWN_METHOD_OPTIONS))}")
+    return out
+
+
+# options that individual methods read (see their docstrings)
+KNOWN_METHOD_OPTIONS = {"exclude", "abstain_threshold", "explain", "scale_m",   # answer / single-scale
+                        "band_roles", "date", "date_from", "date_to", "example_bbox", "example_crs", "example_tile",
+                        "lambda", "negative_tiles", "nms", "prior", "prior_keep", "prior_top", "prior_weight",
+                        "scales"}   # change, by-example, coarse+prior
+
+
 def _list_methods() -> int:
     from geosearch.pipeline import list_methods
 
@@ -83,7 +117,7 @@ def _evaluate(args) -> int:
             print(msg, file=sys.stderr)
 
     result = evaluate(args.bench, args.method, k=args.k, index_path=args.index, settings=settings,
-                      progress=not args.quiet, log=log)
+                      options=parse_options(args.option), progress=not args.quiet, log=log)
     if args.out:
         atomic_write_text(args.out, dumps_result(result))
     cols = summary_columns([result])

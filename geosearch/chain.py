@@ -1,0 +1,406 @@
+"""The answering chain: the one path from a question in words to ranked regions or "not found".
+
+    parse -> retrieve (coarse + pyramid) -> refine (segment, rescore, merge) -> relate -> calibrate / abstain -> explain
+
+Each stage is a plain function over one query type (:class:`Query`) and the engine's candidate
+and region types. :func:`answer` runs them all; it is the registered method ``answer`` (what
+``geosearch eval`` scores by default) and what ``geosearch ask``, the MCP ``answer`` tool and the
+Python API serve. The LLM planner picks regions with the step-by-step tools and hands them to
+:func:`finish` (relate -> calibrate -> explain), so an LLM answer is calibrated like this one.
+The component methods ``pyramid`` and ``segment`` are ablations built from the same stages
+(``coarse`` and ``single-scale`` live in :mod:`geosearch.pipeline`).
+
+Every constant of the chain is a field of :class:`~geosearch.settings.Settings`
+(:data:`~geosearch.settings.CHAIN_FIELDS`); ``MethodContext.options`` overrides them by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry import box
+
+from geosearch.errors import InputError
+from geosearch.geo import to_wgs84
+from geosearch.index import TileIndex
+from geosearch.pipeline import Answer, MethodContext, Region, register_method
+from geosearch.query import ParsedQuery, parse_query
+from geosearch.refine import calibrate as cal
+from geosearch.refine.common import query_vector
+from geosearch.refine.flags import add_flags
+from geosearch.refine.heatmap import Candidate
+from geosearch.refine.pyramid import PyramidResult, dense_window_count, pyramid_search
+from geosearch.refine.regions import refine_candidates, window_candidates
+from geosearch.refine.rerank import negative_prompts, rerank
+from geosearch.relations.apply import FLAG_NOT_CHECKABLE, RelationReport, apply_relations
+from geosearch.settings import CHAIN_FIELDS, Settings, get_settings
+
+STAGES = ("parse", "retrieve", "refine", "relate", "calibrate", "explain")
+ProgressFn = Callable[[float, float | None, str | None], None]
+
+
+# --- the query --------------------------------------------------------------------------------
+@dataclass
+class Query:
+    """A parsed question, with what the user gave besides the words."""
+
+    text: str
+    parsed: ParsedQuery
+    k: int = 10
+    area: Any = None                                   # shapely geometry in EPSG:4326, or None
+    look_for: str = ""                                 # the text embedded for the image model
+    negatives: list[str] = field(default_factory=list)  # negative prompts (exclusions + hard negatives)
+
+    @property
+    def relations(self):
+        return [r for r in self.parsed.relations if r.layer]
+
+
+def chain_config(settings: Settings | None = None, options: dict | None = None) -> dict:
+    """The chain's constants: the Settings fields, overridden by per-call ``options`` of the same
+    name (and ``w_<name>`` rerank weights)."""
+    st = settings or get_settings()
+    cfg: dict[str, Any] = {name: getattr(st, name) for name in CHAIN_FIELDS}
+    for key, value in (options or {}).items():
+        if key in cfg or key.startswith("w_"):
+            cfg[key] = value
+    return cfg
+
+
+def parse(text: str, *, k: int = 10, area=None, exclude: Sequence[str] = (),
+          parsed: ParsedQuery | None = None) -> Query:
+    """Stage 1: the words -> targets, relations, time, exclusions (rules, or a given LLM parse)."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("empty query: give some words to search for")
+    if not 1 <= int(k) <= 100:
+        raise InputError(f"k must be between 1 and 100 (got {k})")
+    parsed = parsed or parse_query(text)
+    look = parsed.look_for()
+    exclusions = list(dict.fromkeys([*parsed.exclusions, *exclude]))
+    return Query(text=text, parsed=parsed, k=int(k), area=area, look_for=look,
+                 negatives=negative_prompts(look, exclusions))
+
+
+# --- retrieve ---------------------------------------------------------------------------------
+@dataclass
+class Retrieval:
+    vector: np.ndarray
+    pyramid: PyramidResult
+    notes: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)     # flags for every region (e.g. time_not_matched)
+
+
+def tile_mask(index: TileIndex, q: Query) -> tuple[np.ndarray | None, list[str], list[str]]:
+    """Tiles the query may answer from: inside its area and of the dates its time names. Returns
+    (mask or None, notes, flags)."""
+    mask = None
+    notes: list[str] = []
+    flags: list[str] = []
+    if q.area is not None:
+        from geosearch.search import area_mask
+
+        mask = area_mask(index, q.area, "EPSG:4326")
+    t = q.parsed.time
+    dates = [d for d in index.date_list if d]
+    if (t.dates or t.since or t.until) and t.change is None:
+        if len(dates) <= 1:
+            notes.append("the index holds one date" + (f" ({dates[0]})" if dates else "")
+                         + ": the query's time is not used to choose tiles")
+        else:
+            def fits(d: str) -> bool:
+                if t.since and d < t.since:
+                    return False
+                if t.until and d[: len(t.until)] > t.until:
+                    return False
+                return not t.dates or bool(t.since or t.until) or any(d.startswith(x) for x in t.dates)
+
+            chosen = [d for d in dates if fits(d)]
+            if chosen:
+                dm = np.isin(index.dates, chosen)
+                mask = dm if mask is None else mask & dm
+                notes.append(f"tiles dated {', '.join(chosen)} (the query's time: {t.phrase})")
+            else:
+                notes.append(f"no tiles match the query's time ({t.phrase}); all dates searched")
+                flags.append("time_not_matched")
+    if mask is not None and not mask.any():
+        raise InputError("no tile of the index lies in the query's area and time")
+    return mask, notes, flags
+
+
+def retrieve(index: TileIndex, q: Query, cfg: dict) -> Retrieval:
+    """Stage 2: coarse search over the tile index, then the coarse-to-fine pyramid over the best
+    distinct tiles (restricted to the query's area and dates)."""
+    vec = query_vector(index, [q.look_for])
+    mask, notes, flags = tile_mask(index, q)
+    pr = pyramid_search(index, vec, _pool_size(q, cfg), top_n=int(cfg["pyramid_top_n"]),
+                        depth=int(cfg["pyramid_depth"]), budget=int(cfg["pyramid_budget"]),
+                        keep=int(cfg["pyramid_keep"]), mask=mask)
+    return Retrieval(vec, pr, notes, flags)
+
+
+def _pool_size(q: Query, cfg: dict) -> int:
+    """Candidates kept through refinement: more when relations may drop some."""
+    return q.k * int(cfg["relation_pool"]) if q.relations else q.k
+
+
+# --- refine -----------------------------------------------------------------------------------
+def refine(index: TileIndex, q: Query, r: Retrieval, cfg: dict, *, segment: bool = True) -> list[Candidate]:
+    """Stage 3: region candidates at their own extent (segmentation, rescoring, merging), best
+    first; with ``segment=False`` the pyramid's best windows (the ``pyramid`` ablation)."""
+    n = _pool_size(q, cfg)
+    if segment:
+        cands = refine_candidates(index, r.pyramid, r.vector, q.negatives, n, cfg)
+    else:
+        cands = window_candidates(index, r.pyramid, n)
+    if q.area is not None:
+        cands = [c for c in cands if c.polygon_wgs84.intersects(q.area)]
+    return cands
+
+
+# --- relate -----------------------------------------------------------------------------------
+def relate(index: TileIndex, q: Query, cands: Sequence[Candidate], layers_dir: str | None = None) -> RelationReport:
+    """Stage 4: the query's relations checked on the vector layers (the benchmark's ``layers_dir``,
+    or the index's own layers). No relation in the query: nothing is opened."""
+    if not q.relations or not cands:
+        return RelationReport(results={})
+    from geosearch.relations.apply import layers_connection
+
+    with layers_connection(index.path, layers_dir) as con:
+        return apply_relations(con, [(_cid(i), c.polygon_wgs84) for i, c in enumerate(cands)], q.relations,
+                               q.parsed.time)
+
+
+def _cid(i: int) -> str:
+    return f"c{i}"
+
+
+# --- calibrate / abstain ----------------------------------------------------------------------
+def own_extent_scores(index: TileIndex, q: Query, vec: np.ndarray, cands: list[Candidate]) -> None:
+    """Give candidates that lack one (e.g. picked by an LLM) their own-extent score, the way
+    refinement scores its own (:func:`geosearch.refine.rerank.rerank`)."""
+    todo = [c for c in cands if "s_region" not in c.features]
+    if todo:
+        rerank(index, todo, vec, negatives=q.negatives)
+
+
+def to_region(index: TileIndex, c: Candidate, region_id: str, conf: float | None, shape: str) -> Region:
+    geom84 = c.polygon_wgs84 if shape == "polygon" else to_wgs84(box(*c.bbox_map), index.crs)
+    feats = {k: round(float(v), 5) for k, v in c.features.items() if isinstance(v, (int, float))}
+    return Region(region_id=region_id, polygon_wgs84=geom84, score=float(c.score), confidence=conf,
+                  scale_m=None if c.scale_m is None else round(float(c.scale_m), 3),
+                  evidence_tiles=list(c.evidence_tiles), flags=list(c.flags),
+                  details={"bbox_map": [round(v, 3) for v in c.bbox_map], "merged": c.merged, "features": feats})
+
+
+def calibrate(index: TileIndex, q: Query, vec: np.ndarray, cands: list[Candidate], report: RelationReport,
+              cfg: dict, method: str = "answer", *, abstain: bool = True,
+              threshold: float | None = None) -> Answer:
+    """Stage 5: candidates that fail a relation become near-misses; the rest get calibrated
+    confidences (gallery reference ``d_ref`` from their own-extent scores); the answer abstains
+    when the best confidence is below the fitted threshold, or when nothing survives."""
+    ids = {id(c): _cid(i) for i, c in enumerate(cands)}
+    passed = [c for c in cands if report.holds(ids[id(c)])]
+    failed = [c for c in cands if not report.holds(ids[id(c)])]
+    for c in cands:
+        c.flags = sorted(set(c.flags) | set(report.flags(ids[id(c)])))
+    top = passed[: q.k]
+    params = cal.load_calibration(index.meta.get("model_name"))
+    s_all = [float(c.features.get("s_region", c.score)) for c in passed if not c.features.get("fill")]
+    gen = [c.features.get("s_generic") for c in top]
+    confs, best_feats = cal.region_confidences(
+        index, vec, [(float(c.features.get("s_region", c.score)), None if g is None else float(g))
+                     for c, g in zip(top, gen)], params, all_scores=s_all)
+    regions = []
+    for rank, (c, conf) in enumerate(zip(top, confs), start=1):
+        reg = to_region(index, c, f"{method}-{rank}", conf, cfg["region_shape"])
+        reg.details["relations"] = report.results.get(ids[id(c)], [])
+        regions.append(reg)
+    near = [to_region(index, c, f"{method}-near-{i}", None, cfg["region_shape"])
+            for i, c in enumerate(failed[: int(cfg["max_near_misses"])], start=1)]
+    for reg, c in zip(near, failed):
+        reg.details["relations"] = report.results.get(ids[id(c)], [])
+    thr = float(params["threshold"] if threshold is None else threshold)
+    details = {"calibrated": bool(params.get("calibrated", False)),
+               "calibration_features": {k: round(float(v), 5) for k, v in best_feats.items()},
+               "relations_checked": report.checked, "relations_unchecked": report.unchecked}
+    ans = Answer(q.text, method, regions, near_misses=near, details=details)
+    if not abstain:
+        return ans
+    details["abstain_threshold"] = thr
+    best = regions[0].confidence if regions else None
+    if not regions:
+        ans.abstained = True
+        ans.reason = ("not found: no candidate satisfies the query's relations (" + "; ".join(report.checked) + ")"
+                      if failed else "not found: no region of the index matches the query")
+    elif best is None or best < thr:
+        ans.abstained = True
+        ans.reason = cal.abstain_reason(best, thr, best_feats)
+    if ans.abstained:
+        ans.near_misses = (regions + near)[: max(int(cfg["max_near_misses"]), len(near))]
+        ans.regions = []
+    return ans
+
+
+# --- explain ----------------------------------------------------------------------------------
+def explain(q: Query, ans: Answer) -> str:
+    """Stage 6: a short account of the answer from what the chain measured (no re-embedding)."""
+    f = ans.details.get("calibration_features", {})
+    shown = ans.regions or ans.near_misses
+    lines = []
+    if ans.abstained:
+        why = (ans.reason or "").removeprefix("not found: ")
+        lines.append(f"Not found for \"{q.text}\": {why}.")
+    if shown:
+        b = shown[0]
+        s = b.details.get("features", {}).get("s_region", b.score)
+        conf = "" if b.confidence is None else f", confidence {b.confidence:.2f}"
+        lines.append(f"{'Best near-miss' if ans.abstained else 'Best region'} for \"{q.look_for}\": {b.region_id}, "
+                     f"own-extent score "
+                     f"{s:.3f}{conf}" + (f" (d_ref {f['d_ref']:+.3f} against the reference gallery)" if "d_ref" in f
+                                         else "") + ".")
+        if len(ans.regions) > 1:
+            lines.append(f"{len(ans.regions)} regions returned, best first.")
+    if q.parsed.exclusions:
+        lines.append(f"Pushed away from {', '.join(q.parsed.exclusions)}.")
+    checked, unchecked = ans.details.get("relations_checked", []), ans.details.get("relations_unchecked", [])
+    if checked:
+        n_fail = sum(1 for r in ans.near_misses if "relation_failed" in r.flags)
+        lines.append(f"Relations checked on vector layers: {', '.join(checked)}"
+                     + (f"; {n_fail} candidate(s) failed them and are near-misses" if n_fail else "") + ".")
+    if unchecked:
+        lines.append("Not checkable: " + "; ".join(unchecked[:3]) + ".")
+    for note in ans.details.get("notes", []):
+        lines.append(note[0].upper() + note[1:] + ".")
+    if not ans.details.get("calibrated", True):
+        lines.append("Confidences are uncalibrated for this model (no fitted calibration).")
+    return " ".join(lines)
+
+
+# --- the whole chain --------------------------------------------------------------------------
+def finish(index: TileIndex, q: Query, vec: np.ndarray, cands: list[Candidate], cfg: dict, *,
+           layers_dir: str | None = None, method: str = "answer", retrieval: Retrieval | None = None,
+           abstain: bool = True, with_explanation: bool = True, threshold: float | None = None,
+           progress: ProgressFn | None = None) -> Answer:
+    """relate -> calibrate / abstain -> explain, for candidates from refinement or from an LLM."""
+    _report(progress, 3, "checking relations")
+    own_extent_scores(index, q, vec, cands)
+    cands.sort(key=lambda c: -c.score)
+    report = relate(index, q, cands, layers_dir)
+    _report(progress, 4, "calibrating")
+    ans = calibrate(index, q, vec, cands, report, cfg, method, abstain=abstain, threshold=threshold)
+    if retrieval is not None:
+        for reg in ans.regions + ans.near_misses:
+            reg.flags = sorted(set(reg.flags) | set(retrieval.flags))
+        ans.details["notes"] = list(retrieval.notes) + report.notes
+    else:
+        ans.details["notes"] = list(report.notes)
+    if q.relations and not report.checked and not report.unchecked:
+        ans.details["relations_unchecked"] = [r.phrase or r.predicate for r in q.relations]
+    ans.details["look_for"] = q.look_for
+    ans.details["negatives"] = q.negatives
+    if with_explanation:
+        _report(progress, 5, "explaining")
+        ans.explanation = explain(q, ans)
+    _report(progress, 6, "done")
+    return ans
+
+
+def _report(progress: ProgressFn | None, step: int, message: str) -> None:
+    if progress is not None:
+        try:
+            progress(step, len(STAGES), message)
+        except Exception:  # noqa: BLE001 - progress must never break the chain
+            pass
+
+
+_CACHE: OrderedDict = OrderedDict()   # retrieval + refinement of identical calls (tuning, repeats)
+
+
+def _refined(index: TileIndex, q: Query, cfg: dict, segment: bool) -> tuple[Retrieval, list[Candidate], int]:
+    area = None if q.area is None else shapely.to_wkb(q.area, hex=True)
+    key = (str(index.path), str(index.meta.get("model_id")), len(index), q.look_for, tuple(q.negatives), q.k,
+           len(q.relations), area, q.parsed.time.model_dump_json(), segment, json.dumps(cfg, sort_keys=True, default=str))
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return copy.deepcopy(hit)
+    mosaic = index.mosaic()
+    reads0 = mosaic.stats.full_res_reads
+    r = retrieve(index, q, cfg)
+    cands = refine(index, q, r, cfg, segment=segment)
+    out = (r, cands, mosaic.stats.full_res_reads - reads0)
+    _CACHE[key] = copy.deepcopy(out)
+    while len(_CACHE) > 256:
+        _CACHE.popitem(last=False)
+    return out
+
+
+def run_chain(index: TileIndex, q: Query, ctx: MethodContext | None = None, *, method: str = "answer",
+              segment: bool = True, relations: bool = True, abstain: bool = True) -> Answer:
+    """The stages in order, with the component switches the ablations use."""
+    ctx = ctx or MethodContext()
+    cfg = chain_config(ctx.settings, ctx.options)
+    progress = ctx.progress
+    asked_relations = bool(q.relations)
+    if not relations:   # the ablations look at the image only
+        q = copy.copy(q)
+        q.parsed = q.parsed.model_copy(update={"relations": []})
+    _report(progress, 1, "coarse search and pyramid")
+    r, cands, reads = _refined(index, q, cfg, segment)
+    _report(progress, 2, "refined")
+    add_flags(cands[: q.k], r.pyramid.windows)
+    ans = finish(index, q, r.vector, cands, cfg, layers_dir=ctx.layers_dir, method=method, retrieval=r,
+                 abstain=abstain, with_explanation=bool(ctx.options.get("explain", True)),
+                 threshold=ctx.options.get("abstain_threshold"), progress=progress)
+    if asked_relations and not relations:
+        for reg in ans.regions:
+            if FLAG_NOT_CHECKABLE not in reg.flags:
+                reg.flags.append(FLAG_NOT_CHECKABLE)
+    ans.full_res_reads = reads
+    pr = r.pyramid
+    ans.details.update({"windows_embedded": pr.windows_embedded, "finest_scale_m": pr.finest_scale_m,
+                        "pyramid_full_res_reads": pr.full_res_reads,
+                        "dense_windows_at_finest": dense_count(index, pr.finest_scale_m)})
+    return ans
+
+
+_DENSE: dict[tuple[str, float], int] = {}
+
+
+def dense_count(index: TileIndex, scale_m: float | None) -> int | None:
+    """:func:`dense_window_count` at ``scale_m``, cached per index and scale (the cost baseline)."""
+    if scale_m is None:
+        return None
+    key = (str(index.path), round(float(scale_m), 6))
+    if key not in _DENSE:
+        _DENSE[key] = dense_window_count(index, float(scale_m))
+    return _DENSE[key]
+
+
+def _query(text: str, k: int, ctx: MethodContext) -> Query:
+    return parse(text, k=min(int(k), 100), area=ctx.area, exclude=ctx.options.get("exclude", ()),
+                 parsed=ctx.parsed)
+
+
+@register_method("answer", "the served chain: parse, pyramid, segmentation, relations, calibrated abstention, "
+                           "explanation (geosearch ask / MCP answer)")
+def answer(index: TileIndex, text: str, k: int, ctx: MethodContext) -> Answer:
+    return run_chain(index, _query(text, k, ctx), ctx)
+
+
+@register_method("segment", "ablation of answer: no relations, no abstention")
+def segment_method(index: TileIndex, text: str, k: int, ctx: MethodContext) -> Answer:
+    return run_chain(index, _query(text, k, ctx), ctx, method="segment", relations=False, abstain=False)
+
+
+@register_method("pyramid", "ablation of answer: the pyramid's best windows, no segmentation, relations or abstention")
+def pyramid_method(index: TileIndex, text: str, k: int, ctx: MethodContext) -> Answer:
+    return run_chain(index, _query(text, k, ctx), ctx, method="pyramid", segment=False, relations=False,
+                     abstain=False)
