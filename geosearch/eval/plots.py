@@ -185,6 +185,9 @@ def results_markdown(paths: list[str]) -> str:
     from geosearch.eval.harness import load_result
 
     results = [load_result(p) for p in paths]
+    # per bench, the served chain first, then the component baselines
+    order = {"answer": 0, "segment": 1, "pyramid": 2, "coarse": 3, "single-scale": 4}
+    results.sort(key=lambda r: (r["bench"]["name"], order.get(r["method"], 9), r["method"]))
     cols = [c for c in TABLE_COLUMNS if any(c in r["metrics"] for r in results)]
     head = ["bench", "method", "model", "queries", *cols, "p50 ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -1,11 +1,11 @@
 #!/bin/sh
 # Rebuild the dev benchmark and refresh results/aid-dev/<method>.json, the plots and the README table.
 # Usage: sh results/aid-dev/run.sh [MODEL] [METHOD...]   (default: the starter model; retrieval methods
-# that are registered among: single-scale coarse pyramid segment abstain)
+# that are registered among: answer segment pyramid coarse single-scale)
 set -e
 MODEL=${1:-geosearch-starter}
 [ $# -gt 0 ] && shift
-METHODS=${*:-single-scale coarse pyramid segment abstain}
+METHODS=${*:-answer segment pyramid coarse single-scale}
 export GEOSEARCH_THREADS=${GEOSEARCH_THREADS:-2}
 [ -f out/aid-dev/bench.json ] || geosearch bench aid-mosaic --split dev out/aid-dev
 KNOWN=$(geosearch eval --list-methods | awk 'NR>2 {print $1}')
