@@ -12,7 +12,6 @@ import anyio
 import numpy as np
 import pytest
 from shapely.geometry import box, shape
-
 from test_mcp_server import _env, _stdio_client, _validate
 
 REPO = Path(__file__).resolve().parents[1]
