@@ -1,8 +1,8 @@
 """GeoSearch: text-to-region retrieval in Earth-observation mosaics.
 
-    import geosearch
-    gs = geosearch.open("naip.duckdb")
-    answer = gs.ask("a lake next to farmland", k=5)   # the same chain as `geosearch ask`
+import geosearch
+gs = geosearch.open("naip.duckdb")
+answer = gs.ask("a lake next to farmland", k=5)   # the same chain as `geosearch ask`
 """
 
 __version__ = "0.1.0"

@@ -19,8 +19,16 @@ class GeoSearch:
         self.settings = settings or get_settings()
         self.index = TileIndex.open(index_path)
 
-    def ask(self, text: str, k: int = 5, *, bbox: Sequence[float] | None = None, area=None,
-            explain: bool = True, layers_dir: str | None = None) -> Answer:
+    def ask(
+        self,
+        text: str,
+        k: int = 5,
+        *,
+        bbox: Sequence[float] | None = None,
+        area=None,
+        explain: bool = True,
+        layers_dir: str | None = None,
+    ) -> Answer:
         """Ranked regions (or an abstention) for a question in words; ``bbox`` is lon/lat, ``area`` a
         shapely geometry in EPSG:4326."""
         from shapely.geometry import box
@@ -29,7 +37,9 @@ class GeoSearch:
 
         if bbox is not None:
             area = box(*bbox)
-        ctx = MethodContext(area=area, layers_dir=layers_dir, options={"explain": explain}, settings=self.settings)
+        ctx = MethodContext(
+            area=area, layers_dir=layers_dir, options={"explain": explain}, settings=self.settings
+        )
         return answer(self.index, text, k, ctx)
 
     def search(self, text: str, k: int = 10, **kw):

@@ -54,8 +54,8 @@ class Query:
     text: str
     parsed: ParsedQuery
     k: int = 10
-    area: Any = None                                   # shapely geometry in EPSG:4326, or None
-    look_for: str = ""                                 # the text embedded for the image model
+    area: Any = None  # shapely geometry in EPSG:4326, or None
+    look_for: str = ""  # the text embedded for the image model
     negatives: list[str] = field(default_factory=list)  # negative prompts (exclusions + hard negatives)
 
     @property
@@ -74,8 +74,9 @@ def chain_config(settings: Settings | None = None, options: dict | None = None) 
     return cfg
 
 
-def parse(text: str, *, k: int = 10, area=None, exclude: Sequence[str] = (),
-          parsed: ParsedQuery | None = None) -> Query:
+def parse(
+    text: str, *, k: int = 10, area=None, exclude: Sequence[str] = (), parsed: ParsedQuery | None = None
+) -> Query:
     """Stage 1: the words -> targets, relations, time, exclusions (rules, or a given LLM parse)."""
     if not isinstance(text, str) or not text.strip():
         raise InputError("empty query: give some words to search for")
@@ -84,8 +85,14 @@ def parse(text: str, *, k: int = 10, area=None, exclude: Sequence[str] = (),
     parsed = parsed or parse_query(text)
     look = parsed.look_for()
     exclusions = list(dict.fromkeys([*parsed.exclusions, *exclude]))
-    return Query(text=text, parsed=parsed, k=int(k), area=area, look_for=look,
-                 negatives=negative_prompts(look, exclusions))
+    return Query(
+        text=text,
+        parsed=parsed,
+        k=int(k),
+        area=area,
+        look_for=look,
+        negatives=negative_prompts(look, exclusions),
+    )
 
 
 # --- retrieve ---------------------------------------------------------------------------------
@@ -94,7 +101,7 @@ class Retrieval:
     vector: np.ndarray
     pyramid: PyramidResult
     notes: list[str] = field(default_factory=list)
-    flags: list[str] = field(default_factory=list)     # flags for every region (e.g. time_not_matched)
+    flags: list[str] = field(default_factory=list)  # flags for every region (e.g. time_not_matched)
 
 
 def tile_mask(index: TileIndex, q: Query) -> tuple[np.ndarray | None, list[str], list[str]]:
@@ -111,9 +118,13 @@ def tile_mask(index: TileIndex, q: Query) -> tuple[np.ndarray | None, list[str],
     dates = [d for d in index.date_list if d]
     if (t.dates or t.since or t.until) and t.change is None:
         if len(dates) <= 1:
-            notes.append("the index holds one date" + (f" ({dates[0]})" if dates else "")
-                         + ": the query's time is not used to choose tiles")
+            notes.append(
+                "the index holds one date"
+                + (f" ({dates[0]})" if dates else "")
+                + ": the query's time is not used to choose tiles"
+            )
         else:
+
             def fits(d: str) -> bool:
                 if t.since and d < t.since:
                     return False
@@ -139,9 +150,16 @@ def retrieve(index: TileIndex, q: Query, cfg: dict) -> Retrieval:
     distinct tiles (restricted to the query's area and dates)."""
     vec = query_vector(index, [q.look_for])
     mask, notes, flags = tile_mask(index, q)
-    pr = pyramid_search(index, vec, _pool_size(q, cfg), top_n=int(cfg["pyramid_top_n"]),
-                        depth=int(cfg["pyramid_depth"]), budget=int(cfg["pyramid_budget"]),
-                        keep=int(cfg["pyramid_keep"]), mask=mask)
+    pr = pyramid_search(
+        index,
+        vec,
+        _pool_size(q, cfg),
+        top_n=int(cfg["pyramid_top_n"]),
+        depth=int(cfg["pyramid_depth"]),
+        budget=int(cfg["pyramid_budget"]),
+        keep=int(cfg["pyramid_keep"]),
+        mask=mask,
+    )
     return Retrieval(vec, pr, notes, flags)
 
 
@@ -165,7 +183,9 @@ def refine(index: TileIndex, q: Query, r: Retrieval, cfg: dict, *, segment: bool
 
 
 # --- relate -----------------------------------------------------------------------------------
-def relate(index: TileIndex, q: Query, cands: Sequence[Candidate], layers_dir: str | None = None) -> RelationReport:
+def relate(
+    index: TileIndex, q: Query, cands: Sequence[Candidate], layers_dir: str | None = None
+) -> RelationReport:
     """Stage 4: the query's relations checked on the vector layers (the benchmark's ``layers_dir``,
     or the index's own layers). No relation in the query: nothing is opened."""
     if not q.relations or not cands:
@@ -173,8 +193,9 @@ def relate(index: TileIndex, q: Query, cands: Sequence[Candidate], layers_dir: s
     from geosearch.relations.apply import layers_connection
 
     with layers_connection(index.path, layers_dir) as con:
-        return apply_relations(con, [(_cid(i), c.polygon_wgs84) for i, c in enumerate(cands)], q.relations,
-                               q.parsed.time)
+        return apply_relations(
+            con, [(_cid(i), c.polygon_wgs84) for i, c in enumerate(cands)], q.relations, q.parsed.time
+        )
 
 
 def _cid(i: int) -> str:
@@ -193,15 +214,30 @@ def own_extent_scores(index: TileIndex, q: Query, vec: np.ndarray, cands: list[C
 def to_region(index: TileIndex, c: Candidate, region_id: str, conf: float | None, shape: str) -> Region:
     geom84 = c.polygon_wgs84 if shape == "polygon" else to_wgs84(box(*c.bbox_map), index.crs)
     feats = {k: round(float(v), 5) for k, v in c.features.items() if isinstance(v, (int, float))}
-    return Region(region_id=region_id, polygon_wgs84=geom84, score=float(c.score), confidence=conf,
-                  scale_m=None if c.scale_m is None else round(float(c.scale_m), 3),
-                  evidence_tiles=list(c.evidence_tiles), flags=list(c.flags),
-                  details={"bbox_map": [round(v, 3) for v in c.bbox_map], "merged": c.merged, "features": feats})
+    return Region(
+        region_id=region_id,
+        polygon_wgs84=geom84,
+        score=float(c.score),
+        confidence=conf,
+        scale_m=None if c.scale_m is None else round(float(c.scale_m), 3),
+        evidence_tiles=list(c.evidence_tiles),
+        flags=list(c.flags),
+        details={"bbox_map": [round(v, 3) for v in c.bbox_map], "merged": c.merged, "features": feats},
+    )
 
 
-def calibrate(index: TileIndex, q: Query, vec: np.ndarray, cands: list[Candidate], report: RelationReport,
-              cfg: dict, method: str = "answer", *, abstain: bool = True,
-              threshold: float | None = None) -> Answer:
+def calibrate(
+    index: TileIndex,
+    q: Query,
+    vec: np.ndarray,
+    cands: list[Candidate],
+    report: RelationReport,
+    cfg: dict,
+    method: str = "answer",
+    *,
+    abstain: bool = True,
+    threshold: float | None = None,
+) -> Answer:
     """Stage 5: candidates that fail a relation become near-misses; the rest get calibrated
     confidences (gallery reference ``d_ref`` from their own-extent scores); the answer abstains
     when the best confidence is below the fitted threshold, or when nothing survives."""
@@ -215,21 +251,33 @@ def calibrate(index: TileIndex, q: Query, vec: np.ndarray, cands: list[Candidate
     s_all = [float(c.features.get("s_region", c.score)) for c in passed if not c.features.get("fill")]
     gen = [c.features.get("s_generic") for c in top]
     confs, best_feats = cal.region_confidences(
-        index, vec, [(float(c.features.get("s_region", c.score)), None if g is None else float(g))
-                     for c, g in zip(top, gen)], params, all_scores=s_all)
+        index,
+        vec,
+        [
+            (float(c.features.get("s_region", c.score)), None if g is None else float(g))
+            for c, g in zip(top, gen)
+        ],
+        params,
+        all_scores=s_all,
+    )
     regions = []
     for rank, (c, conf) in enumerate(zip(top, confs), start=1):
         reg = to_region(index, c, f"{method}-{rank}", conf, cfg["region_shape"])
         reg.details["relations"] = report.results.get(ids[id(c)], [])
         regions.append(reg)
-    near = [to_region(index, c, f"{method}-near-{i}", None, cfg["region_shape"])
-            for i, c in enumerate(failed[: int(cfg["max_near_misses"])], start=1)]
+    near = [
+        to_region(index, c, f"{method}-near-{i}", None, cfg["region_shape"])
+        for i, c in enumerate(failed[: int(cfg["max_near_misses"])], start=1)
+    ]
     for reg, c in zip(near, failed):
         reg.details["relations"] = report.results.get(ids[id(c)], [])
     thr = float(params["threshold"] if threshold is None else threshold)
-    details = {"calibrated": bool(params.get("calibrated", False)),
-               "calibration_features": {k: round(float(v), 5) for k, v in best_feats.items()},
-               "relations_checked": report.checked, "relations_unchecked": report.unchecked}
+    details = {
+        "calibrated": bool(params.get("calibrated", False)),
+        "calibration_features": {k: round(float(v), 5) for k, v in best_feats.items()},
+        "relations_checked": report.checked,
+        "relations_unchecked": report.unchecked,
+    }
     ans = Answer(q.text, method, regions, near_misses=near, details=details)
     if not abstain:
         return ans
@@ -237,8 +285,11 @@ def calibrate(index: TileIndex, q: Query, vec: np.ndarray, cands: list[Candidate
     best = regions[0].confidence if regions else None
     if not regions:
         ans.abstained = True
-        ans.reason = ("not found: no candidate satisfies the query's relations (" + "; ".join(report.checked) + ")"
-                      if failed else "not found: no region of the index matches the query")
+        ans.reason = (
+            "not found: no candidate satisfies the query's relations (" + "; ".join(report.checked) + ")"
+            if failed
+            else "not found: no region of the index matches the query"
+        )
     elif best is None or best < thr:
         ans.abstained = True
         ans.reason = cal.abstain_reason(best, thr, best_feats)
@@ -256,15 +307,18 @@ def explain(q: Query, ans: Answer) -> str:
     lines = []
     if ans.abstained:
         why = (ans.reason or "").removeprefix("not found: ")
-        lines.append(f"Not found for \"{q.text}\": {why}.")
+        lines.append(f'Not found for "{q.text}": {why}.')
     if shown:
         b = shown[0]
         s = b.details.get("features", {}).get("s_region", b.score)
         conf = "" if b.confidence is None else f", confidence {b.confidence:.2f}"
-        lines.append(f"{'Best near-miss' if ans.abstained else 'Best region'} for \"{q.look_for}\": {b.region_id}, "
-                     f"own-extent score "
-                     f"{s:.3f}{conf}" + (f" (d_ref {f['d_ref']:+.3f} against the reference gallery)" if "d_ref" in f
-                                         else "") + ".")
+        lines.append(
+            f'{"Best near-miss" if ans.abstained else "Best region"} for "{q.look_for}": {b.region_id}, '
+            f"own-extent score "
+            f"{s:.3f}{conf}"
+            + (f" (d_ref {f['d_ref']:+.3f} against the reference gallery)" if "d_ref" in f else "")
+            + "."
+        )
         if len(ans.regions) > 1:
             lines.append(f"{len(ans.regions)} regions returned, best first.")
     if q.parsed.exclusions:
@@ -272,8 +326,11 @@ def explain(q: Query, ans: Answer) -> str:
     checked, unchecked = ans.details.get("relations_checked", []), ans.details.get("relations_unchecked", [])
     if checked:
         n_fail = sum(1 for r in ans.near_misses if "relation_failed" in r.flags)
-        lines.append(f"Relations checked on vector layers: {', '.join(checked)}"
-                     + (f"; {n_fail} candidate(s) failed them and are near-misses" if n_fail else "") + ".")
+        lines.append(
+            f"Relations checked on vector layers: {', '.join(checked)}"
+            + (f"; {n_fail} candidate(s) failed them and are near-misses" if n_fail else "")
+            + "."
+        )
     if unchecked:
         lines.append("Not checkable: " + "; ".join(unchecked[:3]) + ".")
     for note in ans.details.get("notes", []):
@@ -284,10 +341,21 @@ def explain(q: Query, ans: Answer) -> str:
 
 
 # --- the whole chain --------------------------------------------------------------------------
-def finish(index: TileIndex, q: Query, vec: np.ndarray, cands: list[Candidate], cfg: dict, *,
-           layers_dir: str | None = None, method: str = "answer", retrieval: Retrieval | None = None,
-           abstain: bool = True, with_explanation: bool = True, threshold: float | None = None,
-           progress: ProgressFn | None = None) -> Answer:
+def finish(
+    index: TileIndex,
+    q: Query,
+    vec: np.ndarray,
+    cands: list[Candidate],
+    cfg: dict,
+    *,
+    layers_dir: str | None = None,
+    method: str = "answer",
+    retrieval: Retrieval | None = None,
+    abstain: bool = True,
+    with_explanation: bool = True,
+    threshold: float | None = None,
+    progress: ProgressFn | None = None,
+) -> Answer:
     """relate -> calibrate / abstain -> explain, for candidates from refinement or from an LLM."""
     _report(progress, 3, "checking relations")
     own_extent_scores(index, q, vec, cands)
@@ -320,13 +388,24 @@ def _report(progress: ProgressFn | None, step: int, message: str) -> None:
             pass
 
 
-_CACHE: OrderedDict = OrderedDict()   # retrieval + refinement of identical calls (tuning, repeats)
+_CACHE: OrderedDict = OrderedDict()  # retrieval + refinement of identical calls (tuning, repeats)
 
 
 def _refined(index: TileIndex, q: Query, cfg: dict, segment: bool) -> tuple[Retrieval, list[Candidate], int]:
     area = None if q.area is None else shapely.to_wkb(q.area, hex=True)
-    key = (str(index.path), str(index.meta.get("model_id")), len(index), q.look_for, tuple(q.negatives), q.k,
-           len(q.relations), area, q.parsed.time.model_dump_json(), segment, json.dumps(cfg, sort_keys=True, default=str))
+    key = (
+        str(index.path),
+        str(index.meta.get("model_id")),
+        len(index),
+        q.look_for,
+        tuple(q.negatives),
+        q.k,
+        len(q.relations),
+        area,
+        q.parsed.time.model_dump_json(),
+        segment,
+        json.dumps(cfg, sort_keys=True, default=str),
+    )
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
@@ -342,32 +421,56 @@ def _refined(index: TileIndex, q: Query, cfg: dict, segment: bool) -> tuple[Retr
     return out
 
 
-def run_chain(index: TileIndex, q: Query, ctx: MethodContext | None = None, *, method: str = "answer",
-              segment: bool = True, relations: bool = True, abstain: bool = True) -> Answer:
+def run_chain(
+    index: TileIndex,
+    q: Query,
+    ctx: MethodContext | None = None,
+    *,
+    method: str = "answer",
+    segment: bool = True,
+    relations: bool = True,
+    abstain: bool = True,
+) -> Answer:
     """The stages in order, with the component switches the ablations use."""
     ctx = ctx or MethodContext()
     cfg = chain_config(ctx.settings, ctx.options)
     progress = ctx.progress
     asked_relations = bool(q.relations)
-    if not relations:   # the ablations look at the image only
+    if not relations:  # the ablations look at the image only
         q = copy.copy(q)
         q.parsed = q.parsed.model_copy(update={"relations": []})
     _report(progress, 1, "coarse search and pyramid")
     r, cands, reads = _refined(index, q, cfg, segment)
     _report(progress, 2, "refined")
     add_flags(cands[: q.k], r.pyramid.windows)
-    ans = finish(index, q, r.vector, cands, cfg, layers_dir=ctx.layers_dir, method=method, retrieval=r,
-                 abstain=abstain, with_explanation=bool(ctx.options.get("explain", True)),
-                 threshold=ctx.options.get("abstain_threshold"), progress=progress)
+    ans = finish(
+        index,
+        q,
+        r.vector,
+        cands,
+        cfg,
+        layers_dir=ctx.layers_dir,
+        method=method,
+        retrieval=r,
+        abstain=abstain,
+        with_explanation=bool(ctx.options.get("explain", True)),
+        threshold=ctx.options.get("abstain_threshold"),
+        progress=progress,
+    )
     if asked_relations and not relations:
         for reg in ans.regions:
             if FLAG_NOT_CHECKABLE not in reg.flags:
                 reg.flags.append(FLAG_NOT_CHECKABLE)
     ans.full_res_reads = reads
     pr = r.pyramid
-    ans.details.update({"windows_embedded": pr.windows_embedded, "finest_scale_m": pr.finest_scale_m,
-                        "pyramid_full_res_reads": pr.full_res_reads,
-                        "dense_windows_at_finest": dense_count(index, pr.finest_scale_m)})
+    ans.details.update(
+        {
+            "windows_embedded": pr.windows_embedded,
+            "finest_scale_m": pr.finest_scale_m,
+            "pyramid_full_res_reads": pr.full_res_reads,
+            "dense_windows_at_finest": dense_count(index, pr.finest_scale_m),
+        }
+    )
     return ans
 
 
@@ -385,12 +488,16 @@ def dense_count(index: TileIndex, scale_m: float | None) -> int | None:
 
 
 def _query(text: str, k: int, ctx: MethodContext) -> Query:
-    return parse(text, k=min(int(k), 100), area=ctx.area, exclude=ctx.options.get("exclude", ()),
-                 parsed=ctx.parsed)
+    return parse(
+        text, k=min(int(k), 100), area=ctx.area, exclude=ctx.options.get("exclude", ()), parsed=ctx.parsed
+    )
 
 
-@register_method("answer", "the served chain: parse, pyramid, segmentation, relations, calibrated abstention, "
-                           "explanation (geosearch ask / MCP answer)")
+@register_method(
+    "answer",
+    "the served chain: parse, pyramid, segmentation, relations, calibrated abstention, "
+    "explanation (geosearch ask / MCP answer)",
+)
 def answer(index: TileIndex, text: str, k: int, ctx: MethodContext) -> Answer:
     return run_chain(index, _query(text, k, ctx), ctx)
 
@@ -400,7 +507,10 @@ def segment_method(index: TileIndex, text: str, k: int, ctx: MethodContext) -> A
     return run_chain(index, _query(text, k, ctx), ctx, method="segment", relations=False, abstain=False)
 
 
-@register_method("pyramid", "ablation of answer: the pyramid's best windows, no segmentation, relations or abstention")
+@register_method(
+    "pyramid", "ablation of answer: the pyramid's best windows, no segmentation, relations or abstention"
+)
 def pyramid_method(index: TileIndex, text: str, k: int, ctx: MethodContext) -> Answer:
-    return run_chain(index, _query(text, k, ctx), ctx, method="pyramid", segment=False, relations=False,
-                     abstain=False)
+    return run_chain(
+        index, _query(text, k, ctx), ctx, method="pyramid", segment=False, relations=False, abstain=False
+    )

@@ -81,8 +81,10 @@ def _check_not_redirected(tmp: Path) -> None:
     if strays:
         for p in strays:
             p.unlink(missing_ok=True)
-        raise ValueError(f"the writer wrote {strays[0].name} instead of {tmp.name}; "
-                         f"pass atomic_path(..., suffix={strays[0].name[len(tmp.name):]!r})")
+        raise ValueError(
+            f"the writer wrote {strays[0].name} instead of {tmp.name}; "
+            f"pass atomic_path(..., suffix={strays[0].name[len(tmp.name) :]!r})"
+        )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -78,20 +78,35 @@ class BuildReport:
         out = self.__dict__.copy()
         out["tiles_per_s"] = round(self.tiles_per_s, 2)
         out["km2_per_min"] = round(self.area_km2 / (self.seconds / 60), 3) if self.seconds > 0 else 0.0
-        out["share_outside_model"] = round(1 - self.model_seconds / self.seconds, 3) if self.seconds > 0 else 0.0
+        out["share_outside_model"] = (
+            round(1 - self.model_seconds / self.seconds, 3) if self.seconds > 0 else 0.0
+        )
         return out
 
 
 def _index_settings(settings: Settings, mosaic: Mosaic) -> dict:
-    return {"scales_m": sorted(float(s) for s in settings.scales_m), "overlap": settings.overlap,
-            "min_valid_fraction": settings.min_valid_fraction, "rgb_bands": list(mosaic.bands),
-            "stretch": mosaic.stretch}
+    return {
+        "scales_m": sorted(float(s) for s in settings.scales_m),
+        "overlap": settings.overlap,
+        "min_valid_fraction": settings.min_valid_fraction,
+        "rgb_bands": list(mosaic.bands),
+        "stretch": mosaic.stretch,
+    }
 
 
-def build_index(inputs: Sequence[str | Path], out: str | Path, *, model: str | EmbeddingModel | None = None,
-                settings: Settings | None = None, bands: Sequence[int] | None = None,
-                stretch: str = "auto", overwrite: bool = False, progress: bool = True,
-                date: str | None = None, on_batch: Callable[[int, int], None] | None = None) -> BuildReport:
+def build_index(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    model: str | EmbeddingModel | None = None,
+    settings: Settings | None = None,
+    bands: Sequence[int] | None = None,
+    stretch: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    date: str | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> BuildReport:
     """Embed every valid tile of the mosaic into the index at ``out`` (resumable)."""
     settings = settings or get_settings()
     t_start = time.perf_counter()
@@ -115,27 +130,46 @@ def build_index(inputs: Sequence[str | Path], out: str | Path, *, model: str | E
             date, grid = _prepare_date(con, meta, mosaic, emb_model.model_id, fingerprint, tiling, out, date)
         else:
             bw = mosaic.bounds_wgs84
-            _write_meta(con, {
-                "format_version": FORMAT_VERSION, "model_name": emb_model.name, "model_id": emb_model.model_id,
-                "mosaic_fingerprint": fingerprint, "mosaic": mosaic.describe(), "tiling": tiling,
-                "crs": as_crs(mosaic.crs).to_wkt(), "bounds_wgs84": list(bw), "status": "building",
-                "build_seconds": 0.0, "model_seconds": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "date": date, "dates": [date] if date else [],
-            })
+            _write_meta(
+                con,
+                {
+                    "format_version": FORMAT_VERSION,
+                    "model_name": emb_model.name,
+                    "model_id": emb_model.model_id,
+                    "mosaic_fingerprint": fingerprint,
+                    "mosaic": mosaic.describe(),
+                    "tiling": tiling,
+                    "crs": as_crs(mosaic.crs).to_wkt(),
+                    "bounds_wgs84": list(bw),
+                    "status": "building",
+                    "build_seconds": 0.0,
+                    "model_seconds": 0.0,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "date": date,
+                    "dates": [date] if date else [],
+                },
+            )
             _add_mosaic_row(con, date, mosaic, fingerprint)
         if grid is mosaic:
-            tiles, fracs = tiles_for_mosaic(mosaic, tiling["scales_m"], tiling["overlap"],
-                                            tiling["min_valid_fraction"])
+            tiles, fracs = tiles_for_mosaic(
+                mosaic, tiling["scales_m"], tiling["overlap"], tiling["min_valid_fraction"]
+            )
         else:  # a further date: the first date's grid, this mosaic's valid pixels
             planned = plan_tiles(grid, tiling["scales_m"], tiling["overlap"])
             all_fracs = valid_fractions(mosaic, planned)
             keep = all_fracs > max(tiling["min_valid_fraction"], 0.0)
             tiles, fracs = [t for t, k in zip(planned, keep) if k], all_fracs[keep]
         if not tiles:
-            raise InputError("no tile fits the mosaic: it is smaller than the smallest scale "
-                             f"({min(tiling['scales_m']):g} m) or has no valid data")
-        done = {r[0] for r in con.execute("SELECT tile_id FROM tiles WHERE date IS NOT DISTINCT FROM ?",
-                                          [date]).fetchall()}
+            raise InputError(
+                "no tile fits the mosaic: it is smaller than the smallest scale "
+                f"({min(tiling['scales_m']):g} m) or has no valid data"
+            )
+        done = {
+            r[0]
+            for r in con.execute(
+                "SELECT tile_id FROM tiles WHERE date IS NOT DISTINCT FROM ?", [date]
+            ).fetchall()
+        }
         todo = [(t, f) for t, f in zip(tiles, fracs) if t.tile_id not in done]
         planned_total = len(tiles)
         report = BuildReport(planned_total, 0, 0, 0.0, 0.0, 0.0, mosaic.area_km2)
@@ -145,7 +179,7 @@ def build_index(inputs: Sequence[str | Path], out: str | Path, *, model: str | E
         size = emb_model.image_size
         with ThreadPoolExecutor(max_workers=2) as pool:
             for start in range(0, len(todo), batch):
-                chunk = todo[start:start + batch]
+                chunk = todo[start : start + batch]
                 t0 = time.perf_counter()
                 images = list(pool.map(lambda tf: mosaic.read(tf[0].bounds, size).rgb, chunk))
                 t1 = time.perf_counter()
@@ -163,11 +197,16 @@ def build_index(inputs: Sequence[str | Path], out: str | Path, *, model: str | E
         report.model_seconds, report.read_seconds = model_seconds, read_seconds
         meta = _read_meta(con)
         first = grid is mosaic and meta.get("date") == date
-        _write_meta(con, {"status": "complete",
-                          "build_seconds": float(meta.get("build_seconds", 0)) + report.seconds,
-                          "model_seconds": float(meta.get("model_seconds", 0)) + model_seconds,
-                          "tiles_embedded": con.execute("SELECT count(*) FROM tiles").fetchone()[0],
-                          **({"area_km2": mosaic.area_km2} if first else {})})
+        _write_meta(
+            con,
+            {
+                "status": "complete",
+                "build_seconds": float(meta.get("build_seconds", 0)) + report.seconds,
+                "model_seconds": float(meta.get("model_seconds", 0)) + model_seconds,
+                "tiles_embedded": con.execute("SELECT count(*) FROM tiles").fetchone()[0],
+                **({"area_km2": mosaic.area_km2} if first else {}),
+            },
+        )
         con.execute("CHECKPOINT")
     finally:
         con.close()
@@ -184,23 +223,34 @@ def _progress(total: int, initial: int, enabled: bool):
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="tile", desc="embedding", dynamic_ncols=True,
-                smoothing=0.1)
+    return tqdm(
+        total=total, initial=initial, unit="tile", desc="embedding", dynamic_ncols=True, smoothing=0.1
+    )
 
 
-def _insert_tiles(con, mosaic: Mosaic, tiles: list[Tile], fracs: np.ndarray, emb: np.ndarray,
-                  date: str | None) -> None:
+def _insert_tiles(
+    con, mosaic: Mosaic, tiles: list[Tile], fracs: np.ndarray, emb: np.ndarray, date: str | None
+) -> None:
     bounds = np.array([t.bounds for t in tiles], dtype=np.float64)
     polys = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
     polys84 = boxes_to_wgs84(bounds, mosaic.crs)
-    frame = pd.DataFrame({
-        "tile_id": [t.tile_id for t in tiles], "scale_m": [t.scale_m for t in tiles],
-        "row": [t.row for t in tiles], "col": [t.col for t in tiles],
-        "x0": bounds[:, 0], "y0": bounds[:, 1], "x1": bounds[:, 2], "y1": bounds[:, 3],
-        "wkb": list(shapely.to_wkb(polys)), "wkb84": list(shapely.to_wkb(polys84)),
-        "valid_fraction": fracs.astype(float), "date": [date] * len(tiles),
-        "embedding": [e.astype("<f4").tobytes() for e in emb],
-    })
+    frame = pd.DataFrame(
+        {
+            "tile_id": [t.tile_id for t in tiles],
+            "scale_m": [t.scale_m for t in tiles],
+            "row": [t.row for t in tiles],
+            "col": [t.col for t in tiles],
+            "x0": bounds[:, 0],
+            "y0": bounds[:, 1],
+            "x1": bounds[:, 2],
+            "y1": bounds[:, 3],
+            "wkb": list(shapely.to_wkb(polys)),
+            "wkb84": list(shapely.to_wkb(polys84)),
+            "valid_fraction": fracs.astype(float),
+            "date": [date] * len(tiles),
+            "embedding": [e.astype("<f4").tobytes() for e in emb],
+        }
+    )
     with db.transaction(con, new_tiles=frame):
         con.execute("""INSERT INTO tiles SELECT tile_id, scale_m, "row", col, x0, y0, x1, y1,
                        ST_GeomFromWKB(wkb), ST_GeomFromWKB(wkb84), valid_fraction, date, embedding
@@ -233,21 +283,33 @@ class _GridRef:
 
 
 def _add_mosaic_row(con, date: str | None, mosaic: Mosaic, fingerprint: str) -> None:
-    con.execute("INSERT INTO mosaics VALUES (?, ?, ?, ?)",
-                [date, json.dumps([str(p) for p in mosaic.paths]), fingerprint, json.dumps(mosaic.describe())])
+    con.execute(
+        "INSERT INTO mosaics VALUES (?, ?, ?, ?)",
+        [date, json.dumps([str(p) for p in mosaic.paths]), fingerprint, json.dumps(mosaic.describe())],
+    )
 
 
 def _mosaic_rows(con, meta: dict) -> list[tuple[str | None, str, dict]]:
     """(date, fingerprint, description) per date; indexes built before ``mosaics`` use meta."""
-    rows = [(d, f, json.loads(desc)) for d, f, desc in
-            con.execute("SELECT date, fingerprint, description FROM mosaics").fetchall()]
+    rows = [
+        (d, f, json.loads(desc))
+        for d, f, desc in con.execute("SELECT date, fingerprint, description FROM mosaics").fetchall()
+    ]
     if not rows and meta.get("mosaic_fingerprint"):
         rows = [(meta.get("date"), meta["mosaic_fingerprint"], meta["mosaic"])]
     return rows
 
 
-def _prepare_date(con, meta: dict, mosaic: Mosaic, model_id: str, fingerprint: str, tiling: dict,
-                  path: Path, date: str | None):
+def _prepare_date(
+    con,
+    meta: dict,
+    mosaic: Mosaic,
+    model_id: str,
+    fingerprint: str,
+    tiling: dict,
+    path: Path,
+    date: str | None,
+):
     """Resume a date already in the index, or register ``mosaic`` as a new date on the first grid."""
     rows = _mosaic_rows(con, meta)
     same = [r for r in rows if r[1] == fingerprint]
@@ -267,15 +329,23 @@ def _prepare_date(con, meta: dict, mosaic: Mosaic, model_id: str, fingerprint: s
     if meta.get("date") is None:
         raise IndexMismatchError(
             f"index {path} was built from another mosaic without a date, so no date can be added to it; "
-            "rebuild it with --date for the first mosaic (or use --overwrite / another --out)")
+            "rebuild it with --date for the first mosaic (or use --overwrite / another --out)"
+        )
     if any(r[0] == date for r in rows):
-        raise IndexMismatchError(f"index {path} already holds another mosaic for date {date}; "
-                                 "use another --date or --overwrite")
+        raise IndexMismatchError(
+            f"index {path} already holds another mosaic for date {date}; use another --date or --overwrite"
+        )
     _check_grid(meta["mosaic"], mosaic, path)
     if not con.execute("SELECT count(*) FROM mosaics").fetchone()[0]:  # index older than ``mosaics``
-        con.execute("INSERT INTO mosaics VALUES (?, ?, ?, ?)", [
-            meta.get("date"), json.dumps(meta["mosaic"]["files"]), meta["mosaic_fingerprint"],
-            json.dumps(meta["mosaic"])])
+        con.execute(
+            "INSERT INTO mosaics VALUES (?, ?, ?, ?)",
+            [
+                meta.get("date"),
+                json.dumps(meta["mosaic"]["files"]),
+                meta["mosaic_fingerprint"],
+                json.dumps(meta["mosaic"]),
+            ],
+        )
     _drop_tile_id_key(con)
     _add_mosaic_row(con, date, mosaic, fingerprint)
     dates = sorted({*(meta.get("dates") or [meta.get("date")]), date})
@@ -288,25 +358,30 @@ def _check_grid(first: dict, mosaic: Mosaic, path: Path) -> None:
     if as_crs(first["crs"]) != as_crs(mosaic.crs):
         raise IndexMismatchError(
             f"cannot add this date to {path}: its CRS is {mosaic.crs.to_string()}, the index grid is in "
-            f"{first['crs']}; reproject it onto the first date's grid first")
+            f"{first['crs']}; reproject it onto the first date's grid first"
+        )
     grid = _GridRef(first)
     if any(abs(a - b) > 0.01 * b for a, b in zip(mosaic.res, grid.res)):
         raise IndexMismatchError(
             f"cannot add this date to {path}: pixel size {tuple(round(v, 6) for v in mosaic.res)} differs "
-            f"from the index grid's {tuple(round(v, 6) for v in grid.res)}; resample it first")
+            f"from the index grid's {tuple(round(v, 6) for v in grid.res)}; resample it first"
+        )
     ix = min(mosaic.bounds[2], grid.bounds[2]) - max(mosaic.bounds[0], grid.bounds[0])
     iy = min(mosaic.bounds[3], grid.bounds[3]) - max(mosaic.bounds[1], grid.bounds[1])
     area = (grid.bounds[2] - grid.bounds[0]) * (grid.bounds[3] - grid.bounds[1])
     if ix <= 0 or iy <= 0 or ix * iy < 0.5 * area:
         raise IndexMismatchError(
             f"cannot add this date to {path}: the mosaic covers less than half of the index grid's extent "
-            "(dates of one index must show the same area)")
+            "(dates of one index must show the same area)"
+        )
 
 
 def _drop_tile_id_key(con) -> None:
     """Indexes from before multi-date support keyed tiles by tile_id alone: rebuild without it."""
     keyed = con.execute("""SELECT count(*) FROM duckdb_constraints()
-                           WHERE table_name = 'tiles' AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')""").fetchone()[0]
+                           WHERE table_name = 'tiles' AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')""").fetchone()[
+        0
+    ]
     if keyed:
         with db.transaction(con):
             con.execute("CREATE TABLE tiles_multidate AS SELECT * FROM tiles")
@@ -318,12 +393,16 @@ def _check_compatible(meta: dict, model_id: str, fingerprint: str, tiling: dict,
     if meta.get("model_id") != model_id:
         raise IndexMismatchError(
             f"index {path} was built with model {meta.get('model_id')!r}, not {model_id!r}; "
-            "use --overwrite to rebuild it or pick another --out")
+            "use --overwrite to rebuild it or pick another --out"
+        )
     if meta.get("mosaic_fingerprint") != fingerprint:
-        raise IndexMismatchError(f"index {path} was built from another mosaic; use --overwrite or another --out")
+        raise IndexMismatchError(
+            f"index {path} was built from another mosaic; use --overwrite or another --out"
+        )
     if meta.get("tiling") != tiling:
         raise IndexMismatchError(
-            f"index {path} was built with other tiling settings {meta.get('tiling')}; use --overwrite")
+            f"index {path} was built with other tiling settings {meta.get('tiling')}; use --overwrite"
+        )
 
 
 @dataclass
@@ -334,10 +413,10 @@ class TileIndex:
     meta: dict
     tile_ids: np.ndarray
     scales: np.ndarray
-    bounds: np.ndarray          # (N, 4) mosaic CRS
-    embeddings: np.ndarray      # (N, D) float32, unit norm
+    bounds: np.ndarray  # (N, 4) mosaic CRS
+    embeddings: np.ndarray  # (N, D) float32, unit norm
     dates: np.ndarray
-    mosaics: dict = field(default_factory=dict)   # date -> mosaic description (multi-date indexes)
+    mosaics: dict = field(default_factory=dict)  # date -> mosaic description (multi-date indexes)
     _mosaic: Mosaic | None = field(default=None, repr=False)
     _date_mosaics: dict = field(default_factory=dict, repr=False)
     _model: EmbeddingModel | None = field(default=None, repr=False)
@@ -359,8 +438,10 @@ class TileIndex:
             rows = con.execute("""SELECT tile_id, scale_m, x0, y0, x1, y1, date, embedding FROM tiles
                                   ORDER BY scale_m, tile_id, date NULLS FIRST""").fetchall()
             try:
-                mosaics = {d: json.loads(desc) for d, desc in
-                           con.execute("SELECT date, description FROM mosaics").fetchall()}
+                mosaics = {
+                    d: json.loads(desc)
+                    for d, desc in con.execute("SELECT date, description FROM mosaics").fetchall()
+                }
             except Exception:  # noqa: BLE001 - index from before multi-date support
                 mosaics = {}
         finally:
@@ -369,10 +450,16 @@ class TileIndex:
             raise InputError(f"index {path} has no tiles yet (build it with `geosearch index`)")
         ids, scales, x0, y0, x1, y1, dates, embs = zip(*rows)
         emb = np.frombuffer(b"".join(embs), dtype="<f4").reshape(len(rows), -1).astype(np.float32)
-        return cls(path=path, meta=meta, tile_ids=np.array(ids, dtype=object),
-                   scales=np.array(scales, dtype=np.float64),
-                   bounds=np.column_stack([x0, y0, x1, y1]).astype(np.float64), embeddings=emb,
-                   dates=np.array(dates, dtype=object), mosaics=mosaics)
+        return cls(
+            path=path,
+            meta=meta,
+            tile_ids=np.array(ids, dtype=object),
+            scales=np.array(scales, dtype=np.float64),
+            bounds=np.column_stack([x0, y0, x1, y1]).astype(np.float64),
+            embeddings=emb,
+            dates=np.array(dates, dtype=object),
+            mosaics=mosaics,
+        )
 
     def __len__(self) -> int:
         return len(self.tile_ids)
@@ -417,23 +504,33 @@ class TileIndex:
         (``date``: the mosaic of that date in a multi-date index; default the first one)."""
         if date is not None and date != self.meta.get("date"):
             if date not in self.mosaics:
-                raise InputError(f"index {self.path.name} has no mosaic for date {date!r}; "
-                                 f"dates: {', '.join(self.date_list) or 'none'}")
+                raise InputError(
+                    f"index {self.path.name} has no mosaic for date {date!r}; "
+                    f"dates: {', '.join(self.date_list) or 'none'}"
+                )
             if date not in self._date_mosaics:
                 m = self.mosaics[date]
                 missing = [f for f in m["files"] if not Path(f).exists()]
                 if missing:
                     raise InputError(f"mosaic file(s) of index {self.path.name} are gone: {missing[:3]}")
-                self._date_mosaics[date] = open_mosaic(m["files"], bands=m["rgb_bands"], stretch=m["stretch"],
-                                                       stretch_params=[tuple(p) for p in m["stretch_params"]])
+                self._date_mosaics[date] = open_mosaic(
+                    m["files"],
+                    bands=m["rgb_bands"],
+                    stretch=m["stretch"],
+                    stretch_params=[tuple(p) for p in m["stretch_params"]],
+                )
             return self._date_mosaics[date]
         if self._mosaic is None:
             m = self.meta["mosaic"]
             missing = [f for f in m["files"] if not Path(f).exists()]
             if missing:
                 raise InputError(f"mosaic file(s) of index {self.path.name} are gone: {missing[:3]}")
-            self._mosaic = open_mosaic(m["files"], bands=m["rgb_bands"], stretch=m["stretch"],
-                                       stretch_params=[tuple(p) for p in m["stretch_params"]])
+            self._mosaic = open_mosaic(
+                m["files"],
+                bands=m["rgb_bands"],
+                stretch=m["stretch"],
+                stretch_params=[tuple(p) for p in m["stretch_params"]],
+            )
         return self._mosaic
 
     def model(self, settings: Settings | None = None) -> EmbeddingModel:
@@ -445,8 +542,10 @@ class TileIndex:
 
     def attach_model(self, model: EmbeddingModel) -> None:
         if model.model_id != self.meta["model_id"]:
-            raise IndexMismatchError(f"index {self.path.name} was built with {self.meta['model_id']!r}, "
-                                     f"the model given is {model.model_id!r}")
+            raise IndexMismatchError(
+                f"index {self.path.name} was built with {self.meta['model_id']!r}, "
+                f"the model given is {model.model_id!r}"
+            )
         self._model = model
 
     def tile_polygon_map(self, i: int):
@@ -458,9 +557,19 @@ class TileIndex:
     def info(self) -> dict:
         m = self.meta
         per_scale = {f"{s:g}": int((self.scales == s).sum()) for s in np.unique(self.scales)}
-        return {"path": str(self.path), "status": m.get("status"), "model": m.get("model_name"),
-                "model_id": m.get("model_id"), "tiles": len(self), "tiles_per_scale_m": per_scale,
-                "embed_dim": int(self.embeddings.shape[1]), "mosaic": m.get("mosaic"),
-                "tiling": m.get("tiling"), "bounds_wgs84": m.get("bounds_wgs84"),
-                "build_seconds": round(float(m.get("build_seconds", 0)), 2), "created": m.get("created"),
-                "date": m.get("date"), "dates": self.date_list}
+        return {
+            "path": str(self.path),
+            "status": m.get("status"),
+            "model": m.get("model_name"),
+            "model_id": m.get("model_id"),
+            "tiles": len(self),
+            "tiles_per_scale_m": per_scale,
+            "embed_dim": int(self.embeddings.shape[1]),
+            "mosaic": m.get("mosaic"),
+            "tiling": m.get("tiling"),
+            "bounds_wgs84": m.get("bounds_wgs84"),
+            "build_seconds": round(float(m.get("build_seconds", 0)), 2),
+            "created": m.get("created"),
+            "date": m.get("date"),
+            "dates": self.date_list,
+        }

@@ -20,15 +20,23 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return h
 
 
-def chat_completion(base_url: str, model: str, messages: list[dict], *, api_key: str | None = None,
-                    tools: list[dict] | None = None, timeout: float = 60.0) -> dict:
+def chat_completion(
+    base_url: str,
+    model: str,
+    messages: list[dict],
+    *,
+    api_key: str | None = None,
+    tools: list[dict] | None = None,
+    timeout: float = 60.0,
+) -> dict:
     """POST /chat/completions; returns the first choice's message (dict)."""
     body: dict[str, Any] = {"model": model, "messages": messages, "temperature": 0}
     if tools:
         body["tools"] = tools
     try:
-        r = httpx.post(base_url.rstrip("/") + "/chat/completions", json=body, headers=_headers(api_key),
-                       timeout=timeout)
+        r = httpx.post(
+            base_url.rstrip("/") + "/chat/completions", json=body, headers=_headers(api_key), timeout=timeout
+        )
         r.raise_for_status()
         return r.json()["choices"][0]["message"]
     except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
@@ -42,6 +50,9 @@ def complete_fn(settings: Settings) -> Callable[[str], str]:
     base, model, key = settings.llm_base_url, settings.llm_model or "default", settings.llm_api_key
 
     def complete(prompt: str) -> str:
-        return chat_completion(base, model, [{"role": "user", "content": prompt}], api_key=key).get("content") or ""
+        return (
+            chat_completion(base, model, [{"role": "user", "content": prompt}], api_key=key).get("content")
+            or ""
+        )
 
     return complete

@@ -112,9 +112,15 @@ def collect_raster_paths(inputs: Sequence[str | Path]) -> list[Path]:
 class Mosaic:
     """Several rasters in one CRS, seen as one surface."""
 
-    def __init__(self, inputs: Sequence[str | Path], *, bands: Sequence[int] | None = None,
-                 stretch: Stretch = "auto", stretch_params: list[tuple[float, float]] | None = None,
-                 percentiles: tuple[float, float] = (2.0, 98.0)):
+    def __init__(
+        self,
+        inputs: Sequence[str | Path],
+        *,
+        bands: Sequence[int] | None = None,
+        stretch: Stretch = "auto",
+        stretch_params: list[tuple[float, float]] | None = None,
+        percentiles: tuple[float, float] = (2.0, 98.0),
+    ):
         self.paths = collect_raster_paths(inputs)
         self.sources = [_Source(p) for p in self.paths]
         first = self.sources[0]
@@ -122,17 +128,23 @@ class Mosaic:
             if as_crs(src.crs) != as_crs(first.crs):
                 raise InputError(
                     f"mixed CRS in mosaic: {first.path.name} is {first.crs.to_string()} but "
-                    f"{src.path.name} is {src.crs.to_string()}; reproject them to one CRS first")
+                    f"{src.path.name} is {src.crs.to_string()}; reproject them to one CRS first"
+                )
             if src.count != first.count:
-                raise InputError(f"band counts differ in mosaic: {first.path.name} has {first.count}, "
-                                 f"{src.path.name} has {src.count}")
+                raise InputError(
+                    f"band counts differ in mosaic: {first.path.name} has {first.count}, "
+                    f"{src.path.name} has {src.count}"
+                )
         self.crs = first.crs
         self.count = first.count
         self.dtype = first.dtype
         self.nodata = first.nodata
         xs0, ys0, xs1, ys1 = zip(*(s.bounds for s in self.sources))
         self.bounds: Bounds = (min(xs0), min(ys0), max(xs1), max(ys1))
-        self.res = (min(abs(s.transform.a) for s in self.sources), min(abs(s.transform.e) for s in self.sources))
+        self.res = (
+            min(abs(s.transform.a) for s in self.sources),
+            min(abs(s.transform.e) for s in self.sources),
+        )
         self.pixel_size_m = pixel_size_m(self.crs, Affine(self.res[0], 0, 0, 0, -self.res[1], 0), self.bounds)
         self.bands = self._check_bands(bands)
         self.stretch = stretch
@@ -156,8 +168,10 @@ class Mosaic:
 
     @property
     def size_px(self) -> tuple[int, int]:
-        return (round((self.bounds[2] - self.bounds[0]) / self.res[0]),
-                round((self.bounds[3] - self.bounds[1]) / self.res[1]))
+        return (
+            round((self.bounds[2] - self.bounds[0]) / self.res[0]),
+            round((self.bounds[3] - self.bounds[1]) / self.res[1]),
+        )
 
     @property
     def bounds_wgs84(self) -> Bounds:
@@ -187,11 +201,18 @@ class Mosaic:
 
     def describe(self) -> dict:
         return {
-            "files": [str(p) for p in self.paths], "crs": self.crs.to_string(), "bounds": list(self.bounds),
-            "bounds_wgs84": list(self.bounds_wgs84), "band_count": self.count, "dtype": self.dtype,
-            "rgb_bands": list(self.bands), "pixel_size_m": list(self.pixel_size_m),
-            "size_px": list(self.size_px), "area_km2": round(self.area_km2, 4),
-            "stretch": self.stretch, "stretch_params": self.stretch_params,
+            "files": [str(p) for p in self.paths],
+            "crs": self.crs.to_string(),
+            "bounds": list(self.bounds),
+            "bounds_wgs84": list(self.bounds_wgs84),
+            "band_count": self.count,
+            "dtype": self.dtype,
+            "rgb_bands": list(self.bands),
+            "pixel_size_m": list(self.pixel_size_m),
+            "size_px": list(self.size_px),
+            "area_km2": round(self.area_km2, 4),
+            "stretch": self.stretch,
+            "stretch_params": self.stretch_params,
         }
 
     # -- stretch ----------------------------------------------------------------------------
@@ -210,16 +231,18 @@ class Mosaic:
             return [(0.0, 255.0)] * 3
         w, h = self.size_px
         scale = max(1.0, max(w, h) / 1024)
-        img = self._read_raw(self.bounds, (max(1, int(h / scale)), max(1, int(w / scale))),
-                             count_stats=False, bands=self.bands)
+        img = self._read_raw(
+            self.bounds, (max(1, int(h / scale)), max(1, int(w / scale))), count_stats=False, bands=self.bands
+        )
         params = []
         for b in range(3):
             vals = img.bands[b][img.mask]
             if vals.size == 0:
                 params.append((0.0, 1.0))
                 continue
-            lo, hi = ((np.percentile(vals, self.percentiles)) if mode == "percentile"
-                      else (vals.min(), vals.max()))
+            lo, hi = (
+                (np.percentile(vals, self.percentiles)) if mode == "percentile" else (vals.min(), vals.max())
+            )
             params.append((float(lo), float(hi if hi > lo else lo + 1)))
         return params
 
@@ -232,8 +255,14 @@ class Mosaic:
         return out
 
     # -- reading ----------------------------------------------------------------------------
-    def read(self, bounds: Bounds, size: int | tuple[int, int], *, all_bands: bool = False,
-             resampling: Resampling = Resampling.bilinear) -> ImageData:
+    def read(
+        self,
+        bounds: Bounds,
+        size: int | tuple[int, int],
+        *,
+        all_bands: bool = False,
+        resampling: Resampling = Resampling.bilinear,
+    ) -> ImageData:
         """Read ``bounds`` (mosaic CRS) into ``size`` pixels (int = square, or (height, width))."""
         if isinstance(size, int):
             size = (size, size)
@@ -243,8 +272,15 @@ class Mosaic:
         raw.rgb = self.to_rgb(rgb_bands, raw.mask)
         return raw
 
-    def _read_raw(self, bounds: Bounds, size: tuple[int, int], *, bands: Sequence[int],
-                  count_stats: bool = True, resampling: Resampling = Resampling.bilinear) -> ImageData:
+    def _read_raw(
+        self,
+        bounds: Bounds,
+        size: tuple[int, int],
+        *,
+        bands: Sequence[int],
+        count_stats: bool = True,
+        resampling: Resampling = Resampling.bilinear,
+    ) -> ImageData:
         h, w = int(size[0]), int(size[1])
         x0, y0, x1, y1 = bounds
         if not (x1 > x0 and y1 > y0) or h < 1 or w < 1:
@@ -268,11 +304,22 @@ class Mosaic:
                 continue
             ds = src.dataset
             win = from_bounds(ix0, iy0, ix1, iy1, transform=src.transform)
-            data = ds.read(unique_bands, window=win, out_shape=(len(unique_bands), r1 - r0, c1 - c0),
-                           resampling=resampling, masked=True, boundless=False)
+            data = ds.read(
+                unique_bands,
+                window=win,
+                out_shape=(len(unique_bands), r1 - r0, c1 - c0),
+                resampling=resampling,
+                masked=True,
+                boundless=False,
+            )
             valid = ~np.ma.getmaskarray(data).any(axis=0)
-            if src.nodata is None and self.nodata is None and ds.count >= 4 and src.dtype == "uint8" \
-                    and src.colorinterp[-1] == "alpha":
+            if (
+                src.nodata is None
+                and self.nodata is None
+                and ds.count >= 4
+                and src.dtype == "uint8"
+                and src.colorinterp[-1] == "alpha"
+            ):
                 valid &= ds.read(ds.count, window=win, out_shape=(r1 - r0, c1 - c0)) > 0
             arr = np.asarray(data.filled(0), np.float32)
             band_pos = {b: i for i, b in enumerate(unique_bands)}
@@ -281,16 +328,18 @@ class Mosaic:
             take = valid & ~mask[r0:r1, c0:c1]
             out[region][:, take] = sel[:, take]
             mask[r0:r1, c0:c1] |= valid
-        return ImageData(rgb=np.zeros((h, w, 3), np.uint8), mask=mask, bands=out,
-                         bounds=(x0, y0, x1, y1), crs=self.crs)
+        return ImageData(
+            rgb=np.zeros((h, w, 3), np.uint8), mask=mask, bands=out, bounds=(x0, y0, x1, y1), crs=self.crs
+        )
 
     def valid_mask(self, max_side: int = 2048) -> tuple[np.ndarray, Affine]:
         """A coarse validity mask of the whole mosaic (for skipping all-nodata tiles)."""
         w, h = self.size_px
         scale = max(1.0, max(w, h) / max_side)
         mh, mw = max(1, int(np.ceil(h / scale))), max(1, int(np.ceil(w / scale)))
-        img = self._read_raw(self.bounds, (mh, mw), bands=(self.bands[0],), count_stats=False,
-                             resampling=Resampling.nearest)
+        img = self._read_raw(
+            self.bounds, (mh, mw), bands=(self.bands[0],), count_stats=False, resampling=Resampling.nearest
+        )
         x0, y0, x1, y1 = self.bounds
         return img.mask, Affine((x1 - x0) / mw, 0, x0, 0, -(y1 - y0) / mh, y1)
 

@@ -23,7 +23,7 @@ from geosearch.search import search
 @dataclass
 class Region:
     region_id: str
-    polygon_wgs84: object                 # shapely geometry, EPSG:4326
+    polygon_wgs84: object  # shapely geometry, EPSG:4326
     score: float
     confidence: float | None = None
     scale_m: float | None = None
@@ -32,9 +32,14 @@ class Region:
     details: dict = field(default_factory=dict)
 
     def feature(self) -> dict:
-        props = {"id": self.region_id, "score": round(float(self.score), 6),
-                 "confidence": None if self.confidence is None else round(float(self.confidence), 4),
-                 "scale_m": self.scale_m, "evidence_tiles": self.evidence_tiles, "flags": self.flags}
+        props = {
+            "id": self.region_id,
+            "score": round(float(self.score), 6),
+            "confidence": None if self.confidence is None else round(float(self.confidence), 4),
+            "scale_m": self.scale_m,
+            "evidence_tiles": self.evidence_tiles,
+            "flags": self.flags,
+        }
         props.update({k: v for k, v in self.details.items() if k not in props})
         return {"type": "Feature", "geometry": mapping(self.polygon_wgs84), "properties": props}
 
@@ -53,22 +58,31 @@ class Answer:
 
     def geojson(self) -> dict:
         """The answer as a GeoJSON FeatureCollection (EPSG:4326), near-misses in its properties."""
-        return {"type": "FeatureCollection", "features": [r.feature() for r in self.regions],
-                "properties": {"query": self.query, "method": self.method, "abstained": self.abstained,
-                               "reason": self.reason, "explanation": self.explanation,
-                               "full_res_reads": self.full_res_reads,
-                               "near_misses": [r.feature() for r in self.near_misses], **self.details}}
+        return {
+            "type": "FeatureCollection",
+            "features": [r.feature() for r in self.regions],
+            "properties": {
+                "query": self.query,
+                "method": self.method,
+                "abstained": self.abstained,
+                "reason": self.reason,
+                "explanation": self.explanation,
+                "full_res_reads": self.full_res_reads,
+                "near_misses": [r.feature() for r in self.near_misses],
+                **self.details,
+            },
+        }
 
 
 @dataclass
 class MethodContext:
     """What a method may use besides the query text: never ground truth."""
 
-    layers_dir: str | None = None                 # a folder of vector layers (benchmarks), else the index's own
-    options: dict = field(default_factory=dict)   # per-call overrides of the chain's Settings fields
-    area: object | None = None                    # shapely geometry (EPSG:4326) the answer must lie in
-    settings: object | None = None                # geosearch.settings.Settings (default: get_settings())
-    parsed: object | None = None                  # a ParsedQuery made elsewhere (an LLM parse)
+    layers_dir: str | None = None  # a folder of vector layers (benchmarks), else the index's own
+    options: dict = field(default_factory=dict)  # per-call overrides of the chain's Settings fields
+    area: object | None = None  # shapely geometry (EPSG:4326) the answer must lie in
+    settings: object | None = None  # geosearch.settings.Settings (default: get_settings())
+    parsed: object | None = None  # a ParsedQuery made elsewhere (an LLM parse)
     progress: Callable[[float, float | None, str | None], None] | None = None
 
 
@@ -98,8 +112,9 @@ def list_methods() -> list[MethodInfo]:
     return list(_METHODS.values())
 
 
-def run_method(name: str, index: TileIndex, text: str, k: int = 10,
-               context: MethodContext | None = None) -> Answer:
+def run_method(
+    name: str, index: TileIndex, text: str, k: int = 10, context: MethodContext | None = None
+) -> Answer:
     _load_plugins()
     if name not in _METHODS:
         raise InputError(f"unknown method {name!r}; known: {', '.join(sorted(_METHODS))}")
@@ -130,8 +145,16 @@ def _load_plugins() -> None:
 
 
 def hits_to_regions(hits) -> list[Region]:
-    return [Region(region_id=h.tile_id, polygon_wgs84=h.polygon_wgs84, score=h.score, scale_m=h.scale_m,
-                   evidence_tiles=[h.tile_id]) for h in hits]
+    return [
+        Region(
+            region_id=h.tile_id,
+            polygon_wgs84=h.polygon_wgs84,
+            score=h.score,
+            scale_m=h.scale_m,
+            evidence_tiles=[h.tile_id],
+        )
+        for h in hits
+    ]
 
 
 @register_method("single-scale", "text-to-chip over one fixed tile scale (RemoteCLIP-style baseline)")

@@ -18,7 +18,17 @@ from pydantic import BaseModel, Field, field_validator
 
 from geosearch.errors import InputError
 
-PREDICATES = ("near", "far_from", "within", "intersects", "contains", "along", "between", "density", "edge_of")
+PREDICATES = (
+    "near",
+    "far_from",
+    "within",
+    "intersects",
+    "contains",
+    "along",
+    "between",
+    "density",
+    "edge_of",
+)
 DEFAULT_NEAR_M = 250.0
 DEFAULT_ALONG_M = 50.0
 DEFAULT_EDGE_M = 30.0
@@ -33,11 +43,14 @@ class Target(BaseModel):
 
 
 class RelationSpec(BaseModel):
-    predicate: Literal["near", "far_from", "within", "intersects", "contains", "along", "between",
-                       "density", "edge_of"]
+    predicate: Literal[
+        "near", "far_from", "within", "intersects", "contains", "along", "between", "density", "edge_of"
+    ]
     layer: str = Field(description="layer role or name: roads, water, buildings, vegetation or a layer name")
     layer_b: str | None = Field(None, description="second layer (between only)")
-    distance_m: float | None = Field(None, ge=0, description="distance in metres where the predicate needs one")
+    distance_m: float | None = Field(
+        None, ge=0, description="distance in metres where the predicate needs one"
+    )
     threshold: float | None = Field(None, description="density (features/km²) or along share")
     negated: bool = False
     phrase: str = ""
@@ -68,8 +81,11 @@ class ParsedQuery(BaseModel):
     exclusions: list[str] = Field(default_factory=list)
     positive_prompts: list[str] = Field(default_factory=list)
     negative_prompts: list[str] = Field(default_factory=list)
-    image_text: str = Field("", description="what the image model looks for: the query without its relation, "
-                                            "time, place and exclusion clauses")
+    image_text: str = Field(
+        "",
+        description="what the image model looks for: the query without its relation, "
+        "time, place and exclusion clauses",
+    )
     source: Literal["rules", "llm"] = "rules"
 
     def look_for(self) -> str:
@@ -87,49 +103,193 @@ class ParsedQuery(BaseModel):
 
 # --- vocabularies --------------------------------------------------------------------------
 LAYER_WORDS: dict[str, str] = {
-    "road": "roads", "roads": "roads", "highway": "roads", "highways": "roads", "street": "roads",
-    "streets": "roads", "motorway": "roads", "freeway": "roads", "interstate": "roads", "avenue": "roads",
-    "railway": "railways", "railways": "railways", "rail": "railways", "railroad": "railways",
-    "train tracks": "railways", "river": "water", "rivers": "water", "lake": "water", "lakes": "water",
-    "water": "water", "sea": "water", "coast": "water", "coastline": "water", "shore": "water",
-    "canal": "water", "pond": "water", "reservoir": "water", "ocean": "water", "stream": "water",
-    "building": "buildings", "buildings": "buildings", "houses": "buildings", "house": "buildings",
-    "forest": "vegetation", "forests": "vegetation", "trees": "vegetation", "woods": "vegetation",
-    "vegetation": "vegetation", "park": "vegetation", "parks": "vegetation", "fields": "vegetation",
-    "built-up area": "built_up", "built up area": "built_up", "city": "built_up", "town": "built_up",
+    "road": "roads",
+    "roads": "roads",
+    "highway": "roads",
+    "highways": "roads",
+    "street": "roads",
+    "streets": "roads",
+    "motorway": "roads",
+    "freeway": "roads",
+    "interstate": "roads",
+    "avenue": "roads",
+    "railway": "railways",
+    "railways": "railways",
+    "rail": "railways",
+    "railroad": "railways",
+    "train tracks": "railways",
+    "river": "water",
+    "rivers": "water",
+    "lake": "water",
+    "lakes": "water",
+    "water": "water",
+    "sea": "water",
+    "coast": "water",
+    "coastline": "water",
+    "shore": "water",
+    "canal": "water",
+    "pond": "water",
+    "reservoir": "water",
+    "ocean": "water",
+    "stream": "water",
+    "building": "buildings",
+    "buildings": "buildings",
+    "houses": "buildings",
+    "house": "buildings",
+    "forest": "vegetation",
+    "forests": "vegetation",
+    "trees": "vegetation",
+    "woods": "vegetation",
+    "vegetation": "vegetation",
+    "park": "vegetation",
+    "parks": "vegetation",
+    "fields": "vegetation",
+    "built-up area": "built_up",
+    "built up area": "built_up",
+    "city": "built_up",
+    "town": "built_up",
 }
 SCENE_WORDS = {
-    "airport", "port", "harbor", "harbour", "farmland", "residential", "industrial", "commercial",
-    "desert", "beach", "forest", "meadow", "mountain", "park", "stadium", "railway station",
-    "church", "school", "center", "centre", "square", "playground", "bare land", "river", "pond",
-    "viaduct", "bridge", "parking", "storage tanks", "resort", "dense residential", "sparse residential",
-    "medium residential", "baseball field", "golf course", "neighborhood", "neighbourhood", "suburb",
-    "area", "district", "village", "town", "city", "farm", "fields", "wetland", "lake", "coast",
+    "airport",
+    "port",
+    "harbor",
+    "harbour",
+    "farmland",
+    "residential",
+    "industrial",
+    "commercial",
+    "desert",
+    "beach",
+    "forest",
+    "meadow",
+    "mountain",
+    "park",
+    "stadium",
+    "railway station",
+    "church",
+    "school",
+    "center",
+    "centre",
+    "square",
+    "playground",
+    "bare land",
+    "river",
+    "pond",
+    "viaduct",
+    "bridge",
+    "parking",
+    "storage tanks",
+    "resort",
+    "dense residential",
+    "sparse residential",
+    "medium residential",
+    "baseball field",
+    "golf course",
+    "neighborhood",
+    "neighbourhood",
+    "suburb",
+    "area",
+    "district",
+    "village",
+    "town",
+    "city",
+    "farm",
+    "fields",
+    "wetland",
+    "lake",
+    "coast",
 }
 ATTRIBUTE_WORDS = {
-    "red", "blue", "green", "white", "black", "grey", "gray", "brown", "yellow", "orange", "dark",
-    "bright", "large", "small", "big", "tiny", "huge", "long", "wide", "narrow", "circular", "round",
-    "square", "rectangular", "dense", "sparse", "empty", "crowded", "busy", "paved", "unpaved", "dirt",
-    "bare", "flat", "tall", "old", "new", "modern", "curved", "straight", "parallel", "many", "few",
-    "irrigated", "dry", "wet", "sandy", "rocky", "flooded",
+    "red",
+    "blue",
+    "green",
+    "white",
+    "black",
+    "grey",
+    "gray",
+    "brown",
+    "yellow",
+    "orange",
+    "dark",
+    "bright",
+    "large",
+    "small",
+    "big",
+    "tiny",
+    "huge",
+    "long",
+    "wide",
+    "narrow",
+    "circular",
+    "round",
+    "square",
+    "rectangular",
+    "dense",
+    "sparse",
+    "empty",
+    "crowded",
+    "busy",
+    "paved",
+    "unpaved",
+    "dirt",
+    "bare",
+    "flat",
+    "tall",
+    "old",
+    "new",
+    "modern",
+    "curved",
+    "straight",
+    "parallel",
+    "many",
+    "few",
+    "irrigated",
+    "dry",
+    "wet",
+    "sandy",
+    "rocky",
+    "flooded",
 }
 FILLER = re.compile(
     r"^(?:please\s+)?(?:find|show|show me|search for|search|look for|locate|where are|where is|where|"
     r"are there|is there|give me|get|list|i want|i need|i'm looking for|i am looking for|which|what|"
-    r"identify|detect|highlight|map)\b\s*", re.I)
-LEAD_DETERMINERS = re.compile(r"^(?:all|any|some|the|a|an|every|each|areas? with|places? with|regions? with|"
-                              r"areas? of|places? where|regions? of|spots? with)\s+", re.I)
-UNIT_M = {"m": 1.0, "meter": 1.0, "meters": 1.0, "metre": 1.0, "metres": 1.0, "km": 1000.0,
-          "kilometer": 1000.0, "kilometers": 1000.0, "kilometre": 1000.0, "kilometres": 1000.0,
-          "mi": 1609.344, "mile": 1609.344, "miles": 1609.344, "ft": 0.3048, "feet": 0.3048, "foot": 0.3048,
-          "yd": 0.9144, "yards": 0.9144}
+    r"identify|detect|highlight|map)\b\s*",
+    re.I,
+)
+LEAD_DETERMINERS = re.compile(
+    r"^(?:all|any|some|the|a|an|every|each|areas? with|places? with|regions? with|"
+    r"areas? of|places? where|regions? of|spots? with)\s+",
+    re.I,
+)
+UNIT_M = {
+    "m": 1.0,
+    "meter": 1.0,
+    "meters": 1.0,
+    "metre": 1.0,
+    "metres": 1.0,
+    "km": 1000.0,
+    "kilometer": 1000.0,
+    "kilometers": 1000.0,
+    "kilometre": 1000.0,
+    "kilometres": 1000.0,
+    "mi": 1609.344,
+    "mile": 1609.344,
+    "miles": 1609.344,
+    "ft": 0.3048,
+    "feet": 0.3048,
+    "foot": 0.3048,
+    "yd": 0.9144,
+    "yards": 0.9144,
+}
 _NUM = r"(\d+(?:[.,]\d+)?)"
 _UNIT = r"(km|kilomet(?:er|re)s?|m|met(?:er|re)s?|mi|miles?|ft|feet|foot|yd|yards)"
 _DIST = rf"{_NUM}\s*{_UNIT}\b"
 _ART = r"(?:the\s+|a\s+|an\s+|any\s+|some\s+)?"
 _LAYER = r"([a-z][a-z\- ]*?)"
-_END = r"(?=\s*(?:,|;|\.|$|\band\b|\bor\b|\bbut\b|\bwith\b|\bwithout\b|\bnot\b|\bno\b|\bnear\b|\bfar\b|"\
-       r"\bwithin\b|\bsince\b|\bin\b|\bfrom\b|\bbetween\b|\balong\b|\bthat\b|\bwhich\b|\bexcept\b))"
+_END = (
+    r"(?=\s*(?:,|;|\.|$|\band\b|\bor\b|\bbut\b|\bwith\b|\bwithout\b|\bnot\b|\bno\b|\bnear\b|\bfar\b|"
+    r"\bwithin\b|\bsince\b|\bin\b|\bfrom\b|\bbetween\b|\balong\b|\bthat\b|\bwhich\b|\bexcept\b))"
+)
 YEAR = r"((?:19|20)\d{2}(?:-\d{2}(?:-\d{2})?)?)"
 
 
@@ -151,66 +311,150 @@ def layer_role(phrase: str) -> str:
 
 # --- the parser ----------------------------------------------------------------------------
 _RELATION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    ("between", re.compile(rf"\bbetween\s+{_ART}(?P<a>[a-z][a-z\- ]*?)\s+and\s+{_ART}(?P<b>[a-z][a-z\- ]*?)"
-                           rf"(?:\s+within\s+{_DIST})?{_END}", re.I)),
-    ("near", re.compile(rf"\b(?:within|less than|under|at most|no more than|closer than)\s+{_DIST}\s+"
-                        rf"(?:of|from|to|away from)\s+{_ART}{_LAYER}{_END}", re.I)),
-    ("far_from", re.compile(rf"\b(?:more than|over|at least|further than|farther than|beyond)\s+{_DIST}\s+"
-                            rf"(?:from|away from|of)\s+{_ART}{_LAYER}{_END}", re.I)),
+    (
+        "between",
+        re.compile(
+            rf"\bbetween\s+{_ART}(?P<a>[a-z][a-z\- ]*?)\s+and\s+{_ART}(?P<b>[a-z][a-z\- ]*?)"
+            rf"(?:\s+within\s+{_DIST})?{_END}",
+            re.I,
+        ),
+    ),
+    (
+        "near",
+        re.compile(
+            rf"\b(?:within|less than|under|at most|no more than|closer than)\s+{_DIST}\s+"
+            rf"(?:of|from|to|away from)\s+{_ART}{_LAYER}{_END}",
+            re.I,
+        ),
+    ),
+    (
+        "far_from",
+        re.compile(
+            rf"\b(?:more than|over|at least|further than|farther than|beyond)\s+{_DIST}\s+"
+            rf"(?:from|away from|of)\s+{_ART}{_LAYER}{_END}",
+            re.I,
+        ),
+    ),
     ("near", re.compile(rf"\b{_DIST}\s+(?:or less\s+)?(?:from|of)\s+{_ART}{_LAYER}{_END}", re.I)),
     ("far_from", re.compile(rf"\b(?:far|away)\s+from\s+{_ART}{_LAYER}{_END}", re.I)),
     ("along", re.compile(rf"\b(?:along|lining|beside|following)\s+{_ART}{_LAYER}{_END}", re.I)),
-    ("edge_of", re.compile(rf"\b(?:(?:on|at)\s+the\s+edges?\s+of|bordering|on the border of|at the margin of)"
-                           rf"\s+{_ART}{_LAYER}{_END}", re.I)),
-    ("intersects", re.compile(rf"\b(?:crossing|crossed by|intersecting|over|across)\s+{_ART}{_LAYER}{_END}", re.I)),
-    ("contains", re.compile(rf"\b(?:containing|that contains?|which contains?|enclosing)\s+{_ART}{_LAYER}{_END}",
-                            re.I)),
-    ("within", re.compile(rf"\b(?:inside|within|in the middle of|surrounded by)\s+{_ART}{_LAYER}{_END}", re.I)),
-    ("near", re.compile(rf"\b(?:near|close to|next to|adjacent to|nearby|by|around|beside)\s+{_ART}{_LAYER}{_END}",
-                        re.I)),
-    ("density", re.compile(r"\b(?:dense|densely packed|many|lots of|a lot of|high density of|clusters? of)\s+"
-                           r"(?P<l>buildings|houses|trees|roads)\b", re.I)),
+    (
+        "edge_of",
+        re.compile(
+            rf"\b(?:(?:on|at)\s+the\s+edges?\s+of|bordering|on the border of|at the margin of)"
+            rf"\s+{_ART}{_LAYER}{_END}",
+            re.I,
+        ),
+    ),
+    (
+        "intersects",
+        re.compile(rf"\b(?:crossing|crossed by|intersecting|over|across)\s+{_ART}{_LAYER}{_END}", re.I),
+    ),
+    (
+        "contains",
+        re.compile(
+            rf"\b(?:containing|that contains?|which contains?|enclosing)\s+{_ART}{_LAYER}{_END}", re.I
+        ),
+    ),
+    (
+        "within",
+        re.compile(rf"\b(?:inside|within|in the middle of|surrounded by)\s+{_ART}{_LAYER}{_END}", re.I),
+    ),
+    (
+        "near",
+        re.compile(
+            rf"\b(?:near|close to|next to|adjacent to|nearby|by|around|beside)\s+{_ART}{_LAYER}{_END}", re.I
+        ),
+    ),
+    (
+        "density",
+        re.compile(
+            r"\b(?:dense|densely packed|many|lots of|a lot of|high density of|clusters? of)\s+"
+            r"(?P<l>buildings|houses|trees|roads)\b",
+            re.I,
+        ),
+    ),
 ]
 _EXCLUSION = re.compile(
     r"\b(?:without|with no|excluding|except(?: for)?|but not|not|no|free of|lacking|avoiding|away from any)\s+"
     r"(?:any\s+|the\s+|a\s+)?([a-z][a-z\- ]*?)(?=\s*(?:,|;|\.|$|\band\b|\bor\b|\bbut\b|\bwith\b|\bnear\b|"
-    r"\bwithin\b|\bsince\b|\bin\b|\bfrom\b))", re.I)
+    r"\bwithin\b|\bsince\b|\bin\b|\bfrom\b))",
+    re.I,
+)
 _TIME_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("range", re.compile(rf"\b(?:between|from)\s+{YEAR}\s+(?:and|to|until|-)\s+{YEAR}\b", re.I)),
     ("since", re.compile(rf"\b(?:since|after|from)\s+{YEAR}\b", re.I)),
     ("until", re.compile(rf"\b(?:before|until|till|up to)\s+{YEAR}\b", re.I)),
     ("in", re.compile(rf"\b(?:in|during|of|as of)\s+{YEAR}\b", re.I)),
-    ("relative", re.compile(r"\b(?:in\s+)?(?:the\s+)?(?:past|last|previous)\s+(?:(\d+|few|two|three|five|ten)\s+)?"
-                            r"(year|years|month|months|decade|week|weeks)\b", re.I)),
+    (
+        "relative",
+        re.compile(
+            r"\b(?:in\s+)?(?:the\s+)?(?:past|last|previous)\s+(?:(\d+|few|two|three|five|ten)\s+)?"
+            r"(year|years|month|months|decade|week|weeks)\b",
+            re.I,
+        ),
+    ),
     ("relative", re.compile(r"\b(recently|recent)\b", re.I)),
 ]
 _CHANGE = [
-    ("new", re.compile(r"\b(?:new|newly\s+\w+|recently built|appeared|appearing|emerged|constructed|"
-                       r"built since|new construction|construction of)\b", re.I)),
-    ("disappeared", re.compile(r"\b(?:disappeared|vanished|removed|demolished|lost|cleared|no longer there|gone|"
-                               r"cut down|destroyed)\b", re.I)),
+    (
+        "new",
+        re.compile(
+            r"\b(?:new|newly\s+\w+|recently built|appeared|appearing|emerged|constructed|"
+            r"built since|new construction|construction of)\b",
+            re.I,
+        ),
+    ),
+    (
+        "disappeared",
+        re.compile(
+            r"\b(?:disappeared|vanished|removed|demolished|lost|cleared|no longer there|gone|"
+            r"cut down|destroyed)\b",
+            re.I,
+        ),
+    ),
     ("changed", re.compile(r"\b(?:changed|change|changes|changing|transformed|converted)\b", re.I)),
 ]
 _GEO_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    ("bbox", re.compile(r"\bbbox\s*[:=]?\s*\[?\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)"
-                        r"\s*,\s*(-?\d+(?:\.\d+)?)\s*\]?", re.I)),
-    ("point", re.compile(r"\b(?:at|around|near)\s+\(?\s*(-?\d{1,3}\.\d+)\s*,\s*(-?\d{1,3}\.\d+)\s*\)?", re.I)),
-    ("part", re.compile(r"\bin\s+the\s+(north|south|east|west|north-?east|north-?west|south-?east|south-?west|"
-                        r"northern|southern|eastern|western|central|center|centre|middle)(?:ern)?"
-                        r"(?:\s+(?:part|half|side|corner|area|portion))?(?:\s+of\s+(?:the\s+)?"
-                        r"(?:image|mosaic|map|area|scene|city))?\b", re.I)),
+    (
+        "bbox",
+        re.compile(
+            r"\bbbox\s*[:=]?\s*\[?\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)"
+            r"\s*,\s*(-?\d+(?:\.\d+)?)\s*\]?",
+            re.I,
+        ),
+    ),
+    (
+        "point",
+        re.compile(r"\b(?:at|around|near)\s+\(?\s*(-?\d{1,3}\.\d+)\s*,\s*(-?\d{1,3}\.\d+)\s*\)?", re.I),
+    ),
+    (
+        "part",
+        re.compile(
+            r"\bin\s+the\s+(north|south|east|west|north-?east|north-?west|south-?east|south-?west|"
+            r"northern|southern|eastern|western|central|center|centre|middle)(?:ern)?"
+            r"(?:\s+(?:part|half|side|corner|area|portion))?(?:\s+of\s+(?:the\s+)?"
+            r"(?:image|mosaic|map|area|scene|city))?\b",
+            re.I,
+        ),
+    ),
     ("place", re.compile(r"\bin\s+([A-Z][a-zA-Z]+(?:\s+[A-Z][a-zA-Z]+)*)")),
 ]
 
 
 def _cut(text: str, span: tuple[int, int]) -> str:
-    return text[:span[0]] + " " * (span[1] - span[0]) + text[span[1]:]
+    return text[: span[0]] + " " * (span[1] - span[0]) + text[span[1] :]
 
 
 def _clean_phrase(p: str) -> str:
     p = re.sub(r"\s+", " ", p).strip(" ,;.:-")
-    p = re.sub(r"\b(?:and|or|but|that are|which are|that is|which is|that|which|are|is|located|situated|"
-               r"there|with)\s*$", "", p, flags=re.I).strip(" ,;.:-")
+    p = re.sub(
+        r"\b(?:and|or|but|that are|which are|that is|which is|that|which|are|is|located|situated|"
+        r"there|with)\s*$",
+        "",
+        p,
+        flags=re.I,
+    ).strip(" ,;.:-")
     p = re.sub(r"^(?:and|or|but|with|of)\s+", "", p, flags=re.I)
     return p.strip()
 
@@ -232,13 +476,17 @@ def parse_query(text: str) -> ParsedQuery:
     for kind, pat in _GEO_PATTERNS:
         for m in list(pat.finditer(work)):
             if kind == "bbox":
-                geo.append(GeoConstraint(kind="bbox", value=[float(g) for g in m.groups()], phrase=m.group(0)))
+                geo.append(
+                    GeoConstraint(kind="bbox", value=[float(g) for g in m.groups()], phrase=m.group(0))
+                )
             elif kind == "point":
                 lat_or_lon = [float(m.group(1)), float(m.group(2))]
                 geo.append(GeoConstraint(kind="point", value=lat_or_lon, phrase=m.group(0)))
             elif kind == "part":
                 part = m.group(1).lower().replace("-", "").replace("ern", "")
-                part = {"centr": "center", "centre": "center", "central": "center", "middle": "center"}.get(part, part)
+                part = {"centr": "center", "centre": "center", "central": "center", "middle": "center"}.get(
+                    part, part
+                )
                 geo.append(GeoConstraint(kind="part", value=part, phrase=m.group(0)))
             else:
                 name = m.group(1)
@@ -279,30 +527,54 @@ def parse_query(text: str) -> ParsedQuery:
         for m in list(pat.finditer(lowered)):
             if not m.group(0).strip():
                 continue
-            neg = re.search(r"\b(?:not|never|isn't|aren't)\s*$", lowered[:m.start()])
+            neg = re.search(r"\b(?:not|never|isn't|aren't)\s*$", lowered[: m.start()])
             negated = bool(neg)
             span = (neg.start() if neg else m.start(), m.end())
             if pred == "between":
                 dist = _dist(m.group(3), m.group(4)) if m.group(3) else DEFAULT_NEAR_M
-                spec = RelationSpec(predicate="between", layer=layer_role(m.group("a")),
-                                    layer_b=layer_role(m.group("b")), distance_m=dist, phrase=m.group(0))
+                spec = RelationSpec(
+                    predicate="between",
+                    layer=layer_role(m.group("a")),
+                    layer_b=layer_role(m.group("b")),
+                    distance_m=dist,
+                    phrase=m.group(0),
+                )
             elif pred == "density":
-                spec = RelationSpec(predicate="density", layer=layer_role(m.group("l")), distance_m=0.0,
-                                    threshold=DEFAULT_DENSITY_PER_KM2, phrase=m.group(0))
+                spec = RelationSpec(
+                    predicate="density",
+                    layer=layer_role(m.group("l")),
+                    distance_m=0.0,
+                    threshold=DEFAULT_DENSITY_PER_KM2,
+                    phrase=m.group(0),
+                )
                 relations.append(spec)
                 continue  # keep the words: "dense buildings" is also what to look for
             elif m.lastindex and m.lastindex >= 3 and pred in ("near", "far_from") and _has_dist(m):
-                spec = RelationSpec(predicate=pred, layer=layer_role(m.group(3)),
-                                    distance_m=_dist(m.group(1), m.group(2)), negated=negated, phrase=m.group(0))
+                spec = RelationSpec(
+                    predicate=pred,
+                    layer=layer_role(m.group(3)),
+                    distance_m=_dist(m.group(1), m.group(2)),
+                    negated=negated,
+                    phrase=m.group(0),
+                )
             else:
                 layer_phrase = m.group(m.lastindex or 1)
                 if layer_role(layer_phrase) not in set(LAYER_WORDS.values()) and pred in ("within", "near"):
                     # "in the middle of nowhere", "by night": not a layer we know; leave the words alone
                     continue
-                dist = {"near": DEFAULT_NEAR_M, "far_from": DEFAULT_NEAR_M * 4, "along": DEFAULT_ALONG_M,
-                        "edge_of": DEFAULT_EDGE_M}.get(pred)
-                spec = RelationSpec(predicate=pred, layer=layer_role(layer_phrase), distance_m=dist,
-                                    negated=negated, phrase=m.group(0))
+                dist = {
+                    "near": DEFAULT_NEAR_M,
+                    "far_from": DEFAULT_NEAR_M * 4,
+                    "along": DEFAULT_ALONG_M,
+                    "edge_of": DEFAULT_EDGE_M,
+                }.get(pred)
+                spec = RelationSpec(
+                    predicate=pred,
+                    layer=layer_role(layer_phrase),
+                    distance_m=dist,
+                    negated=negated,
+                    phrase=m.group(0),
+                )
             if negated and spec.predicate == "near":
                 spec = spec.model_copy(update={"predicate": "far_from", "negated": False})
             relations.append(spec)
@@ -322,7 +594,9 @@ def parse_query(text: str) -> ParsedQuery:
     image_text = re.sub(r"\s+", " ", rest).strip(" ,;.:-")
     rest = LEAD_DETERMINERS.sub("", rest)
     rest = re.sub(r"\b(?:that|which|who)\s+(?:are|is)\s*$", "", rest, flags=re.I)
-    pieces = [_clean_phrase(LEAD_DETERMINERS.sub("", p)) for p in re.split(r",|;|\band\b|\bor\b|\bplus\b", rest)]
+    pieces = [
+        _clean_phrase(LEAD_DETERMINERS.sub("", p)) for p in re.split(r",|;|\band\b|\bor\b|\bplus\b", rest)
+    ]
     pieces = [p for p in pieces if p and not re.fullmatch(r"(?:the|a|an|of|in|on|at|to)", p, re.I)]
     if not pieces:
         if relations:
@@ -342,9 +616,18 @@ def parse_query(text: str) -> ParsedQuery:
 
     positive = prompts_for([t.text for t in targets])
     negative = prompts_for(exclusions) if exclusions else []
-    return ParsedQuery(text=original, targets=targets, attributes=all_attrs, relations=relations, geo=geo,
-                       time=time, exclusions=exclusions, positive_prompts=positive, negative_prompts=negative,
-                       image_text=image_text or " and ".join(t.text for t in targets))
+    return ParsedQuery(
+        text=original,
+        targets=targets,
+        attributes=all_attrs,
+        relations=relations,
+        geo=geo,
+        time=time,
+        exclusions=exclusions,
+        positive_prompts=positive,
+        negative_prompts=negative,
+        image_text=image_text or " and ".join(t.text for t in targets),
+    )
 
 
 def _has_dist(m: re.Match[str]) -> bool:
@@ -367,11 +650,17 @@ def prompts_for(phrases: list[str]) -> list[str]:
     return out
 
 
-def query_from_prompts(prompts: list[str], negative: list[str] | None = None, text: str | None = None) -> ParsedQuery:
+def query_from_prompts(
+    prompts: list[str], negative: list[str] | None = None, text: str | None = None
+) -> ParsedQuery:
     """A ParsedQuery made from explicit prompts (when a client gives prompts instead of words)."""
     prompts = [p.strip() for p in prompts if p and p.strip()]
     if not prompts:
         raise InputError("no prompts given: pass a query text or at least one prompt")
-    return ParsedQuery(text=text or "; ".join(prompts), targets=[Target(text=p) for p in prompts],
-                       positive_prompts=prompts, negative_prompts=[n for n in (negative or []) if n.strip()],
-                       exclusions=[n for n in (negative or []) if n.strip()])
+    return ParsedQuery(
+        text=text or "; ".join(prompts),
+        targets=[Target(text=p) for p in prompts],
+        positive_prompts=prompts,
+        negative_prompts=[n for n in (negative or []) if n.strip()],
+        exclusions=[n for n in (negative or []) if n.strip()],
+    )

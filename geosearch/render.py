@@ -11,7 +11,9 @@ MAX_PREVIEW_BYTES = 1_000_000
 PREVIEW_SIDE = 512
 
 
-def render_png(index: TileIndex, bounds: Bounds, max_side: int = PREVIEW_SIDE, outlines: list | None = None) -> bytes:
+def render_png(
+    index: TileIndex, bounds: Bounds, max_side: int = PREVIEW_SIDE, outlines: list | None = None
+) -> bytes:
     """The window as a PNG (≤ 1 MB), optionally with polygons (mosaic CRS) outlined in yellow."""
     from PIL import Image, ImageDraw
 

@@ -19,16 +19,22 @@ class SearchHit:
     tile_id: str
     scale_m: float
     score: float
-    bounds: Bounds            # mosaic CRS
+    bounds: Bounds  # mosaic CRS
     bbox_wgs84: Bounds
-    polygon_wgs84: object     # shapely Polygon (EPSG:4326)
+    polygon_wgs84: object  # shapely Polygon (EPSG:4326)
     date: str | None = None
 
     def as_dict(self) -> dict:
-        return {"rank": self.rank, "tile_id": self.tile_id, "scale_m": self.scale_m,
-                "score": round(self.score, 6), "bounds": list(self.bounds),
-                "bbox_wgs84": list(self.bbox_wgs84), "polygon_wgs84": mapping(self.polygon_wgs84),
-                "date": self.date}
+        return {
+            "rank": self.rank,
+            "tile_id": self.tile_id,
+            "scale_m": self.scale_m,
+            "score": round(self.score, 6),
+            "bounds": list(self.bounds),
+            "bbox_wgs84": list(self.bbox_wgs84),
+            "polygon_wgs84": mapping(self.polygon_wgs84),
+            "date": self.date,
+        }
 
 
 def text_vector(index: TileIndex, texts: str | list[str]) -> np.ndarray:
@@ -48,8 +54,10 @@ def area_mask(index: TileIndex, area, area_crs) -> np.ndarray:
     boxes = shapely.box(index.bounds[:, 0], index.bounds[:, 1], index.bounds[:, 2], index.bounds[:, 3])
     mask = shapely.intersects(boxes, geom)
     if not mask.any():
-        raise InputError("the search area does not overlap the indexed mosaic "
-                         f"(mosaic bbox in EPSG:4326: {[round(v, 6) for v in index.bounds_wgs84]})")
+        raise InputError(
+            "the search area does not overlap the indexed mosaic "
+            f"(mosaic bbox in EPSG:4326: {[round(v, 6) for v in index.bounds_wgs84]})"
+        )
     return mask
 
 
@@ -74,8 +82,16 @@ def top_k(values: np.ndarray, k: int, mask: np.ndarray | None = None) -> np.ndar
     return candidates[order]
 
 
-def search(index: TileIndex, query: str | list[str] | np.ndarray, k: int = 10, *, area=None,
-           area_crs="EPSG:4326", scales: list[float] | None = None, date: str | None = None) -> list[SearchHit]:
+def search(
+    index: TileIndex,
+    query: str | list[str] | np.ndarray,
+    k: int = 10,
+    *,
+    area=None,
+    area_crs="EPSG:4326",
+    scales: list[float] | None = None,
+    date: str | None = None,
+) -> list[SearchHit]:
     """Top-k tiles for a text query (or prompt list, or query vector)."""
     if k < 1:
         raise InputError("k must be at least 1")
@@ -89,12 +105,24 @@ def search(index: TileIndex, query: str | list[str] | np.ndarray, k: int = 10, *
             raise InputError(f"no tiles at scale(s) {scales}; index has {sorted(set(index.scales.tolist()))}")
     if date is not None:
         if date not in set(index.dates.tolist()):
-            raise InputError(f"no tiles dated {date!r} in the index; dates: {', '.join(index.date_list) or 'none'}")
+            raise InputError(
+                f"no tiles dated {date!r} in the index; dates: {', '.join(index.date_list) or 'none'}"
+            )
         mask &= index.dates == date
     order = top_k(s, k, mask)
     polys = boxes_to_wgs84(index.bounds[order], index.crs) if len(order) else []
     hits = []
     for rank, (i, poly) in enumerate(zip(order, polys), start=1):
-        hits.append(SearchHit(rank, str(index.tile_ids[i]), float(index.scales[i]), float(s[i]),
-                              tuple(index.bounds[i]), tuple(poly.bounds), poly, index.dates[i]))
+        hits.append(
+            SearchHit(
+                rank,
+                str(index.tile_ids[i]),
+                float(index.scales[i]),
+                float(s[i]),
+                tuple(index.bounds[i]),
+                tuple(poly.bounds),
+                poly,
+                index.dates[i],
+            )
+        )
     return hits

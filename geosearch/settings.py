@@ -25,14 +25,17 @@ class Settings(BaseSettings):
     threads: int = Field(0, description="torch CPU threads; 0 keeps torch's default.")
     batch_size: int = Field(64, ge=1)
     offline: bool = Field(False, description="Never download weights (HF_HUB_OFFLINE=1 also counts).")
-    models_dir: Path = Field(Path.home() / ".cache" / "geosearch" / "models",
-                             description="Where downloaded / user checkpoints live.")
+    models_dir: Path = Field(
+        Path.home() / ".cache" / "geosearch" / "models",
+        description="Where downloaded / user checkpoints live.",
+    )
 
     # Tiling
     scales_m: Annotated[list[float], NoDecode] = Field(default_factory=lambda: [128.0, 256.0, 512.0, 1024.0])
     overlap: float = Field(0.5, ge=0.0, lt=1.0)
-    min_valid_fraction: float = Field(0.05, ge=0.0, le=1.0,
-                                      description="Tiles with less valid (non-nodata) area are skipped.")
+    min_valid_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="Tiles with less valid (non-nodata) area are skipped."
+    )
 
     # Search
     text_cache_size: int = 1024
@@ -46,12 +49,18 @@ class Settings(BaseSettings):
     pyramid_keep: int = Field(1, ge=1, description="children kept per parent and level")
     seg_windows: int = Field(4, ge=0, description="windows segmented per query")
     seg_source: Literal["stored", "crops"] = Field(
-        "stored", description="stored: heatmap from stored tiles + pyramid windows (no reads); "
-                              "crops: read each window once and embed multi-scale crops")
+        "stored",
+        description="stored: heatmap from stored tiles + pyramid windows (no reads); "
+        "crops: read each window once and embed multi-scale crops",
+    )
     seg_context: float = Field(2.0, gt=0, description="segmented square, times the coarse tile's side")
     seg_fracs: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: [0.5, 1 / 3, 0.25], description="crop sizes (share of the side), seg_source=crops")
-    seg_threshold: float = Field(0.6, ge=0, le=1, description="heatmap threshold, share of the window's range")
+        default_factory=lambda: [0.5, 1 / 3, 0.25],
+        description="crop sizes (share of the side), seg_source=crops",
+    )
+    seg_threshold: float = Field(
+        0.6, ge=0, le=1, description="heatmap threshold, share of the window's range"
+    )
     seg_grid: int = Field(24, ge=4, description="heatmap cells per side")
     merge_iou: float = Field(0.5, gt=0, le=1, description="candidates overlapping this much are merged")
     merge_contain: float = Field(1.01, gt=0, description="> 1: off; else merge candidates this much inside")
@@ -64,7 +73,9 @@ class Settings(BaseSettings):
 
     # Server
     data_roots: Annotated[list[Path], NoDecode] = Field(
-        default_factory=list, description="Folders the MCP server may open (env: os.pathsep-separated or JSON list).")
+        default_factory=list,
+        description="Folders the MCP server may open (env: os.pathsep-separated or JSON list).",
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 8765
     bearer_token: str | None = None
@@ -94,6 +105,23 @@ def get_settings() -> Settings:
     return Settings()
 
 
-CHAIN_FIELDS = ("pyramid_top_n", "pyramid_depth", "pyramid_budget", "pyramid_keep", "seg_windows", "seg_source",
-                "seg_context", "seg_fracs", "seg_threshold", "seg_grid", "merge_iou", "merge_contain", "rerank_max",
-                "region_shape", "whole_windows", "max_near_misses", "fill", "relation_pool")
+CHAIN_FIELDS = (
+    "pyramid_top_n",
+    "pyramid_depth",
+    "pyramid_budget",
+    "pyramid_keep",
+    "seg_windows",
+    "seg_source",
+    "seg_context",
+    "seg_fracs",
+    "seg_threshold",
+    "seg_grid",
+    "merge_iou",
+    "merge_contain",
+    "rerank_max",
+    "region_shape",
+    "whole_windows",
+    "max_near_misses",
+    "fill",
+    "relation_pool",
+)

@@ -59,8 +59,15 @@ def plan_tiles(mosaic: Mosaic, scales_m: Sequence[float], overlap: float = 0.5) 
             for c, px in enumerate(cols):
                 bx0 = x0 + px * mosaic.res[0]
                 by1 = y1 - py * mosaic.res[1]
-                tiles.append(Tile(tile_id(scale, r, c), scale, r, c,
-                                  (bx0, by1 - th * mosaic.res[1], bx0 + tw * mosaic.res[0], by1)))
+                tiles.append(
+                    Tile(
+                        tile_id(scale, r, c),
+                        scale,
+                        r,
+                        c,
+                        (bx0, by1 - th * mosaic.res[1], bx0 + tw * mosaic.res[0], by1),
+                    )
+                )
     return tiles
 
 
@@ -83,8 +90,9 @@ def valid_fractions(mosaic: Mosaic, tiles: Sequence[Tile]) -> np.ndarray:
     return out
 
 
-def tiles_for_mosaic(mosaic: Mosaic, scales_m: Sequence[float], overlap: float = 0.5,
-                     min_valid_fraction: float = 0.05) -> tuple[list[Tile], np.ndarray]:
+def tiles_for_mosaic(
+    mosaic: Mosaic, scales_m: Sequence[float], overlap: float = 0.5, min_valid_fraction: float = 0.05
+) -> tuple[list[Tile], np.ndarray]:
     """Tiles worth embedding: planned tiles whose valid share exceeds ``min_valid_fraction``."""
     tiles = plan_tiles(mosaic, scales_m, overlap)
     frac = valid_fractions(mosaic, tiles)

@@ -59,8 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
-    report: dict = {"regions": args.regions, "distance_m": args.distance, "density_per_km2": DENSITY_PER_KM2,
-                    "machine": platform.platform(), "runs": []}
+    report: dict = {
+        "regions": args.regions,
+        "distance_m": args.distance,
+        "density_per_km2": DENSITY_PER_KM2,
+        "machine": platform.platform(),
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.features:
             gdf, side = buildings(n, rng)
@@ -69,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                 path = Path(tmp) / f"bench_{n}_{int(rtree)}.duckdb"
                 con = connect(path)
                 t0 = time.perf_counter()
-                store_layer(con, "buildings", gdf, source="synthetic", role="buildings",
-                            metric_crs=CRS, rtree=rtree)
+                store_layer(
+                    con, "buildings", gdf, source="synthetic", role="buildings", metric_crs=CRS, rtree=rtree
+                )
                 t_store = time.perf_counter() - t0
                 times = []
                 for _ in range(args.repeats):
@@ -78,9 +84,15 @@ def main(argv: list[str] | None = None) -> int:
                     res = check_relation(con, regs, "near", "buildings", args.distance)
                     times.append(time.perf_counter() - t0)
                 held = sum(r.holds for r in res)
-                run = {"features": n, "area_km2": round((side / 1000) ** 2, 1), "rtree_index": rtree,
-                       "store_s": round(t_store, 2), "near_s": [round(t, 3) for t in times],
-                       "near_best_s": round(min(times), 3), "regions_holding": held}
+                run = {
+                    "features": n,
+                    "area_km2": round((side / 1000) ** 2, 1),
+                    "rtree_index": rtree,
+                    "store_s": round(t_store, 2),
+                    "near_s": [round(t, 3) for t in times],
+                    "near_best_s": round(min(times), 3),
+                    "regions_holding": held,
+                }
                 report["runs"].append(run)
                 print(json.dumps(run), flush=True)
                 con.close()

@@ -99,46 +99,94 @@ def main(argv: list[str] | None = None) -> int:
             ex = Example(geometry=regions[rid].polygon_wgs84, crs="EPSG:4326")
             e_strict, e_soft = precision(query_by_example(index, [ex], k=args.k).regions, label)
             c_strict, c_soft = precision(
-                query_by_example(index, [ex], text=label_text(text), k=args.k, lam=args.lam).regions, label)
-            rows.append({"class": label, "example": rid, "n_class_chips": len(rids), "text": text,
-                         "p@10_example": e_strict, "p@10_example_soft": e_soft,
-                         "p@10_example+text": c_strict, "p@10_example+text_soft": c_soft,
-                         "p@10_text": t_strict, "p@10_text_soft": t_soft})
+                query_by_example(index, [ex], text=label_text(text), k=args.k, lam=args.lam).regions, label
+            )
+            rows.append(
+                {
+                    "class": label,
+                    "example": rid,
+                    "n_class_chips": len(rids),
+                    "text": text,
+                    "p@10_example": e_strict,
+                    "p@10_example_soft": e_soft,
+                    "p@10_example+text": c_strict,
+                    "p@10_example+text_soft": c_soft,
+                    "p@10_text": t_strict,
+                    "p@10_text_soft": t_soft,
+                }
+            )
         # all picked chips as positives (mean), then with 2 chips of other classes as negatives
         # (GeoVibes' 2·mean(pos) - mean(neg)); one query each per class
         exs = [Example(geometry=regions[rids[int(p)]].polygon_wgs84, crs="EPSG:4326") for p in sorted(picks)]
         others = [r for lab, rs in sorted(by_class.items()) if lab != label for r in rs]
-        negs = [Example(geometry=regions[others[int(j)]].polygon_wgs84, crs="EPSG:4326")
-                for j in rng.choice(len(others), size=2, replace=False)]
+        negs = [
+            Example(geometry=regions[others[int(j)]].polygon_wgs84, crs="EPSG:4326")
+            for j in rng.choice(len(others), size=2, replace=False)
+        ]
         m_strict, m_soft = precision(query_by_example(index, exs, k=args.k).regions, label)
         n_strict, n_soft = precision(query_by_example(index, exs, negs, k=args.k).regions, label)
-        multi.append({"class": label, "examples": [rids[int(p)] for p in sorted(picks)],
-                      "p@10_pos": m_strict, "p@10_pos_soft": m_soft, "p@10_pos_neg": n_strict,
-                      "p@10_pos_neg_soft": n_soft, "p@10_text": t_strict, "p@10_text_soft": t_soft})
-        print(f"{label:20s} text {t_soft:.2f}  example {np.mean([r['p@10_example_soft'] for r in rows if r['class'] == label]):.2f}"
-              f"  {len(exs)} examples {m_soft:.2f}  +neg {n_soft:.2f}  (soft)", flush=True)
+        multi.append(
+            {
+                "class": label,
+                "examples": [rids[int(p)] for p in sorted(picks)],
+                "p@10_pos": m_strict,
+                "p@10_pos_soft": m_soft,
+                "p@10_pos_neg": n_strict,
+                "p@10_pos_neg_soft": n_soft,
+                "p@10_text": t_strict,
+                "p@10_text_soft": t_soft,
+            }
+        )
+        print(
+            f"{label:20s} text {t_soft:.2f}  example {np.mean([r['p@10_example_soft'] for r in rows if r['class'] == label]):.2f}"
+            f"  {len(exs)} examples {m_soft:.2f}  +neg {n_soft:.2f}  (soft)",
+            flush=True,
+        )
 
     def mean(key: str) -> float:
         return round(float(np.mean([r[key] for r in rows])), 4) if rows else 0.0
 
-    keys = ["p@10_example", "p@10_example+text", "p@10_text", "p@10_example_soft", "p@10_example+text_soft",
-            "p@10_text_soft"]
+    keys = [
+        "p@10_example",
+        "p@10_example+text",
+        "p@10_text",
+        "p@10_example_soft",
+        "p@10_example+text_soft",
+        "p@10_text_soft",
+    ]
     result = {
-        "bench": str(Path(args.bench)), "index": str(index.path), "model": index.meta.get("model_name"),
-        "model_id": index.meta.get("model_id"), "k": args.k, "lambda": args.lam, "iou": iou_min,
-        "examples_per_class": args.examples, "seed": args.seed, "queries": len(rows),
+        "bench": str(Path(args.bench)),
+        "index": str(index.path),
+        "model": index.meta.get("model_name"),
+        "model_id": index.meta.get("model_id"),
+        "k": args.k,
+        "lambda": args.lam,
+        "iou": iou_min,
+        "examples_per_class": args.examples,
+        "seed": args.seed,
+        "queries": len(rows),
         "classes": len({r["class"] for r in rows}),
         "mean": {k: mean(k) for k in keys},
         "note": "text-only = the bench's scene query of the class with method coarse (no example); "
-                "by-example excludes tiles overlapping the example chip. strict = IoU >= iou with a "
-                "same-class chip; soft = result centre inside a same-class chip.",
+        "by-example excludes tiles overlapping the example chip. strict = IoU >= iou with a "
+        "same-class chip; soft = result centre inside a same-class chip.",
         "multi_example": {
             "queries": len(multi),
-            "mean": {k: round(float(np.mean([r[k] for r in multi])), 4) if multi else 0.0
-                     for k in ("p@10_pos", "p@10_pos_neg", "p@10_text", "p@10_pos_soft", "p@10_pos_neg_soft",
-                               "p@10_text_soft")},
-            "per_class": multi},
-        "seconds": round(time.perf_counter() - t0, 1), "per_query": rows,
+            "mean": {
+                k: round(float(np.mean([r[k] for r in multi])), 4) if multi else 0.0
+                for k in (
+                    "p@10_pos",
+                    "p@10_pos_neg",
+                    "p@10_text",
+                    "p@10_pos_soft",
+                    "p@10_pos_neg_soft",
+                    "p@10_text_soft",
+                )
+            },
+            "per_class": multi,
+        },
+        "seconds": round(time.perf_counter() - t0, 1),
+        "per_query": rows,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -54,9 +54,17 @@ def write_truth() -> None:
     for rid, (label, x0, x1, y0, y1) in BOXES.items():
         g = box(ORIGIN[0] + x0, ORIGIN[1] - y1, ORIGIN[0] + x1, ORIGIN[1] - y0).segmentize(50)
         g84 = shapely.transform(g, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
-        feats.append({"type": "Feature", "geometry": mapping(g84),
-                      "properties": {"id": rid, "label": label,
-                                     "box_epsg26914": [ORIGIN[0] + x0, ORIGIN[1] - y1, ORIGIN[0] + x1, ORIGIN[1] - y0]}})
+        feats.append(
+            {
+                "type": "Feature",
+                "geometry": mapping(g84),
+                "properties": {
+                    "id": rid,
+                    "label": label,
+                    "box_epsg26914": [ORIGIN[0] + x0, ORIGIN[1] - y1, ORIGIN[0] + x1, ORIGIN[1] - y0],
+                },
+            }
+        )
     text = json.dumps({"type": "FeatureCollection", "features": feats}, indent=1)
     (BENCH / "regions.geojson").write_text(text + "\n")
     print(f"wrote {BENCH / 'regions.geojson'} ({len(feats)} regions)")
@@ -85,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "mosaic").mkdir(parents=True, exist_ok=True)
     meta = json.loads((BENCH / "bench.json").read_text())
     if args.all_dates:
-        meta["dates"] = {p.stem: f"{p.stem[-8:-4]}-{p.stem[-4:-2]}-{p.stem[-2:]}" for p in sorted(data.glob("*.tif"))}
+        meta["dates"] = {
+            p.stem: f"{p.stem[-8:-4]}-{p.stem[-4:-2]}-{p.stem[-2:]}" for p in sorted(data.glob("*.tif"))
+        }
     if args.iou is not None:
         meta["iou"] = args.iou
     for name in ("queries.jsonl", "regions.geojson"):
@@ -106,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(src, dst)
         else:
             dst.symlink_to(src.resolve())
-    print(f"{out}: {len(meta['dates'])} dates in mosaic/, {sum(1 for _ in open(out / 'queries.jsonl'))} queries")
+    print(
+        f"{out}: {len(meta['dates'])} dates in mosaic/, {sum(1 for _ in open(out / 'queries.jsonl'))} queries"
+    )
     return 0
 
 

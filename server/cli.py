@@ -36,7 +36,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="geosearch", description="Find places in Earth-observation imagery by describing them.")
+    parser = _Parser(
+        prog="geosearch", description="Find places in Earth-observation imagery by describing them."
+    )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module_name in COMMAND_MODULES:

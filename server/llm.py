@@ -33,9 +33,14 @@ def _to_openai(m: BaseMessage) -> dict:
     if isinstance(m, AIMessage):
         out: dict[str, Any] = {"role": "assistant", "content": m.content or ""}
         if m.tool_calls:
-            out["tool_calls"] = [{"id": c.get("id") or c["name"], "type": "function",
-                                  "function": {"name": c["name"], "arguments": json.dumps(c["args"])}}
-                                 for c in m.tool_calls]
+            out["tool_calls"] = [
+                {
+                    "id": c.get("id") or c["name"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": json.dumps(c["args"])},
+                }
+                for c in m.tool_calls
+            ]
         return out
     return {"role": "user", "content": str(m.content)}
 
@@ -56,10 +61,21 @@ class OpenAICompatChat(BaseChatModel):
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any):  # type: ignore[override]
         return self.model_copy(update={"tools": [convert_to_openai_tool(t) for t in tools]})
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        msg = chat_completion(self.base_url, self.model, [_to_openai(m) for m in messages], api_key=self.api_key,
-                              tools=self.tools, timeout=self.timeout)
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        msg = chat_completion(
+            self.base_url,
+            self.model,
+            [_to_openai(m) for m in messages],
+            api_key=self.api_key,
+            tools=self.tools,
+            timeout=self.timeout,
+        )
         calls = []
         for c in msg.get("tool_calls") or []:
             fn = c.get("function", {})
@@ -68,13 +84,19 @@ class OpenAICompatChat(BaseChatModel):
             except ValueError:
                 args = {}
             calls.append({"name": fn.get("name", ""), "args": args, "id": c.get("id") or uuid.uuid4().hex})
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=msg.get("content") or "",
-                                                                        tool_calls=calls))])
+        return ChatResult(
+            generations=[
+                ChatGeneration(message=AIMessage(content=msg.get("content") or "", tool_calls=calls))
+            ]
+        )
 
 
 def chat_model_from_settings(settings: Settings) -> BaseChatModel:
     if not settings.llm_base_url:
-        raise GeoSearchError("the LLM planner needs a model: set GEOSEARCH_LLM_BASE_URL and GEOSEARCH_LLM_MODEL "
-                             "(an OpenAI-compatible endpoint), or pass a LangChain chat model")
-    return OpenAICompatChat(base_url=settings.llm_base_url, model=settings.llm_model or "default",
-                            api_key=settings.llm_api_key)
+        raise GeoSearchError(
+            "the LLM planner needs a model: set GEOSEARCH_LLM_BASE_URL and GEOSEARCH_LLM_MODEL "
+            "(an OpenAI-compatible endpoint), or pass a LangChain chat model"
+        )
+    return OpenAICompatChat(
+        base_url=settings.llm_base_url, model=settings.llm_model or "default", api_key=settings.llm_api_key
+    )

@@ -56,7 +56,9 @@ def _sampling_complete(ctx: Context) -> Callable[[str], str] | None:
             warnings.simplefilter("ignore")
             res = await ctx.session.create_message(
                 messages=[SamplingMessage(role="user", content=TextContent(type="text", text=prompt))],
-                max_tokens=1200, temperature=0.0)
+                max_tokens=1200,
+                temperature=0.0,
+            )
         content = res.content
         if isinstance(content, list):
             content = content[0] if content else None
@@ -111,7 +113,9 @@ def _make_tool(spec: ToolSpec, ws: Workspace) -> Callable[..., Any]:
 
         for uri in uris[:4]:
             png = ws.get_preview(uri.rsplit("/", 1)[-1])
-            content.append(ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png"))
+            content.append(
+                ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png")
+            )
         return CallToolResult(content=content, structured_content=structured)
 
     params = []
@@ -119,7 +123,9 @@ def _make_tool(spec: ToolSpec, ws: Workspace) -> Callable[..., Any]:
     for name, f in model.model_fields.items():
         ann = Annotated[f.annotation, Field(description=f.description)] if f.description else f.annotation
         default = inspect.Parameter.empty if f.is_required() else f.get_default(call_default_factory=True)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann)
+        )
         annotations[name] = ann
     params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
     ret = Annotated[CallToolResult, spec.output_model] if spec.images else spec.output_model
@@ -131,15 +137,25 @@ def _make_tool(spec: ToolSpec, ws: Workspace) -> Callable[..., Any]:
     return tool
 
 
-def create_server(roots: Sequence[str] | None = None, *, settings=None, workspace: Workspace | None = None,
-                  name: str = "geosearch") -> MCPServer:
+def create_server(
+    roots: Sequence[str] | None = None,
+    *,
+    settings=None,
+    workspace: Workspace | None = None,
+    name: str = "geosearch",
+) -> MCPServer:
     """An MCPServer serving the indexes under ``roots`` (or settings.data_roots)."""
     ws = workspace or Workspace(roots, settings=settings, restrict=True)
     mcp = MCPServer(name, title="GeoSearch", instructions=INSTRUCTIONS, version=_version())
     mcp.workspace = ws  # type: ignore[attr-defined]
     for spec in TOOLS:
-        mcp.add_tool(_make_tool(spec, ws), name=spec.name, title=spec.title, description=spec.description,
-                     annotations=ToolAnnotations(read_only_hint=spec.read_only, open_world_hint=False))
+        mcp.add_tool(
+            _make_tool(spec, ws),
+            name=spec.name,
+            title=spec.title,
+            description=spec.description,
+            annotations=ToolAnnotations(read_only_hint=spec.read_only, open_world_hint=False),
+        )
 
     def _res(fn: Callable[[], Any]) -> Any:
         try:
@@ -147,13 +163,23 @@ def create_server(roots: Sequence[str] | None = None, *, settings=None, workspac
         except GeoSearchError as exc:
             raise ResourceError(str(exc)) from exc
 
-    @mcp.resource("geosearch://indexes", name="indexes", title="Index catalogue", mime_type="application/json",
-                  description="GeoSearch indexes under the server's data roots")
+    @mcp.resource(
+        "geosearch://indexes",
+        name="indexes",
+        title="Index catalogue",
+        mime_type="application/json",
+        description="GeoSearch indexes under the server's data roots",
+    )
     def catalogue() -> str:
         return json.dumps({"roots": [str(r) for r in ws.roots], "indexes": ws.catalogue()}, indent=2)
 
-    @mcp.resource("geosearch://indexes/{+name}", name="index-info", title="Index info",
-                  mime_type="application/json", description="Model, tiles per scale, mosaic, bounds and layers")
+    @mcp.resource(
+        "geosearch://indexes/{+name}",
+        name="index-info",
+        title="Index info",
+        mime_type="application/json",
+        description="Model, tiles per scale, mosaic, bounds and layers",
+    )
     def index_info(name: str) -> str:
         def get() -> str:
             h = ws.handle(name)
@@ -175,18 +201,33 @@ def create_server(roots: Sequence[str] | None = None, *, settings=None, workspac
 
         return _res(get)
 
-    @mcp.resource("geosearch://answers/{answer_id}", name="answer", title="Cached answer (GeoJSON)",
-                  mime_type="application/geo+json", description="An answer returned by the answer tool")
+    @mcp.resource(
+        "geosearch://answers/{answer_id}",
+        name="answer",
+        title="Cached answer (GeoJSON)",
+        mime_type="application/geo+json",
+        description="An answer returned by the answer tool",
+    )
     def cached_answer(answer_id: str) -> str:
         return _res(lambda: json.dumps(ws.get_answer(answer_id)))
 
-    @mcp.resource("geosearch://previews/{preview_id}", name="preview", title="Preview (PNG)", mime_type="image/png",
-                  description="A PNG preview made by zoom_tile / segment_region / explain")
+    @mcp.resource(
+        "geosearch://previews/{preview_id}",
+        name="preview",
+        title="Preview (PNG)",
+        mime_type="image/png",
+        description="A PNG preview made by zoom_tile / segment_region / explain",
+    )
     def preview(preview_id: str) -> bytes:
         return _res(lambda: ws.get_preview(preview_id))
 
-    @mcp.resource("geosearch://tile-previews/{tile_id}/{+name}", name="tile-preview", title="Tile preview (PNG)",
-                  mime_type="image/png", description="A PNG of one tile of an index")
+    @mcp.resource(
+        "geosearch://tile-previews/{tile_id}/{+name}",
+        name="tile-preview",
+        title="Tile preview (PNG)",
+        mime_type="image/png",
+        description="A PNG of one tile of an index",
+    )
     def tile_preview(tile_id: str, name: str) -> bytes:
         def get() -> bytes:
             from geosearch.render import render_png
@@ -197,8 +238,11 @@ def create_server(roots: Sequence[str] | None = None, *, settings=None, workspac
 
         return _res(get)
 
-    @mcp.prompt(name="answer_region_query", title="Answer a region query",
-                description="How to answer 'where is ...' questions over an index with these tools")
+    @mcp.prompt(
+        name="answer_region_query",
+        title="Answer a region query",
+        description="How to answer 'where is ...' questions over an index with these tools",
+    )
     def answer_region_query(question: str, index: str = "") -> str:
         from prompts import render
 
@@ -239,35 +283,56 @@ class BearerAuth:
             got = headers.get(b"authorization", b"")
             if not secrets.compare_digest(got, b"Bearer " + self.token):
                 body = b'{"error": "unauthorized: send Authorization: Bearer <token>"}'
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"www-authenticate", b"Bearer")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
 
 
-def http_app(mcp: MCPServer, host: str, port: int, token: str | None = None,
-             allowed_hosts: Sequence[str] = (), allowed_origins: Sequence[str] = ()):
+def http_app(
+    mcp: MCPServer,
+    host: str,
+    port: int,
+    token: str | None = None,
+    allowed_hosts: Sequence[str] = (),
+    allowed_origins: Sequence[str] = (),
+):
     """The streamable-HTTP ASGI app with DNS-rebinding protection (Host/Origin checks) and bearer auth."""
     hosts = [f"{h}:*" for h in ("127.0.0.1", "localhost", "[::1]")]
     origins = [f"http://{h}:*" for h in ("127.0.0.1", "localhost", "[::1]")]
     if not is_local_host(host):
         if not token:
-            raise GeoSearchError(f"binding to {host} (not loopback) needs --token (or GEOSEARCH_BEARER_TOKEN)")
+            raise GeoSearchError(
+                f"binding to {host} (not loopback) needs --token (or GEOSEARCH_BEARER_TOKEN)"
+            )
         if host not in ("0.0.0.0", "::"):
             hosts.append(f"{host}:*")
             origins.append(f"http://{host}:*")
     hosts += [h if ":" in h else f"{h}:*" for h in allowed_hosts]
     origins += list(allowed_origins)
-    security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
-                                         allowed_origins=origins)
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
     app = mcp.streamable_http_app(transport_security=security, host=host)
     return BearerAuth(app, token) if token else app
 
 
-def serve(roots: Sequence[str] | None, *, http: bool = False, host: str | None = None, port: int | None = None,
-          token: str | None = None, allowed_hosts: Sequence[str] = (), log_level: str = "warning") -> None:
+def serve(
+    roots: Sequence[str] | None,
+    *,
+    http: bool = False,
+    host: str | None = None,
+    port: int | None = None,
+    token: str | None = None,
+    allowed_hosts: Sequence[str] = (),
+    log_level: str = "warning",
+) -> None:
     from geosearch.settings import get_settings
 
     settings = get_settings()
@@ -281,20 +346,35 @@ def serve(roots: Sequence[str] | None, *, http: bool = False, host: str | None =
     port = port or settings.http_port
     token = token or settings.bearer_token
     app = http_app(mcp, host, port, token, allowed_hosts)
-    print(f"GeoSearch MCP server on http://{host}:{port}/mcp (roots: {', '.join(map(str, mcp.workspace.roots))})",
-          file=sys.stderr, flush=True)
+    print(
+        f"GeoSearch MCP server on http://{host}:{port}/mcp (roots: {', '.join(map(str, mcp.workspace.roots))})",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", action="append", default=[], metavar="DIR",
-                   help="data root holding indexes (repeatable; default: GEOSEARCH_DATA_ROOTS)")
+    p.add_argument(
+        "--root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="data root holding indexes (repeatable; default: GEOSEARCH_DATA_ROOTS)",
+    )
     p.add_argument("--http", action="store_true", help="serve streamable HTTP on /mcp instead of stdio")
     p.add_argument("--host", default=None, help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default 8765)")
-    p.add_argument("--token", default=None, help="bearer token HTTP clients must send (required off loopback)")
-    p.add_argument("--allowed-host", action="append", default=[], metavar="HOST[:PORT]",
-                   help="extra Host header value accepted (behind a proxy)")
+    p.add_argument(
+        "--token", default=None, help="bearer token HTTP clients must send (required off loopback)"
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="extra Host header value accepted (behind a proxy)",
+    )
     p.add_argument("--log-level", default="warning")
 
 
@@ -303,9 +383,15 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p)
     args = p.parse_args(argv)
     try:
-        serve(args.root, http=args.http, host=args.host, port=args.port, token=args.token,
-              allowed_hosts=args.allowed_host,
-              log_level=args.log_level)
+        serve(
+            args.root,
+            http=args.http,
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            allowed_hosts=args.allowed_host,
+            log_level=args.log_level,
+        )
     except GeoSearchError as exc:
         print(f"geosearch: error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from geosearch.geo import WGS84, reproject_geom
 
 CRS = "EPSG:32633"
 ORIGIN = (500_000.0, 4_650_000.0)  # top-left, metres
-SIZE = 512                         # pixels at 1 m
+SIZE = 512  # pixels at 1 m
 PATCHES = {  # region id -> (label, colour, col px, row px, size px)
     "r0": ("red square", (220, 30, 30), 0, 0, 128),
     "r1": ("green square", (30, 200, 40), 256, 0, 128),
@@ -28,18 +28,28 @@ def patch_polygon_utm(col: int, row: int, size: int):
     return box(x0, y1 - size, x0 + size, y1)
 
 
-def make_bench(root: Path, *, extra_props: bool = False, layers: bool = False, absent: bool = True,
-               name: str = "tiny") -> Path:
+def make_bench(
+    root: Path, *, extra_props: bool = False, layers: bool = False, absent: bool = True, name: str = "tiny"
+) -> Path:
     root = Path(root)
     (root / "mosaic").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     img = rng.integers(100, 140, size=(3, SIZE, SIZE), dtype=np.uint8)
     for _label, colour, c, r, s in PATCHES.values():
         for b in range(3):
-            img[b, r:r + s, c:c + s] = colour[b]
-    profile = {"driver": "GTiff", "width": SIZE, "height": SIZE, "count": 3, "dtype": "uint8", "crs": CRS,
-               "transform": from_origin(ORIGIN[0], ORIGIN[1], 1.0, 1.0), "tiled": True,
-               "blockxsize": 256, "blockysize": 256}
+            img[b, r : r + s, c : c + s] = colour[b]
+    profile = {
+        "driver": "GTiff",
+        "width": SIZE,
+        "height": SIZE,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": CRS,
+        "transform": from_origin(ORIGIN[0], ORIGIN[1], 1.0, 1.0),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+    }
     with rasterio.open(root / "mosaic" / "tiny.tif", "w", **profile) as dst:
         dst.write(img)
     feats = []
@@ -47,8 +57,13 @@ def make_bench(root: Path, *, extra_props: bool = False, layers: bool = False, a
         props = {"id": rid, "label": label}
         if extra_props:
             props.update({"source": "hand-made", "area_m2": float(s * s), "notes": None})
-        feats.append({"type": "Feature", "properties": props,
-                      "geometry": mapping(reproject_geom(patch_polygon_utm(c, r, s), CRS, WGS84))})
+        feats.append(
+            {
+                "type": "Feature",
+                "properties": props,
+                "geometry": mapping(reproject_geom(patch_polygon_utm(c, r, s), CRS, WGS84)),
+            }
+        )
     (root / "regions.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
     queries = [
         {"id": "q0", "text": "a red square", "type": "object", "relevant": {"r0": 2}},
@@ -58,11 +73,20 @@ def make_bench(root: Path, *, extra_props: bool = False, layers: bool = False, a
     if absent:
         queries.append({"id": "q3", "text": "a harbour with boats", "type": "absent", "relevant": {}})
     (root / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
-    (root / "bench.json").write_text(json.dumps({"name": name, "description": "generated test bench",
-                                                 "iou": 0.5, "k": [1, 5, 10]}))
+    (root / "bench.json").write_text(
+        json.dumps({"name": name, "description": "generated test bench", "iou": 0.5, "k": [1, 5, 10]})
+    )
     if layers:
         (root / "layers").mkdir(exist_ok=True)
         road = reproject_geom(box(ORIGIN[0], ORIGIN[1] - 200, ORIGIN[0] + 512, ORIGIN[1] - 190), CRS, WGS84)
-        (root / "layers" / "roads.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
-            {"type": "Feature", "properties": {"name": "main"}, "geometry": mapping(road)}]}))
+        (root / "layers" / "roads.geojson").write_text(
+            json.dumps(
+                {
+                    "type": "FeatureCollection",
+                    "features": [
+                        {"type": "Feature", "properties": {"name": "main"}, "geometry": mapping(road)}
+                    ],
+                }
+            )
+        )
     return root

@@ -17,8 +17,8 @@ from test_mcp_server import _env, _stdio_client, _validate
 REPO = Path(__file__).resolve().parents[1]
 ORIGIN = (500_000.0, 4_000_000.0)
 CRS = "EPSG:32633"
-SQUARE_A = (64, 64, 192, 192)      # px (c0, r0, c1, r1): a textured red square on dry land
-SQUARE_B = (320, 320, 448, 448)    # the same inside a water polygon
+SQUARE_A = (64, 64, 192, 192)  # px (c0, r0, c1, r1): a textured red square on dry land
+SQUARE_B = (320, 320, 448, 448)  # the same inside a water polygon
 WATER = (300, 300, 470, 470)
 QUERIES = ["red", "red not within water", "blue"]
 
@@ -44,19 +44,36 @@ def chain_root(tmp_path_factory):
     img[0], img[1], img[2] = 60, 150, 60
     img += rng.integers(-12, 12, img.shape).astype(np.int16)
     for c0, r0, c1, r1 in (SQUARE_A, SQUARE_B):
-        tex = rng.integers(-25, 25, (r1 - r0, c1 - c0))          # a textured roof, not a flat colour
+        tex = rng.integers(-25, 25, (r1 - r0, c1 - c0))  # a textured roof, not a flat colour
         img[0, r0:r1, c0:c1] = 210 + tex
         img[1, r0:r1, c0:c1] = 45 + tex // 3
         img[2, r0:r1, c0:c1] = 40 + tex // 3
     tif = root / "scene.tif"
-    with rasterio.open(tif, "w", driver="GTiff", width=512, height=512, count=3, dtype="uint8", crs=CRS,
-                       transform=from_origin(*ORIGIN, 1.0, 1.0)) as ds:
+    with rasterio.open(
+        tif,
+        "w",
+        driver="GTiff",
+        width=512,
+        height=512,
+        count=3,
+        dtype="uint8",
+        crs=CRS,
+        transform=from_origin(*ORIGIN, 1.0, 1.0),
+    ) as ds:
         ds.write(np.clip(img, 0, 255).astype(np.uint8))
     settings = Settings(scales_m=[128.0, 256.0], overlap=0.5, batch_size=64)
     build_index([tif], root / "scene.duckdb", model="geosearch-colour", settings=settings, progress=False)
     water = reproject_geom(_px_box(*WATER), CRS, "EPSG:4326")
-    (root / "water.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"id": "lake"}, "geometry": water.__geo_interface__}]}))
+    (root / "water.geojson").write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {"type": "Feature", "properties": {"id": "lake"}, "geometry": water.__geo_interface__}
+                ],
+            }
+        )
+    )
     register_layer(root / "scene.duckdb", root / "water.geojson", "water", role="water")
     return root
 
@@ -77,8 +94,11 @@ def _iou(a, b) -> float:
 
 def _summary(features: list[dict], abstained: bool, near: list[dict]) -> dict:
     def one(f):
-        return (tuple(round(v, 6) for v in shape(f["geometry"]).bounds), round(f["properties"]["score"], 5),
-                None if f["properties"]["confidence"] is None else round(f["properties"]["confidence"], 4))
+        return (
+            tuple(round(v, 6) for v in shape(f["geometry"]).bounds),
+            round(f["properties"]["score"], 5),
+            None if f["properties"]["confidence"] is None else round(f["properties"]["confidence"], 4),
+        )
 
     return {"abstained": abstained, "regions": [one(f) for f in features], "near": [one(f) for f in near]}
 
@@ -118,9 +138,25 @@ def _ask_answers(root: Path, tmp_path: Path) -> list[dict]:
     out = []
     for i, q in enumerate(QUERIES):
         dest = tmp_path / f"ask{i}.geojson"
-        proc = subprocess.run([sys.executable, "-m", "server.cli", "ask", str(root / "scene.duckdb"), q, "-k", "5",
-                               "--out", str(dest)], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "ask",
+                str(root / "scene.duckdb"),
+                q,
+                "-k",
+                "5",
+                "--out",
+                str(dest),
+            ],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         out.append(_from_geojson(json.loads(dest.read_text())))
     return out
@@ -148,8 +184,9 @@ def test_eval_mcp_and_ask_serve_the_same_chain(chain_root, tmp_path):
     assert all(_inside_share(g, water) < 0.99 for g in kept), "a region inside the water layer was kept"
     assert all(_inside_share(_mosaic(shape(r["polygon"])), water) > 0.99 for r in red_dry["near_misses"])
     near = red_dry["near_misses"]
-    assert near and all(_inside_share(_mosaic(shape(r["polygon"])), sq_b) > 0.9 for r in near), \
+    assert near and all(_inside_share(_mosaic(shape(r["polygon"])), sq_b) > 0.9 for r in near), (
         "the red square in the water comes back as near-misses"
+    )
     assert all("relation_failed" in r["flags"] for r in near)
     rel = red_dry["regions"][0]["details"]["relations"][0]
     assert rel["predicate"] == "within" and rel["negated"] and rel["satisfied"] and not rel["holds"]
@@ -168,8 +205,12 @@ def test_negation_and_unchecked_relations_in_the_chain(chain_root):
     outside = run_method("answer", index, "red not within water", 5)
     inside = run_method("answer", index, "red within the lake", 5)
     water = _px_box(*WATER)
-    assert outside.regions and all(_inside_share(_mosaic(r.polygon_wgs84), water) < 0.99 for r in outside.regions)
-    assert inside.regions and all(_inside_share(_mosaic(r.polygon_wgs84), water) > 0.99 for r in inside.regions)
+    assert outside.regions and all(
+        _inside_share(_mosaic(r.polygon_wgs84), water) < 0.99 for r in outside.regions
+    )
+    assert inside.regions and all(
+        _inside_share(_mosaic(r.polygon_wgs84), water) > 0.99 for r in inside.regions
+    )
     assert outside.details["relations_checked"] == ["not within:water"]
     roads = run_method("answer", index, "red next to a road", 3)
     assert roads.regions and all("relation_not_checkable" in r.flags for r in roads.regions)

@@ -40,8 +40,14 @@ def dated(tmp_path_factory, kw):
     tmp = tmp_path_factory.mktemp("dated")
     a = write_raster(tmp / "m_2012.tif", width=128, height=128, count=4, data=_scene(0, False))
     # the later date is shifted by 2 m (less than a pixel step of the grid) and slightly larger
-    b = write_raster(tmp / "m_2020.tif", width=130, height=129, count=4, origin=(499998.0, 4500001.0),
-                     data=np.pad(_scene(0, True), ((0, 0), (1, 0), (2, 0)), mode="edge"))
+    b = write_raster(
+        tmp / "m_2020.tif",
+        width=130,
+        height=129,
+        count=4,
+        origin=(499998.0, 4500001.0),
+        data=np.pad(_scene(0, True), ((0, 0), (1, 0), (2, 0)), mode="edge"),
+    )
     out = tmp / "i.duckdb"
     build_index([a], out, **kw, date=D1)
     rep = build_index([b], out, **kw, date=D3)
@@ -179,4 +185,6 @@ def test_group_by_date(tmp_path, kw):
     a = write_raster(tmp_path / "x_a.tif", width=128, height=128, count=4, data=_scene(0, False))
     b = write_raster(tmp_path / "x_b.tif", width=128, height=128, count=4, data=_scene(0, True))
     rep = build_dated_index([a, b], {"x_a": D1, "x_b": D2}, tmp_path / "d.duckdb", **kw)
-    assert rep.tiles_embedded == 2 * rep.tiles_total // 2 and TileIndex.open(tmp_path / "d.duckdb").date_list == [D1, D2]
+    assert rep.tiles_embedded == 2 * rep.tiles_total // 2 and TileIndex.open(
+        tmp_path / "d.duckdb"
+    ).date_list == [D1, D2]

@@ -14,8 +14,20 @@ def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     raster = write_raster(tmp / "m.tif", width=256, height=256)
     out = tmp / "i.duckdb"
-    rc = main(["index", str(raster), "--out", str(out), "--model", "geosearch-tiny", "--scales", "64", "128",
-               "--quiet"])
+    rc = main(
+        [
+            "index",
+            str(raster),
+            "--out",
+            str(out),
+            "--model",
+            "geosearch-tiny",
+            "--scales",
+            "64",
+            "128",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     return tmp, raster, out
 
@@ -54,7 +66,9 @@ def test_bad_input_exit_2(built, capsys, tmp_path):
     write_raster(tmp_path / "mix" / "a.tif", crs="EPSG:32633")
     write_raster(tmp_path / "mix" / "b.tif", crs="EPSG:32634")
     far = tmp_path / "far.geojson"
-    far.write_text(json.dumps({"type": "Feature", "geometry": mapping(box(-10, -10, -9, -9)), "properties": {}}))
+    far.write_text(
+        json.dumps({"type": "Feature", "geometry": mapping(box(-10, -10, -9, -9)), "properties": {}})
+    )
     cases = [
         (["index", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "a.duckdb")], "not found"),
         (["index", str(notraster), "--out", str(tmp_path / "b.duckdb")], "not a readable raster"),
@@ -65,8 +79,20 @@ def test_bad_input_exit_2(built, capsys, tmp_path):
         (["search", str(tmp_path / "none.duckdb"), "roads"], "index not found"),
         (["index", str(raster), "--out", str(out), "--model", "no-such-model"], "unknown model"),
         (["search", str(out)], "error"),
-        (["models", "gallery", str(tmp_path / "m.jsonl"), "--model", "geosearch-tiny", "--split", "test",
-          "--out", str(tmp_path / "g.npz")], "train split only"),
+        (
+            [
+                "models",
+                "gallery",
+                str(tmp_path / "m.jsonl"),
+                "--model",
+                "geosearch-tiny",
+                "--split",
+                "test",
+                "--out",
+                str(tmp_path / "g.npz"),
+            ],
+            "train split only",
+        ),
     ]
     for argv, needle in cases:
         rc, err = _err(capsys, argv)

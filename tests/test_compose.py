@@ -76,7 +76,9 @@ def index(tmp_path_factory):
 def test_query_by_example(index):
     tid = str(index.tile_ids[4])
     ans = query_by_example(index, [Example(tile_id=tid)], k=3, exclude_examples=False)
-    assert ans.regions[0].region_id == tid and ans.regions[0].details["similarity"] == pytest.approx(1, abs=1e-5)
+    assert ans.regions[0].region_id == tid and ans.regions[0].details["similarity"] == pytest.approx(
+        1, abs=1e-5
+    )
     ans = query_by_example(index, [Example(tile_id=tid)], k=3)
     assert tid not in [r.region_id for r in ans.regions]
     # a bbox equal to a tile uses that tile's embedding
@@ -84,8 +86,9 @@ def test_query_by_example(index):
     same = query_by_example(index, [Example.bbox(bbox)], k=1, exclude_examples=False)
     assert same.regions[0].region_id == tid
     # text modification: the scores follow the composed vector exactly
-    mod = query_by_example(index, [Example(tile_id=tid)], text="without the bright square", k=2, lam=0.6,
-                           exclude_examples=False)
+    mod = query_by_example(
+        index, [Example(tile_id=tid)], text="without the bright square", k=2, lam=0.6, exclude_examples=False
+    )
     q = unit(0.6 * index.embeddings[4] - 0.4 * text_vector(index, "bright square"))
     best = index.position(mod.regions[0].region_id)
     assert mod.regions[0].details["similarity"] == pytest.approx(float(index.embeddings[best] @ q), abs=1e-5)
@@ -104,13 +107,27 @@ def test_example_errors(index, capsys):
         query_by_example(index, [Example(tile_id="s64_r99_c99")], k=3)
     with pytest.raises(InputError, match="needs an example"):
         run_method("by-example", index, "like", 3, MethodContext())
-    ans = run_method("by-example", index, "like", 3,
-                     MethodContext(options={"example_tile": str(index.tile_ids[2])}))
+    ans = run_method(
+        "by-example", index, "like", 3, MethodContext(options={"example_tile": str(index.tile_ids[2])})
+    )
     assert ans.method == "by-example" and len(ans.regions) == 3
     from server.cli import main
 
     assert main(["like", str(index.path), "--bbox", "0", "0", "1", "1"]) == 2
     assert "outside" in capsys.readouterr().err
-    assert main(["like", str(index.path), "--tile", str(index.tile_ids[2]), "--text", "without the square",
-                 "-k", "2"]) == 0
+    assert (
+        main(
+            [
+                "like",
+                str(index.path),
+                "--tile",
+                str(index.tile_ids[2]),
+                "--text",
+                "without the square",
+                "-k",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "similarity" in capsys.readouterr().out

@@ -32,8 +32,20 @@ def results(bench: Path, tmp_path_factory) -> dict[str, Path]:
     paths = {}
     for method in ("single-scale", "coarse"):
         paths[method] = out / f"{method}.json"
-        rc = main(["eval", str(bench), "--method", method, "--model", "geosearch-tiny", *SCALES,
-                   "--out", str(paths[method]), "--quiet"])
+        rc = main(
+            [
+                "eval",
+                str(bench),
+                "--method",
+                method,
+                "--model",
+                "geosearch-tiny",
+                *SCALES,
+                "--out",
+                str(paths[method]),
+                "--quiet",
+            ]
+        )
         assert rc == 0
     return paths
 
@@ -43,8 +55,20 @@ def test_eval_end_to_end_both_methods(results, capsys):
         r = json.loads(path.read_text())
         assert r["method"] == method and r["bench"]["name"] == "tiny"
         assert r["model"]["name"] == "geosearch-tiny" and r["model"]["model_id"]
-        for key in ("hit@1", "hit@5", "hit@10", "exact@1", "exact@5", "exact@10", "map", "ndcg@10", "mrr",
-                    "abstain_recall", "false_abstain_rate", "fdr@10"):
+        for key in (
+            "hit@1",
+            "hit@5",
+            "hit@10",
+            "exact@1",
+            "exact@5",
+            "exact@10",
+            "map",
+            "ndcg@10",
+            "mrr",
+            "abstain_recall",
+            "false_abstain_rate",
+            "fdr@10",
+        ):
             assert key in r["metrics"]
         assert set(r["per_type"]) == {"object", "scene", "absent"}
         assert len(r["per_query"]) == 4
@@ -52,8 +76,15 @@ def test_eval_end_to_end_both_methods(results, capsys):
         assert q["ranks"] and {"rank", "score", "hit", "region_id"} <= set(q["ranks"][0])
         assert all({"truth_id", "grade", "iou"} <= set(x) for x in q["ranks"] if x["hit"])
         assert len(q["top_polygons_wgs84"]) == min(5, q["n_returned"])
-        for key in ("index_build_seconds", "tiles_embedded", "area_km2", "latency_p50_ms", "latency_p95_ms",
-                    "full_res_reads_per_query", "peak_rss_mb"):
+        for key in (
+            "index_build_seconds",
+            "tiles_embedded",
+            "area_km2",
+            "latency_p50_ms",
+            "latency_p95_ms",
+            "full_res_reads_per_query",
+            "peak_rss_mb",
+        ):
             assert key in r["cost"]
         assert r["cost"]["tiles_embedded"] > 0 and r["cost"]["area_km2"] == pytest.approx(0.262, abs=0.01)
         assert r["settings"]["scales_m"] == [128.0, 256.0]
@@ -138,8 +169,14 @@ def test_no_bench_given(capsys):
 def test_method_cannot_reach_the_truth(bench, results):
     """Methods get a plain str, the index and a context with no truth fields; layers are a private copy."""
     # what a method may see besides the text: user inputs and settings, never a truth field
-    assert {f.name for f in dataclasses.fields(MethodContext)} == {"layers_dir", "options", "area", "settings",
-                                                                   "parsed", "progress"}
+    assert {f.name for f in dataclasses.fields(MethodContext)} == {
+        "layers_dir",
+        "options",
+        "area",
+        "settings",
+        "parsed",
+        "progress",
+    }
     seen: list[tuple] = []
 
     @register_method("spy-test", "records what a method receives")
@@ -148,8 +185,9 @@ def test_method_cannot_reach_the_truth(bench, results):
         return Answer(text, "spy-test", hits_to_regions(search(index, text, k)))
 
     truth_text = (bench / "regions.geojson").read_text()
-    r = evaluate(bench, "spy-test", k=10, index_path=results["coarse"].parent / "spy.duckdb",
-                 settings=_settings())
+    r = evaluate(
+        bench, "spy-test", k=10, index_path=results["coarse"].parent / "spy.duckdb", settings=_settings()
+    )
     texts = [json.loads(line)["text"] for line in (bench / "queries.jsonl").read_text().splitlines()]
     assert [s[1] for s in seen] == texts
     for typ, _text, k, ctx, layer_files in seen:
@@ -182,12 +220,30 @@ def test_aid_builder_refuses_test_split(tmp_path):
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not (SHARED / "aid-rsicd" / "manifest.jsonl").is_file(), reason="../shared/data/aid-rsicd absent")
+@pytest.mark.skipif(
+    not (SHARED / "aid-rsicd" / "manifest.jsonl").is_file(), reason="../shared/data/aid-rsicd absent"
+)
 def test_aid_builder_small(tmp_path):
     from geosearch.eval.bench_format import load_benchmark
 
-    assert main(["bench", "aid-mosaic", "--split", "dev", str(tmp_path / "aid"), "--chips", "24",
-                 "--max-queries", "30", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "aid-mosaic",
+                "--split",
+                "dev",
+                str(tmp_path / "aid"),
+                "--chips",
+                "24",
+                "--max-queries",
+                "30",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     b = load_benchmark(tmp_path / "aid")
     assert len(b) == 30 and b.meta.name == "aid-dev"
     types = set(b.query_types)
@@ -201,8 +257,10 @@ def test_aid_builder_small(tmp_path):
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not (SHARED / "spacenet-vegas").is_dir() or not (SHARED / "spacenet-atlanta").is_dir(),
-                    reason="../shared/data/spacenet-* absent")
+@pytest.mark.skipif(
+    not (SHARED / "spacenet-vegas").is_dir() or not (SHARED / "spacenet-atlanta").is_dir(),
+    reason="../shared/data/spacenet-* absent",
+)
 def test_spacenet_relation_builder(tmp_path):
     from geosearch.eval.bench_format import load_benchmark
 

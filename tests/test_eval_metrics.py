@@ -92,7 +92,7 @@ def test_exact_needs_grade2_and_only_counts_queries_with_grade2():
     only1 = score([TRUTH["b"]], {"b": 1}, qid="g1")
     with2 = score([TRUTH["b"], TRUTH["a"]], {"a": 2, "b": 1}, qid="g2")
     m = aggregate([only1, with2], [1, 5])
-    assert m["exact@1"] == 0.0 and m["exact@5"] == 1.0   # denominator: the one query with a grade 2
+    assert m["exact@1"] == 0.0 and m["exact@5"] == 1.0  # denominator: the one query with a grade 2
     assert m["hit@1"] == 1.0
 
 

@@ -66,7 +66,7 @@ def test_temp_is_hidden_in_same_folder_with_suffix(tmp_path):
         assert tmp.parent == tmp_path
         assert tmp.name.startswith(".model.gallery.npz.")
         assert tmp.suffix == ".npz"
-        assert not dst.exists()           # nothing appears at the destination before the rename
+        assert not dst.exists()  # nothing appears at the destination before the rename
         tmp.write_bytes(b"x")
     with atomic_path(dst, suffix=".tif") as tmp:
         assert tmp.suffix == ".tif"
@@ -98,7 +98,7 @@ def test_np_save_through_atomic_path(tmp_path):
 
 
 def test_np_savez_with_explicit_suffix(tmp_path):
-    dst = tmp_path / "g.bin"                # no .npz suffix: np.savez would append one
+    dst = tmp_path / "g.bin"  # no .npz suffix: np.savez would append one
     with atomic_path(dst, suffix=".npz") as tmp:
         np.savez_compressed(tmp, a=np.ones(3))
     np.testing.assert_array_equal(np.load(dst)["a"], np.ones(3))
@@ -109,7 +109,7 @@ def test_writer_appending_extension_is_an_error_not_an_empty_file(tmp_path):
     dst = tmp_path / "cache.bin"
     dst.write_bytes(b"old")
     with pytest.raises(ValueError, match="suffix='.npy'"), atomic_path(dst) as tmp:
-        np.save(tmp, np.zeros(2))           # writes <tmp>.npy, leaving tmp empty
+        np.save(tmp, np.zeros(2))  # writes <tmp>.npy, leaving tmp empty
     assert dst.read_bytes() == b"old"
     assert _names(tmp_path) == ["cache.bin"]
 

@@ -30,7 +30,9 @@ def test_build_and_open(tmp_path, raster, tiny_settings):
     assert info["model_id"] == "geosearch-tiny@random-seed0"
     # geometry columns are real spatial geometries in both CRSs
     con = db.connect(tmp_path / "i.duckdb", read_only=True)
-    (minx, maxy), = con.execute("SELECT min(ST_XMin(geom_wgs84)), max(ST_YMax(geom_wgs84)) FROM tiles").fetchall()
+    ((minx, maxy),) = con.execute(
+        "SELECT min(ST_XMin(geom_wgs84)), max(ST_YMax(geom_wgs84)) FROM tiles"
+    ).fetchall()
     con.close()
     assert 14 < minx < 16 and 40 < maxy < 41
 
@@ -60,8 +62,12 @@ def test_refuses_other_mosaic_and_tiling(tmp_path, raster, tiny_settings):
     with pytest.raises(IndexMismatchError, match="another mosaic"):
         build_index([other], tmp_path / "i.duckdb", settings=tiny_settings, progress=False)
     with pytest.raises(IndexMismatchError, match="tiling"):
-        build_index([raster], tmp_path / "i.duckdb", settings=tiny_settings.model_copy(update={"overlap": 0.25}),
-                    progress=False)
+        build_index(
+            [raster],
+            tmp_path / "i.duckdb",
+            settings=tiny_settings.model_copy(update={"overlap": 0.25}),
+            progress=False,
+        )
     build_index([other], tmp_path / "i.duckdb", settings=tiny_settings, progress=False, overwrite=True)
 
 

@@ -17,7 +17,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-123"
-TOOL_NAMES = {"parse_query", "coarse_search", "zoom_tile", "segment_region", "check_relation", "explain", "answer"}
+TOOL_NAMES = {
+    "parse_query",
+    "coarse_search",
+    "zoom_tile",
+    "segment_region",
+    "check_relation",
+    "explain",
+    "answer",
+}
 
 
 # --- fixtures ------------------------------------------------------------------------------
@@ -34,12 +42,21 @@ def data_root(tmp_path_factory, tiny_settings):
     tif = root / "mosaic.tif"
     rng = np.random.default_rng(0)
     img = (rng.random((3, 256, 256)) * 40 + 60).astype(np.uint8)
-    img[:, 20:90, 30:120] = np.array([200, 30, 30], np.uint8)[:, None, None]     # red roofs
+    img[:, 20:90, 30:120] = np.array([200, 30, 30], np.uint8)[:, None, None]  # red roofs
     img[:, 150:230, 140:240] = np.array([20, 60, 200], np.uint8)[:, None, None]  # water
-    img[:, 120:130, :] = 170                                                     # a road
+    img[:, 120:130, :] = 170  # a road
     x0, y0 = 500000.0, 5000256.0
-    with rasterio.open(tif, "w", driver="GTiff", width=256, height=256, count=3, dtype="uint8",
-                       crs="EPSG:32633", transform=from_origin(x0, y0, 1.0, 1.0)) as ds:
+    with rasterio.open(
+        tif,
+        "w",
+        driver="GTiff",
+        width=256,
+        height=256,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(x0, y0, 1.0, 1.0),
+    ) as ds:
         ds.write(img)
     index = root / "sub" / "test.duckdb"
     build_index([tif], index, model="geosearch-tiny", settings=tiny_settings, progress=False)
@@ -48,8 +65,20 @@ def data_root(tmp_path_factory, tiny_settings):
     t = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
     line = [t.transform(x0 + x, y0 - 125) for x in (0, 128, 256)]
     roads = root / "roads.geojson"
-    roads.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"id": "r1"}, "geometry": {"type": "LineString", "coordinates": line}}]}))
+    roads.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {"id": "r1"},
+                        "geometry": {"type": "LineString", "coordinates": line},
+                    }
+                ],
+            }
+        )
+    )
     register_layer(index, roads, "roads", role="roads")
     outside = tmp_path_factory.mktemp("outside")
     (root / "escape.duckdb").symlink_to(index)  # a symlink inside the root pointing inside: fine
@@ -67,8 +96,15 @@ def mosaic_bounds(data_root):
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"GEOSEARCH_MODEL": "geosearch-tiny", "GEOSEARCH_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-                "PYTHONPATH": str(REPO), "GEOSEARCH_BATCH_SIZE": "16"})
+    env.update(
+        {
+            "GEOSEARCH_MODEL": "geosearch-tiny",
+            "GEOSEARCH_OFFLINE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(REPO),
+            "GEOSEARCH_BATCH_SIZE": "16",
+        }
+    )
     env.pop("GEOSEARCH_LLM_BASE_URL", None)
     return env
 
@@ -82,9 +118,24 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def http_server(data_root):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server.mcp_server", "--root", str(data_root), "--http",
-                             "--port", str(port), "--token", TOKEN], cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.mcp_server",
+            "--root",
+            str(data_root),
+            "--http",
+            "--port",
+            str(port),
+            "--token",
+            TOKEN,
+        ],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -122,8 +173,12 @@ def _stdio_client(root: Path):
     from mcp import Client, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
-    params = StdioServerParameters(command=sys.executable, args=["-m", "server.mcp_server", "--root", str(root)],
-                                   env=_env(), cwd=str(REPO))
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "server.mcp_server", "--root", str(root)],
+        env=_env(),
+        cwd=str(REPO),
+    )
     # The server's stderr goes to a real file: under pytest's capture sys.stderr may have no fileno().
     errlog = tempfile.TemporaryFile(mode="w+")
     return Client(stdio_client(params, errlog=errlog), read_timeout_seconds=300)
@@ -140,8 +195,14 @@ def _validate(tool, result) -> dict:
 
 
 def _inside(bbox, bounds, tol=1e-6) -> bool:
-    return (bbox[0] >= bounds[0] - tol and bbox[1] >= bounds[1] - tol and bbox[2] <= bounds[2] + tol
-            and bbox[3] <= bounds[3] + tol and bbox[0] < bbox[2] and bbox[1] < bbox[3])
+    return (
+        bbox[0] >= bounds[0] - tol
+        and bbox[1] >= bounds[1] - tol
+        and bbox[2] <= bounds[2] + tol
+        and bbox[3] <= bounds[3] + tol
+        and bbox[0] < bbox[2]
+        and bbox[1] < bbox[3]
+    )
 
 
 async def _exercise(client, bounds) -> None:
@@ -151,8 +212,10 @@ async def _exercise(client, bounds) -> None:
     assert all(tools[n].output_schema for n in TOOL_NAMES)
     idx = "sub/test.duckdb"
 
-    pq = _validate(tools["parse_query"], await client.call_tool(
-        "parse_query", {"text": "red roofs within 50 m of the road without water"}))
+    pq = _validate(
+        tools["parse_query"],
+        await client.call_tool("parse_query", {"text": "red roofs within 50 m of the road without water"}),
+    )
     assert pq["relations"][0]["predicate"] == "near" and pq["relations"][0]["distance_m"] == 50
     assert pq["exclusions"] == ["water"]
 
@@ -161,8 +224,12 @@ async def _exercise(client, bounds) -> None:
     async def on_progress(p, total, message):
         progress.append(p)
 
-    cs = _validate(tools["coarse_search"], await client.call_tool(
-        "coarse_search", {"index": idx, "query": "red roofs", "k": 4}, progress_callback=on_progress))
+    cs = _validate(
+        tools["coarse_search"],
+        await client.call_tool(
+            "coarse_search", {"index": idx, "query": "red roofs", "k": 4}, progress_callback=on_progress
+        ),
+    )
     assert len(cs["tiles"]) == 4
     assert [t["rank"] for t in cs["tiles"]] == [1, 2, 3, 4]
     for t in cs["tiles"]:
@@ -180,26 +247,37 @@ async def _exercise(client, bounds) -> None:
     png = base64.b64decode(images[0].data)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) <= 1_000_000
 
-    sr = _validate(tools["segment_region"], await client.call_tool(
-        "segment_region", {"index": idx, "bbox": cs["tiles"][0]["bbox"], "query": "red roofs"}))
+    sr = _validate(
+        tools["segment_region"],
+        await client.call_tool(
+            "segment_region", {"index": idx, "bbox": cs["tiles"][0]["bbox"], "query": "red roofs"}
+        ),
+    )
     assert sr["regions"]
     for r in sr["regions"]:
         assert _inside(r["bbox"], bounds)
     regions = [{"id": r["id"], "polygon": r["polygon"]} for r in sr["regions"][:3]]
 
-    cr = _validate(tools["check_relation"], await client.call_tool(
-        "check_relation", {"index": idx, "regions": regions, "predicate": "near", "layer": "roads",
-                           "distance_m": 5000}))
+    cr = _validate(
+        tools["check_relation"],
+        await client.call_tool(
+            "check_relation",
+            {"index": idx, "regions": regions, "predicate": "near", "layer": "roads", "distance_m": 5000},
+        ),
+    )
     assert len(cr["results"]) == len(regions) and all(r["holds"] for r in cr["results"])
     assert all(r["unit"] == "m" and r["value"] is not None for r in cr["results"])
 
-    ex = await client.call_tool("explain", {"index": idx, "regions": regions[:2],
-                                            "query": "red roofs near the road", "previews": 1})
+    ex = await client.call_tool(
+        "explain", {"index": idx, "regions": regions[:2], "query": "red roofs near the road", "previews": 1}
+    )
     es = _validate(tools["explain"], ex)
     assert es["explanation"] and es["regions"][0]["prompt_scores"]
     assert any(c.type == "image" for c in ex.content)
 
-    an = _validate(tools["answer"], await client.call_tool("answer", {"text": "red roofs", "index": idx, "k": 3}))
+    an = _validate(
+        tools["answer"], await client.call_tool("answer", {"text": "red roofs", "index": idx, "k": 3})
+    )
     assert an["geojson"]["type"] == "FeatureCollection"
     feats = an["geojson"]["features"] or an["geojson"]["properties"]["near_misses"]
     assert feats or an["abstained"]
@@ -209,22 +287,32 @@ async def _exercise(client, bounds) -> None:
     assert json.loads(rr.contents[0].text)["type"] == "FeatureCollection"
 
     # invalid input: tool errors, server keeps answering
-    bad = [("coarse_search", {"index": idx}),
-           ("coarse_search", {"index": idx, "query": "x", "k": 0}),
-           ("coarse_search", {"index": "missing.duckdb", "query": "x"}),
-           ("zoom_tile", {"index": idx, "tile": "no-such-tile", "prompts": ["x"]}),
-           ("segment_region", {"index": idx, "bbox": [10, 10, 5, 5], "prompts": ["x"]}),
-           ("check_relation", {"index": idx, "regions": regions, "predicate": "near", "layer": "no_layer",
-                               "distance_m": 10}),
-           ("check_relation", {"index": idx, "regions": regions, "predicate": "sideways", "layer": "roads"}),
-           ("parse_query", {"text": ""}),
-           ("answer", {"text": "x", "index": idx, "area": [100, 10, 101, 11]})]
+    bad = [
+        ("coarse_search", {"index": idx}),
+        ("coarse_search", {"index": idx, "query": "x", "k": 0}),
+        ("coarse_search", {"index": "missing.duckdb", "query": "x"}),
+        ("zoom_tile", {"index": idx, "tile": "no-such-tile", "prompts": ["x"]}),
+        ("segment_region", {"index": idx, "bbox": [10, 10, 5, 5], "prompts": ["x"]}),
+        (
+            "check_relation",
+            {"index": idx, "regions": regions, "predicate": "near", "layer": "no_layer", "distance_m": 10},
+        ),
+        ("check_relation", {"index": idx, "regions": regions, "predicate": "sideways", "layer": "roads"}),
+        ("parse_query", {"text": ""}),
+        ("answer", {"text": "x", "index": idx, "area": [100, 10, 101, 11]}),
+    ]
     for name, args in bad:
         res = await client.call_tool(name, args)
         assert res.is_error, (name, args)
         assert res.content and res.content[0].text.strip()
     # path escapes
-    for ref in ["../outside/secret.duckdb", "/etc/passwd", "link_out.duckdb", "sub/../../x.duckdb", "~/x.duckdb"]:
+    for ref in [
+        "../outside/secret.duckdb",
+        "/etc/passwd",
+        "link_out.duckdb",
+        "sub/../../x.duckdb",
+        "~/x.duckdb",
+    ]:
         res = await client.call_tool("coarse_search", {"index": ref, "query": "x"})
         assert res.is_error, ref
         assert "refused" in res.content[0].text or "not found" in res.content[0].text
@@ -247,7 +335,9 @@ async def _exercise(client, bounds) -> None:
     assert prev.contents[0].mime_type == "image/png"
     prompts = [p.name for p in (await client.list_prompts()).prompts]
     assert "answer_region_query" in prompts
-    got = await client.get_prompt("answer_region_query", {"question": "where are the red roofs?", "index": idx})
+    got = await client.get_prompt(
+        "answer_region_query", {"question": "where are the red roofs?", "index": idx}
+    )
     assert "coarse_search" in got.messages[0].content.text
     assert (await client.call_tool("parse_query", {"text": "still alive?"})).is_error is False
     assert progress, "coarse_search reported no progress"
@@ -270,13 +360,27 @@ def test_http_server_parallel_clients_and_security(data_root, mosaic_bounds, htt
     r = httpx.post(http_server, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
     assert r.status_code == 401
     # DNS rebinding: a foreign Host / Origin is refused even with the token
-    r = httpx.post(http_server, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
-                   headers={"Authorization": f"Bearer {TOKEN}", "Host": "evil.example.com",
-                            "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+    r = httpx.post(
+        http_server,
+        json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        headers={
+            "Authorization": f"Bearer {TOKEN}",
+            "Host": "evil.example.com",
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        },
+    )
     assert r.status_code in (400, 403, 421)
-    r = httpx.post(http_server, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
-                   headers={"Authorization": f"Bearer {TOKEN}", "Origin": "http://evil.example.com",
-                            "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+    r = httpx.post(
+        http_server,
+        json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        headers={
+            "Authorization": f"Bearer {TOKEN}",
+            "Origin": "http://evil.example.com",
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        },
+    )
     assert r.status_code in (400, 403, 421)
 
     queries = ["red roofs", "blue water", "a grey road", "bare ground"]
@@ -292,7 +396,9 @@ def test_http_server_parallel_clients_and_security(data_root, mosaic_bounds, htt
             await _exercise(client, mosaic_bounds)
             expected = {}
             for q in queries:
-                res = await client.call_tool("coarse_search", {"index": "sub/test.duckdb", "query": q, "k": 3})
+                res = await client.call_tool(
+                    "coarse_search", {"index": "sub/test.duckdb", "query": q, "k": 3}
+                )
                 expected[q] = [t["id"] for t in res.structured_content["tiles"]]
         got: dict = {}
         async with anyio.create_task_group() as tg:

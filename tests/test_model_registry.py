@@ -9,8 +9,14 @@ from geosearch.settings import Settings
 
 def test_presets_listed_and_missing_weights_named(tmp_path):
     names = {s.name for s in model_specs()}
-    assert {"remoteclip-rn50", "remoteclip-vit-b-32", "remoteclip-vit-l-14", "georsclip-vit-b-32",
-            "geosearch-starter", "geosearch-tiny"} <= names
+    assert {
+        "remoteclip-rn50",
+        "remoteclip-vit-b-32",
+        "remoteclip-vit-l-14",
+        "georsclip-vit-b-32",
+        "geosearch-starter",
+        "geosearch-tiny",
+    } <= names
     s = Settings(models_dir=tmp_path, offline=True)
     assert not weights_present("remoteclip-vit-b-32", s)
     with pytest.raises(WeightsMissingError, match="RemoteCLIP-ViT-B-32.pt"):

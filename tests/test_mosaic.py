@@ -43,7 +43,9 @@ def test_missing_and_not_a_raster(tmp_path):
 def test_uint16_single_band_percentile_stretch(tmp_path):
     rng = np.random.default_rng(1)
     data = (rng.random((1, 128, 128)) * 3000 + 200).astype("uint16")
-    m = open_mosaic(write_raster(tmp_path / "p.tif", count=1, dtype="uint16", data=data, width=128, height=128))
+    m = open_mosaic(
+        write_raster(tmp_path / "p.tif", count=1, dtype="uint16", data=data, width=128, height=128)
+    )
     img = m.read(m.bounds, 128)
     assert img.rgb.dtype == np.uint8
     assert (img.rgb[..., 0] == img.rgb[..., 1]).all()  # grey replicated to RGB
@@ -53,8 +55,11 @@ def test_uint16_single_band_percentile_stretch(tmp_path):
 
 def test_band_selection_and_float(tmp_path):
     data = np.stack([np.full((64, 64), v, np.float32) for v in (0.1, 0.2, 0.3, 0.9)])
-    m = open_mosaic(write_raster(tmp_path / "f.tif", count=4, dtype="float32", data=data, width=64, height=64),
-                    bands=[4, 3, 2], stretch="minmax")
+    m = open_mosaic(
+        write_raster(tmp_path / "f.tif", count=4, dtype="float32", data=data, width=64, height=64),
+        bands=[4, 3, 2],
+        stretch="minmax",
+    )
     assert m.bands == (4, 3, 2)
     img = m.read(m.bounds, 32, all_bands=True)
     assert img.bands.shape == (4, 32, 32)
@@ -74,7 +79,7 @@ def test_nodata_mask(tmp_path):
 
 def test_overview_read_counts(tmp_path):
     m = open_mosaic(write_raster(tmp_path / "o.tif", width=512, height=512, overviews=True))
-    m.read(m.bounds, 64)          # decimated read: not full resolution
+    m.read(m.bounds, 64)  # decimated read: not full resolution
     x0, y0 = m.bounds[0], m.bounds[1]
     m.read((x0, y0, x0 + 64, y0 + 64), 64)  # 1 m/px window at native resolution
     assert m.stats.reads == 2 and m.stats.full_res_reads == 1

@@ -70,14 +70,34 @@ def test_llm_planner_with_fake_model_is_calibrated(vegas_ws):
     index = vegas_ws.handle("vegas.duckdb").index
     tile = str(index.tile_ids[0])
     script = [
-        AIMessage(content="", tool_calls=[{"name": "parse_query", "args": {"text": "parking lots"}, "id": "c1"}]),
-        AIMessage(content="", tool_calls=[{"name": "coarse_search", "id": "c2",
-                                           "args": {"index": "vegas.duckdb", "prompts": ["a parking lot"], "k": 3}}]),
-        AIMessage(content="", tool_calls=[
-            {"name": "segment_region", "id": "c3",
-             "args": {"index": "vegas.duckdb", "tile": tile, "prompts": ["a parking lot"], "k": 3}},
-            {"name": "zoom_tile", "id": "c4", "args": {"index": "../escape.duckdb", "tile": tile, "prompts": ["x"]}},
-        ]),
+        AIMessage(
+            content="", tool_calls=[{"name": "parse_query", "args": {"text": "parking lots"}, "id": "c1"}]
+        ),
+        AIMessage(
+            content="",
+            tool_calls=[
+                {
+                    "name": "coarse_search",
+                    "id": "c2",
+                    "args": {"index": "vegas.duckdb", "prompts": ["a parking lot"], "k": 3},
+                }
+            ],
+        ),
+        AIMessage(
+            content="",
+            tool_calls=[
+                {
+                    "name": "segment_region",
+                    "id": "c3",
+                    "args": {"index": "vegas.duckdb", "tile": tile, "prompts": ["a parking lot"], "k": 3},
+                },
+                {
+                    "name": "zoom_tile",
+                    "id": "c4",
+                    "args": {"index": "../escape.duckdb", "tile": tile, "prompts": ["x"]},
+                },
+            ],
+        ),
         AIMessage(content="The parking lots are in the regions returned by segment_region."),
     ]
     model = FakeMessagesListChatModel(responses=script)
@@ -85,7 +105,10 @@ def test_llm_planner_with_fake_model_is_calibrated(vegas_ws):
     assert res.method == "llm" and res.details["planner"] == "llm"
     trace = res.details["trace"]
     assert [t.split("(")[0] for t in trace[:2]] == ["parse_query", "coarse_search"]
-    assert sorted(t.split("(")[0] for t in trace[2:]) == ["segment_region", "zoom_tile"]  # one step, in parallel
+    assert sorted(t.split("(")[0] for t in trace[2:]) == [
+        "segment_region",
+        "zoom_tile",
+    ]  # one step, in parallel
     zoom = next(t for t in trace if t.startswith("zoom_tile"))
     assert zoom.endswith("-> error")  # the path escape came back to the model as an error
     assert res.details["model_reply"].startswith("The parking lots")
@@ -137,8 +160,13 @@ def test_tools_never_import_the_server():
         for path in (root / folder).rglob("*.py"):
             tree = ast.parse(path.read_text())
             for node in ast.walk(tree):
-                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                mods = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
                 for m in mods:
                     assert m.split(".")[0] not in banned, f"{path.relative_to(root)} imports {m}"
 
@@ -152,8 +180,16 @@ def test_openai_compatible_chat_model(monkeypatch):
 
     def fake(base, model, messages, *, api_key=None, tools=None, timeout=60.0):
         seen.update(base=base, model=model, messages=messages, tools=tools)
-        return {"content": "", "tool_calls": [{"id": "1", "type": "function",
-                                               "function": {"name": "parse_query", "arguments": '{"text": "x"}'}}]}
+        return {
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "1",
+                    "type": "function",
+                    "function": {"name": "parse_query", "arguments": '{"text": "x"}'},
+                }
+            ],
+        }
 
     monkeypatch.setattr(llm, "chat_completion", fake)
     from tools.parse_query import ParseQueryInput
@@ -174,8 +210,13 @@ def test_chain_calibrates_against_gallery(vegas_ws, tmp_path, monkeypatch):
     from geosearch.refine import gallery as G
 
     idx = vegas_ws.handle("vegas.duckdb").index
-    G.save_gallery(tmp_path / "geosearch-tiny.gallery.npz", idx.embeddings[:50], ["tile"] * 50,
-                   idx.meta["model_id"], "tiles of the index itself")
+    G.save_gallery(
+        tmp_path / "geosearch-tiny.gallery.npz",
+        idx.embeddings[:50],
+        ["tile"] * 50,
+        idx.meta["model_id"],
+        "tiles of the index itself",
+    )
     monkeypatch.setattr(G, "PACKAGED_DIR", tmp_path)
     monkeypatch.setattr(G, "_LOADED", {})
     params = {"features": ["d_ref"], "coef": [50.0], "intercept": 0.0, "threshold": 0.5, "calibrated": True}
@@ -183,6 +224,6 @@ def test_chain_calibrates_against_gallery(vegas_ws, tmp_path, monkeypatch):
     res = answer(idx, "a parking lot", 3, MethodContext(options={"explain": False}))
     cal = res.details["calibration_features"]
     assert {"d_ref", "ref_top"} <= set(cal)
-    assert res.abstained == (cal["d_ref"] < 0)       # sigmoid(50 * d_ref) < 0.5 exactly when d_ref < 0
+    assert res.abstained == (cal["d_ref"] < 0)  # sigmoid(50 * d_ref) < 0.5 exactly when d_ref < 0
     if res.abstained:
         assert "reference gallery" in res.reason

@@ -24,13 +24,25 @@ def unit(v):
     return v / np.linalg.norm(v)
 
 
-def write_alphaearth(path: Path, field: np.ndarray, *, crs="EPSG:32633", origin=(500000.0, 4500000.0),
-                     res=10.0) -> Path:
+def write_alphaearth(
+    path: Path, field: np.ndarray, *, crs="EPSG:32633", origin=(500000.0, 4500000.0), res=10.0
+) -> Path:
     """``field``: (64, H, W) float vectors (NaN = nodata) -> int8 COG-style GeoTIFF, nodata -128."""
     q = quantize(field)
-    profile = dict(driver="GTiff", width=q.shape[2], height=q.shape[1], count=64, dtype="int8", crs=crs,
-                   transform=from_origin(origin[0], origin[1], res, res), nodata=-128, tiled=True,
-                   blockxsize=16, blockysize=16, compress="deflate")
+    profile = dict(
+        driver="GTiff",
+        width=q.shape[2],
+        height=q.shape[1],
+        count=64,
+        dtype="int8",
+        crs=crs,
+        transform=from_origin(origin[0], origin[1], res, res),
+        nodata=-128,
+        tiled=True,
+        blockxsize=16,
+        blockysize=16,
+        compress="deflate",
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(q)
@@ -45,7 +57,7 @@ def two_halves(h=16, w=16) -> np.ndarray:
     """West half vector A, east half vector B, the north-west corner pixel nodata."""
     f = np.empty((64, h, w))
     f[:, :, : w // 2] = A[:, None, None]
-    f[:, :, w // 2:] = B[:, None, None]
+    f[:, :, w // 2 :] = B[:, None, None]
     f[:, 0, 0] = np.nan
     return f
 
@@ -74,10 +86,14 @@ def test_generated_file_is_alphaearth_format(tmp_path):
 def test_pool_tiles(tmp_path):
     p = write_alphaearth(tmp_path / "ae.tif", two_halves())  # 160 m x 160 m at 10 m
     x0, y1 = 500000.0, 4500000.0
-    bounds = np.array([[x0, y1 - 80, x0 + 80, y1],           # west: A (one nodata pixel ignored)
-                       [x0 + 80, y1 - 160, x0 + 160, y1],     # east: B
-                       [x0 + 40, y1 - 40, x0 + 120, y1],      # straddles: (A + B) renormalised
-                       [x0 + 1000, y1, x0 + 1100, y1 + 100]])  # outside
+    bounds = np.array(
+        [
+            [x0, y1 - 80, x0 + 80, y1],  # west: A (one nodata pixel ignored)
+            [x0 + 80, y1 - 160, x0 + 160, y1],  # east: B
+            [x0 + 40, y1 - 40, x0 + 120, y1],  # straddles: (A + B) renormalised
+            [x0 + 1000, y1, x0 + 1100, y1 + 100],
+        ]
+    )  # outside
     vec, has = pool_tiles(p, bounds, "EPSG:32633")
     assert has.tolist() == [True, True, True, False]
     assert vec[0] @ A > 0.999 and vec[1] @ B > 0.999
@@ -113,8 +129,13 @@ def test_coarse_plus_prior_method(tmp_path):
     idx = TileIndex.open(tmp_path / "i.duckdb")
     idx.attach_model(model)
     prior = write_alphaearth(tmp_path / "ae.tif", two_halves(13, 13))
-    ans = run_method("coarse+prior", idx, "a bright square", 5,
-                     MethodContext(options={"prior": str(prior), "prior_keep": 0.5}))
+    ans = run_method(
+        "coarse+prior",
+        idx,
+        "a bright square",
+        5,
+        MethodContext(options={"prior": str(prior), "prior_keep": 0.5}),
+    )
     assert ans.details["prior_used"] and len(ans.regions) == 5
     assert all("prior_similarity" in r.details for r in ans.regions)
     with pytest.raises(InputError, match="no embedding prior"):

@@ -18,18 +18,21 @@ def test_relation_with_distance():
     assert any("parking lots" in s for s in p.positive_prompts)
 
 
-@pytest.mark.parametrize("text,pred,layer,dist", [
-    ("houses within 2 km of the coast", "near", "water", 2000.0),
-    ("farms more than 1.5 km from any road", "far_from", "roads", 1500.0),
-    ("buildings 300 m from the lake", "near", "water", 300.0),
-    ("warehouses along the river", "along", "water", None),
-    ("fields far from rivers", "far_from", "water", None),
-    ("trees inside the park", "within", "vegetation", None),
-    ("houses on the edge of the forest", "edge_of", "vegetation", None),
-    ("a path crossing the river", "intersects", "water", None),
-    ("parks containing a pond", "contains", "water", None),
-    ("solar panels not near roads", "far_from", "roads", None),
-])
+@pytest.mark.parametrize(
+    "text,pred,layer,dist",
+    [
+        ("houses within 2 km of the coast", "near", "water", 2000.0),
+        ("farms more than 1.5 km from any road", "far_from", "roads", 1500.0),
+        ("buildings 300 m from the lake", "near", "water", 300.0),
+        ("warehouses along the river", "along", "water", None),
+        ("fields far from rivers", "far_from", "water", None),
+        ("trees inside the park", "within", "vegetation", None),
+        ("houses on the edge of the forest", "edge_of", "vegetation", None),
+        ("a path crossing the river", "intersects", "water", None),
+        ("parks containing a pond", "contains", "water", None),
+        ("solar panels not near roads", "far_from", "roads", None),
+    ],
+)
 def test_relations(text, pred, layer, dist):
     p = parse_query(text)
     assert p.relations, text
@@ -48,12 +51,15 @@ def test_between_and_density():
     assert d.predicate == "density" and d.layer == "buildings" and d.threshold
 
 
-@pytest.mark.parametrize("text,excl", [
-    ("houses without swimming pools", ["swimming pools"]),
-    ("fields with no trees", ["trees"]),
-    ("beaches, not rocks", ["rocks"]),
-    ("ports excluding container cranes", ["container cranes"]),
-])
+@pytest.mark.parametrize(
+    "text,excl",
+    [
+        ("houses without swimming pools", ["swimming pools"]),
+        ("fields with no trees", ["trees"]),
+        ("beaches, not rocks", ["rocks"]),
+        ("ports excluding container cranes", ["container cranes"]),
+    ],
+)
 def test_exclusions(text, excl):
     p = parse_query(text)
     assert p.exclusions == excl
@@ -76,8 +82,9 @@ def test_time_phrases():
 
 def test_targets_attributes_geo():
     p = parse_query("find large white warehouses and a red barn in the north of the image")
-    assert [t.text for t in p.targets] == ["large white warehouses", "a red barn"] or \
-        [t.text for t in p.targets] == ["large white warehouses", "red barn"]
+    assert [t.text for t in p.targets] == ["large white warehouses", "a red barn"] or [
+        t.text for t in p.targets
+    ] == ["large white warehouses", "red barn"]
     assert {"large", "white", "red"} <= set(p.attributes)
     assert p.geo[0].kind == "part" and p.geo[0].value == "north"
     assert parse_query("an airport").targets[0].kind == "scene"
@@ -95,7 +102,9 @@ def test_llm_parse_and_fallback():
 
     good = parse_query("ships near the coast").model_dump()
     good["source"] = "llm"
-    out = tool.run(tool.ParseQueryInput(text="ships near the coast"), complete=lambda prompt: json.dumps(good))
+    out = tool.run(
+        tool.ParseQueryInput(text="ships near the coast"), complete=lambda prompt: json.dumps(good)
+    )
     assert out.source == "llm" and out.relations[0].layer == "water" and out.llm_error is None
     # invalid JSON -> rules
     out = tool.run(tool.ParseQueryInput(text="ships near the coast"), complete=lambda prompt: "sorry, no")
@@ -104,9 +113,11 @@ def test_llm_parse_and_fallback():
     bad = dict(good, relations=[{"predicate": "beside", "layer": "water"}])
     out = tool.run(tool.ParseQueryInput(text="ships near the coast"), complete=lambda prompt: json.dumps(bad))
     assert out.source == "rules" and "predicate" in out.llm_error
+
     # the LLM raising -> rules
     def boom(prompt):
         raise TimeoutError("slow")
+
     assert tool.run(tool.ParseQueryInput(text="ships"), complete=boom).source == "rules"
     ParsedQuery.model_validate(out.model_dump())
 

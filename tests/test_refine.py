@@ -63,8 +63,9 @@ def test_pyramid_counts_full_res_reads(square_index):
 
 def test_heatmap_segmentation_finds_square(square_index):
     index, sq = square_index
-    cands = segment(index, index.mosaic().bounds, ["red"], crop_fracs=(1 / 4, 1 / 6, 1 / 8), grid=32,
-                    threshold=0.6)
+    cands = segment(
+        index, index.mosaic().bounds, ["red"], crop_fracs=(1 / 4, 1 / 6, 1 / 8), grid=32, threshold=0.6
+    )
     assert cands
     best = cands[0]
     assert _iou(best.polygon_map, box(*sq)) >= 0.8
@@ -112,7 +113,7 @@ def test_pyramid_method(square_index):
 
 def test_abstains_on_query_matching_nothing(square_index):
     index, _ = square_index
-    ans = run_method("answer", index, "a blue lake", 5)   # nothing blue in the raster
+    ans = run_method("answer", index, "a blue lake", 5)  # nothing blue in the raster
     assert ans.abstained and ans.regions == []
     assert ans.reason and "not found" in ans.reason
     assert ans.near_misses
@@ -161,10 +162,10 @@ def test_gallery_round_trip_and_reference(tmp_path):
     emb = rng.normal(size=(50, 8)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     path = save_gallery(tmp_path / "m.gallery.npz", emb, [f"c{i % 3}" for i in range(50)], "m@1", "unit test")
-    assert not list(tmp_path.glob(".*tmp*"))            # written atomically, no leftovers
+    assert not list(tmp_path.glob(".*tmp*"))  # written atomically, no leftovers
     g = read_gallery(path)
     assert g.model_id == "m@1" and len(g) == 50
-    assert np.abs(g.embeddings - emb).max() < 0.02     # int8 storage
+    assert np.abs(g.embeddings - emb).max() < 0.02  # int8 storage
     vec = emb[7]
     top3 = np.sort(emb @ vec)[-3:].mean()
     assert g.reference(vec) == pytest.approx(top3, abs=0.02)
@@ -195,9 +196,16 @@ def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
 
     index, _ = square_index
     model = index.model()
-    emb = model.encode_images(np.concatenate([_solid((220, 40, 40)), _solid((60, 150, 60)), _solid((40, 40, 220))]))
-    G.save_gallery(tmp_path / "test-colour.gallery.npz", emb, ["red"] * 4 + ["green"] * 4 + ["blue"] * 4,
-                   model.model_id, "solid colours")
+    emb = model.encode_images(
+        np.concatenate([_solid((220, 40, 40)), _solid((60, 150, 60)), _solid((40, 40, 220))])
+    )
+    G.save_gallery(
+        tmp_path / "test-colour.gallery.npz",
+        emb,
+        ["red"] * 4 + ["green"] * 4 + ["blue"] * 4,
+        model.model_id,
+        "solid colours",
+    )
     monkeypatch.setattr(G, "PACKAGED_DIR", tmp_path)
     monkeypatch.setattr(G, "_LOADED", {})
     present = run_method("segment", index, "red", 5).details["calibration_features"]
@@ -210,6 +218,8 @@ def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
     assert ans.abstained and "reference gallery" in ans.reason
     assert not run_method("answer", index, "red", 5).abstained
     # a gallery embedded with other weights is never used
-    G.save_gallery(tmp_path / "test-colour.gallery.npz", emb, ["x"] * 12, "test-colour@other", "other weights")
+    G.save_gallery(
+        tmp_path / "test-colour.gallery.npz", emb, ["x"] * 12, "test-colour@other", "other weights"
+    )
     monkeypatch.setattr(G, "_LOADED", {})
     assert G.find_gallery("test-colour", "test-colour@1") is None

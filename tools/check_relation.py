@@ -13,16 +13,21 @@ from pydantic import BaseModel, Field
 from geosearch.errors import GeoSearchError, InputError
 from tools.common import ProgressFn, RegionIn, Workspace, jsonable, report
 
-PredicateName = Literal["near", "far_from", "within", "intersects", "contains", "along", "between", "density",
-                        "edge_of"]
+PredicateName = Literal[
+    "near", "far_from", "within", "intersects", "contains", "along", "between", "density", "edge_of"
+]
 
 
 class CheckRelationInput(BaseModel):
     index: str = Field(min_length=1, description="index path (relative to a data root); its layers are used")
     regions: list[RegionIn] = Field(min_length=1, max_length=500)
     predicate: PredicateName
-    layer: str = Field(min_length=1, max_length=63, description="layer name or role (roads, water, buildings...)")
-    distance_m: float | None = Field(None, ge=0, le=1e6, description="metres (near, far_from, along, between, edge_of)")
+    layer: str = Field(
+        min_length=1, max_length=63, description="layer name or role (roads, water, buildings...)"
+    )
+    distance_m: float | None = Field(
+        None, ge=0, le=1e6, description="metres (near, far_from, along, between, edge_of)"
+    )
     layer_b: str | None = Field(None, max_length=63, description="second layer (between)")
     threshold: float | None = Field(None, description="density: features per km²; along: min share (0-1)")
     negated: bool = Field(False, description="the region must NOT satisfy the predicate ('not within water')")
@@ -43,11 +48,19 @@ class RelationOut(BaseModel):
 
     @classmethod
     def from_engine(cls, d: dict) -> RelationOut:
-        return cls(region_id=str(d["region_id"]), holds=bool(d["holds"]), satisfied=bool(d["satisfied"]),
-                   negated=bool(d.get("negated")), value=None if d.get("value") is None else float(d["value"]),
-                   unit=str(d.get("unit", "")), nearest_id=None if d.get("nearest_id") is None else str(d["nearest_id"]),
-                   predicate=d["predicate"], layer=d["layer"], layer_b=d.get("layer_b"),
-                   details=jsonable(d.get("details") or {}))
+        return cls(
+            region_id=str(d["region_id"]),
+            holds=bool(d["holds"]),
+            satisfied=bool(d["satisfied"]),
+            negated=bool(d.get("negated")),
+            value=None if d.get("value") is None else float(d["value"]),
+            unit=str(d.get("unit", "")),
+            nearest_id=None if d.get("nearest_id") is None else str(d["nearest_id"]),
+            predicate=d["predicate"],
+            layer=d["layer"],
+            layer_b=d.get("layer_b"),
+            details=jsonable(d.get("details") or {}),
+        )
 
 
 class CheckRelationOutput(BaseModel):
@@ -68,8 +81,14 @@ def run(inp: CheckRelationInput, ws: Workspace, progress: ProgressFn | None = No
     regions = [(r.id, r.geometry()) for r in inp.regions]
     if len({rid for rid, _ in regions}) != len(regions):
         raise InputError("region ids must be unique")
-    spec = RelationSpec(predicate=inp.predicate, layer=inp.layer, layer_b=inp.layer_b, distance_m=inp.distance_m,
-                        threshold=inp.threshold, negated=inp.negated)
+    spec = RelationSpec(
+        predicate=inp.predicate,
+        layer=inp.layer,
+        layer_b=inp.layer_b,
+        distance_m=inp.distance_m,
+        threshold=inp.threshold,
+        negated=inp.negated,
+    )
     report(progress, 0, 1, "checking relation")
     with ws.using(inp.index) as h, layers_connection(h.path) as con:
         rep = apply_relations(con, regions, [spec])
@@ -78,6 +97,13 @@ def run(inp: CheckRelationInput, ws: Workspace, progress: ProgressFn | None = No
     report(progress, 1, 1, "done")
     out = [RelationOut.from_engine(d) for rid, _ in regions for d in rep.results[rid]]
     first = out[0] if out else None
-    return CheckRelationOutput(index=h.name, predicate=inp.predicate, layer=first.layer if first else inp.layer,
-                               layer_b=first.layer_b if first else inp.layer_b, distance_m=inp.distance_m,
-                               negated=inp.negated, results=out, held=sum(r.satisfied for r in out))
+    return CheckRelationOutput(
+        index=h.name,
+        predicate=inp.predicate,
+        layer=first.layer if first else inp.layer,
+        layer_b=first.layer_b if first else inp.layer_b,
+        distance_m=inp.distance_m,
+        negated=inp.negated,
+        results=out,
+        held=sum(r.satisfied for r in out),
+    )

@@ -19,7 +19,8 @@ class CoarseSearchInput(BaseModel):
     prompts: list[str] | None = Field(None, description="prompts to embed instead of a query")
     negative_prompts: list[str] | None = Field(None, description="prompts to push away from")
     area: list[float] | dict[str, Any] | None = Field(
-        None, description="bbox [minx, miny, maxx, maxy] in lon/lat, or a GeoJSON geometry (EPSG:4326)")
+        None, description="bbox [minx, miny, maxx, maxy] in lon/lat, or a GeoJSON geometry (EPSG:4326)"
+    )
     k: int = Field(10, ge=1, le=500)
     scales_m: list[float] | None = Field(None, description="restrict to these tile sizes (m)")
 
@@ -38,7 +39,9 @@ class CoarseSearchOutput(BaseModel):
     score_stats: dict[str, float] = Field(description="mean / std / max of all tile scores for these prompts")
 
 
-def prompts_of(query: str | None, prompts: list[str] | None, negative: list[str] | None) -> tuple[list[str], list[str]]:
+def prompts_of(
+    query: str | None, prompts: list[str] | None, negative: list[str] | None
+) -> tuple[list[str], list[str]]:
     if prompts:
         pq = query_from_prompts(prompts, negative)
     else:
@@ -57,11 +60,25 @@ def run(inp: CoarseSearchInput, ws: Workspace, progress: ProgressFn | None = Non
         area = parse_area(inp.area)
         hits = search(h.index, vec, inp.k, area=area, scales=inp.scales_m)
         s = h.index.embeddings @ vec
-        stats = {"mean": float(s.mean()), "std": float(s.std()), "max": float(s.max()),
-                 "median": float(np.median(s))}
+        stats = {
+            "mean": float(s.mean()),
+            "std": float(s.std()),
+            "max": float(s.max()),
+            "median": float(np.median(s)),
+        }
     report(progress, 2, 2, "done")
     from shapely.geometry import mapping
 
-    tiles = [TileOut(rank=x.rank, id=x.tile_id, scale_m=x.scale_m, score=x.score, bbox=list(x.bbox_wgs84),
-                     polygon=mapping(x.polygon_wgs84), date=x.date) for x in hits]
+    tiles = [
+        TileOut(
+            rank=x.rank,
+            id=x.tile_id,
+            scale_m=x.scale_m,
+            score=x.score,
+            bbox=list(x.bbox_wgs84),
+            polygon=mapping(x.polygon_wgs84),
+            date=x.date,
+        )
+        for x in hits
+    ]
     return CoarseSearchOutput(index=h.name, prompts=pos, negative_prompts=neg, tiles=tiles, score_stats=stats)

@@ -71,8 +71,11 @@ class RegionIn(BaseModel):
     def geometry(self):
         if self.polygon is not None:
             try:
-                geom = shape(self.polygon.get("geometry", self.polygon) if self.polygon.get("type") == "Feature"
-                             else self.polygon)
+                geom = shape(
+                    self.polygon.get("geometry", self.polygon)
+                    if self.polygon.get("type") == "Feature"
+                    else self.polygon
+                )
             except Exception as exc:  # noqa: BLE001
                 raise InputError(f"region {self.id!r}: invalid GeoJSON geometry ({exc})") from exc
         elif self.bbox is not None:
@@ -101,18 +104,33 @@ class RegionOut(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
 
     def as_input(self) -> RegionIn:
-        return RegionIn(id=self.id, polygon=self.polygon, score=self.score, evidence_tiles=self.evidence_tiles)
+        return RegionIn(
+            id=self.id, polygon=self.polygon, score=self.score, evidence_tiles=self.evidence_tiles
+        )
 
 
 def region_out(region_id: str, geom_wgs84, score: float, **kw: Any) -> RegionOut:
-    return RegionOut(id=region_id, polygon=mapping(geom_wgs84), bbox=[float(v) for v in geom_wgs84.bounds],
-                     score=float(score), **kw)
+    return RegionOut(
+        id=region_id,
+        polygon=mapping(geom_wgs84),
+        bbox=[float(v) for v in geom_wgs84.bounds],
+        score=float(score),
+        **kw,
+    )
 
 
 def region_from_engine(r) -> RegionOut:
     """A :class:`geosearch.pipeline.Region` as a RegionOut."""
-    return region_out(r.region_id, r.polygon_wgs84, r.score, confidence=r.confidence, scale_m=r.scale_m,
-                      evidence_tiles=list(r.evidence_tiles), flags=list(r.flags), details=jsonable(r.details))
+    return region_out(
+        r.region_id,
+        r.polygon_wgs84,
+        r.score,
+        confidence=r.confidence,
+        scale_m=r.scale_m,
+        evidence_tiles=list(r.evidence_tiles),
+        flags=list(r.flags),
+        details=jsonable(r.details),
+    )
 
 
 def jsonable(value: Any) -> Any:
@@ -161,8 +179,14 @@ class IndexHandle:
 class Workspace:
     """What a server (or the CLI) may open: indexes under ``roots`` (all paths when roots is None)."""
 
-    def __init__(self, roots: Sequence[str | Path] | None = None, *, settings=None, cache_size: int = 8,
-                 restrict: bool | None = None):
+    def __init__(
+        self,
+        roots: Sequence[str | Path] | None = None,
+        *,
+        settings=None,
+        cache_size: int = 8,
+        restrict: bool | None = None,
+    ):
         from geosearch.settings import get_settings
 
         self.settings = settings or get_settings()
@@ -260,10 +284,15 @@ class Workspace:
                     if p.suffix.lower() not in INDEX_SUFFIXES or p.is_symlink():
                         continue
                     st = p.stat()
-                    out.append({"name": p.relative_to(root).as_posix(), "root": str(root),
-                                "size_bytes": st.st_size,
-                                "modified": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st.st_mtime)),
-                                "uri": f"geosearch://indexes/{p.relative_to(root).as_posix()}"})
+                    out.append(
+                        {
+                            "name": p.relative_to(root).as_posix(),
+                            "root": str(root),
+                            "size_bytes": st.st_size,
+                            "modified": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st.st_mtime)),
+                            "uri": f"geosearch://indexes/{p.relative_to(root).as_posix()}",
+                        }
+                    )
                     if len(out) >= max_files:
                         return out
         return out

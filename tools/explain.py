@@ -23,7 +23,9 @@ class ExplainInput(BaseModel):
     regions: list[RegionIn] = Field(min_length=1, max_length=20)
     query: str = Field(min_length=1, max_length=2000)
     prompts: list[str] | None = Field(None, description="prompts to score (default: parsed from the query)")
-    check_relations: bool = Field(True, description="evaluate the relations named in the query (when layers exist)")
+    check_relations: bool = Field(
+        True, description="evaluate the relations named in the query (when layers exist)"
+    )
     previews: int = Field(3, ge=0, le=10, description="attach PNG previews for this many regions")
     use_llm: bool = True
 
@@ -68,11 +70,19 @@ def _calibrations(idx, vec: np.ndarray, own: np.ndarray) -> tuple[list[tuple[flo
     confs, top_feats = calibrate.region_confidences(idx, vec, [(float(own[i]), None) for i in order], params)
     out: list[tuple[float, dict]] = [(0.0, {})] * len(own)
     for rank, (i, conf) in enumerate(zip(order, confs)):
-        feats = top_feats if rank == 0 else {
-            **{k: v for k, v in top_feats.items() if k in ("d_ref", "ref_top", "z_top", "bank_count")},
-            **calibrate.features_for(idx, vec, float(own[i]), None)}
-        out[int(i)] = (float(conf), {k: round(float(v), 4) for k, v in feats.items()}
-                       | {"threshold": float(params.get("threshold", 0.5))})
+        feats = (
+            top_feats
+            if rank == 0
+            else {
+                **{k: v for k, v in top_feats.items() if k in ("d_ref", "ref_top", "z_top", "bank_count")},
+                **calibrate.features_for(idx, vec, float(own[i]), None),
+            }
+        )
+        out[int(i)] = (
+            float(conf),
+            {k: round(float(v), 4) for k, v in feats.items()}
+            | {"threshold": float(params.get("threshold", 0.5))},
+        )
     return out, bool(params.get("calibrated", False))
 
 
@@ -124,46 +134,81 @@ def run(inp: ExplainInput, ws: Workspace, progress: ProgressFn | None = None) ->
                     j = idx.position(tid)
                 except GeoSearchError:
                     continue
-                evidence.append(EvidenceTile(id=tid, score=float(all_s[j]),
-                                             bbox=list(idx.polygons_wgs84()[j].bounds)))
+                evidence.append(
+                    EvidenceTile(id=tid, score=float(all_s[j]), bbox=list(idx.polygons_wgs84()[j].bounds))
+                )
             prev = None
             if i < inp.previews:
                 prev = preview_for(ws, h, bounds_list[i], tag=f"explain-{rid}")
-            out.append(RegionExplanation(
-                id=rid, score=score, prompt_scores={p: float(e @ v) for p, v in zip(pos, pvecs)},
-                negative_scores={p: float(e @ v) for p, v in zip(neg, nvecs)}, z_index=(score - mean) / std,
-                confidence=conf, calibration=cal, relations=rel_results[rid], evidence_tiles=evidence,
-                preview=prev))
+            out.append(
+                RegionExplanation(
+                    id=rid,
+                    score=score,
+                    prompt_scores={p: float(e @ v) for p, v in zip(pos, pvecs)},
+                    negative_scores={p: float(e @ v) for p, v in zip(neg, nvecs)},
+                    z_index=(score - mean) / std,
+                    confidence=conf,
+                    calibration=cal,
+                    relations=rel_results[rid],
+                    evidence_tiles=evidence,
+                    preview=prev,
+                )
+            )
             report(progress, i + 2, total, f"region {rid}")
     text, source = _explanation(ws, inp, pq, out, unchecked, calibrated)
     report(progress, total, total, "done")
-    return ExplainOutput(index=h.name, query=inp.query, prompts=pos, regions=out, relations_unchecked=unchecked,
-                         calibrated=calibrated, explanation=text, explanation_source=source)
+    return ExplainOutput(
+        index=h.name,
+        query=inp.query,
+        prompts=pos,
+        regions=out,
+        relations_unchecked=unchecked,
+        calibrated=calibrated,
+        explanation=text,
+        explanation_source=source,
+    )
 
 
-def _explanation(ws: Workspace, inp: ExplainInput, pq, regions: list[RegionExplanation], unchecked: list[str],
-                 calibrated: bool) -> tuple[str, str]:
+def _explanation(
+    ws: Workspace,
+    inp: ExplainInput,
+    pq,
+    regions: list[RegionExplanation],
+    unchecked: list[str],
+    calibrated: bool,
+) -> tuple[str, str]:
     best = max(regions, key=lambda r: r.score)
     top_prompt = max(best.prompt_scores, key=best.prompt_scores.get) if best.prompt_scores else ""
-    lines = [f"{len(regions)} region(s) examined for \"{inp.query}\". The best, {best.id}, scores "
-             f"{best.score:.3f}, {best.z_index:+.1f} SD against all tiles of the index; it matches "
-             f"\"{top_prompt}\" most."]
+    lines = [
+        f'{len(regions)} region(s) examined for "{inp.query}". The best, {best.id}, scores '
+        f"{best.score:.3f}, {best.z_index:+.1f} SD against all tiles of the index; it matches "
+        f'"{top_prompt}" most.'
+    ]
     if best.confidence is not None:
-        lines.append(f"Its confidence is {best.confidence:.2f} ({'calibrated' if calibrated else 'uncalibrated'}"
-                     f"{', above' if best.confidence >= best.calibration.get('threshold', 0.5) else ', below'} "
-                     f"the abstention threshold {best.calibration.get('threshold', 0.5):.2f}).")
+        lines.append(
+            f"Its confidence is {best.confidence:.2f} ({'calibrated' if calibrated else 'uncalibrated'}"
+            f"{', above' if best.confidence >= best.calibration.get('threshold', 0.5) else ', below'} "
+            f"the abstention threshold {best.calibration.get('threshold', 0.5):.2f})."
+        )
     rel = [r for reg in regions for r in reg.relations]
     if rel:
         held = sum(r.satisfied for r in rel)
-        lines.append(f"Spatial checks: {held} of {len(rel)} hold "
-                     + "; ".join(f"{r.region_id} {'not ' if r.negated else ''}{r.predicate} {r.layer}: "
-                                 f"{'yes' if r.satisfied else 'no'}"
-                                 + (f" ({r.value:.0f} {r.unit})" if r.value is not None else "")
-                                 for r in rel[:4]) + ".")
+        lines.append(
+            f"Spatial checks: {held} of {len(rel)} hold "
+            + "; ".join(
+                f"{r.region_id} {'not ' if r.negated else ''}{r.predicate} {r.layer}: "
+                f"{'yes' if r.satisfied else 'no'}"
+                + (f" ({r.value:.0f} {r.unit})" if r.value is not None else "")
+                for r in rel[:4]
+            )
+            + "."
+        )
     if unchecked:
         lines.append("Not checked: " + "; ".join(unchecked[:3]) + ".")
     if pq.negative_prompts:
-        lines.append("Regions looking like " + ", ".join(f'"{e}"' for e in pq.exclusions[:3]) + " were pushed down.")
+        lines.append(
+            "Regions looking like " + ", ".join(f'"{e}"' for e in pq.exclusions[:3]) + " were pushed down."
+        )
     lines.append("Check the previews by eye: scores rank places, they do not prove the object is there.")
     summary = " ".join(lines)
     complete = ws.llm_complete() if inp.use_llm else None
@@ -171,16 +216,36 @@ def _explanation(ws: Workspace, inp: ExplainInput, pq, regions: list[RegionExpla
         return summary, "template"
     from prompts import render
 
-    scores = "\n".join(f"- {r.id}: overall {r.score:.3f} (z {r.z_index:+.1f}); "
-                       + ", ".join(f"'{p}' {s:.3f}" for p, s in list(r.prompt_scores.items())[:3]) for r in regions)
-    relations = "\n".join(f"- {r.region_id} {'not ' if r.negated else ''}{r.predicate} {r.layer}: {r.satisfied} "
-                          f"({r.value} {r.unit})" for r in rel) \
+    scores = "\n".join(
+        f"- {r.id}: overall {r.score:.3f} (z {r.z_index:+.1f}); "
+        + ", ".join(f"'{p}' {s:.3f}" for p, s in list(r.prompt_scores.items())[:3])
+        for r in regions
+    )
+    relations = (
+        "\n".join(
+            f"- {r.region_id} {'not ' if r.negated else ''}{r.predicate} {r.layer}: {r.satisfied} "
+            f"({r.value} {r.unit})"
+            for r in rel
+        )
         or "- none"
-    calib = ", ".join(f"{r.id}: {r.confidence:.2f}" for r in regions if r.confidence is not None) or "not available"
+    )
+    calib = (
+        ", ".join(f"{r.id}: {r.confidence:.2f}" for r in regions if r.confidence is not None)
+        or "not available"
+    )
     evidence = ", ".join(t.id for r in regions for t in r.evidence_tiles) or "none"
     try:
-        text = complete(render("explanation", query=inp.query, summary=summary, scores=scores,
-                               relations=relations, calibration=calib, evidence=evidence)).strip()
+        text = complete(
+            render(
+                "explanation",
+                query=inp.query,
+                summary=summary,
+                scores=scores,
+                relations=relations,
+                calibration=calib,
+                evidence=evidence,
+            )
+        ).strip()
         if text:
             return text, "llm"
     except Exception:  # noqa: BLE001 - the template explanation stands

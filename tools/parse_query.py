@@ -44,8 +44,12 @@ def parse_with_llm(text: str, complete: CompleteFn) -> ParsedQuery:
     return ParsedQuery.model_validate(data)
 
 
-def run(inp: ParseQueryInput, ws: Workspace | None = None, progress: ProgressFn | None = None,
-        complete: CompleteFn | None = None) -> ParseQueryOutput:
+def run(
+    inp: ParseQueryInput,
+    ws: Workspace | None = None,
+    progress: ProgressFn | None = None,
+    complete: CompleteFn | None = None,
+) -> ParseQueryOutput:
     rules = rules_parse(inp.text)
     if inp.use_llm:
         complete = complete or (ws.llm_complete() if ws is not None else None)

@@ -38,14 +38,28 @@ def run(inp: SegmentRegionInput, ws: Workspace, progress: ProgressFn | None = No
         cands = segment(idx, inp.tile if inp.tile else bounds, vec, backend="heatmap")
         cands = sorted(cands, key=lambda c: -c.score)[: inp.k]
         tag = inp.tile or "bbox"
-        regions = [region_out(f"seg-{tag}-{i}", c.polygon_wgs84, c.score, scale_m=c.scale_m,
-                              evidence_tiles=list(c.evidence_tiles) or ([inp.tile] if inp.tile else []),
-                              flags=list(c.flags),
-                              details=jsonable({"bbox_map": list(c.bbox_map), "features": c.features,
-                                                "window_score": c.window_score}))
-                   for i, c in enumerate(cands, start=1)]
+        regions = [
+            region_out(
+                f"seg-{tag}-{i}",
+                c.polygon_wgs84,
+                c.score,
+                scale_m=c.scale_m,
+                evidence_tiles=list(c.evidence_tiles) or ([inp.tile] if inp.tile else []),
+                flags=list(c.flags),
+                details=jsonable(
+                    {"bbox_map": list(c.bbox_map), "features": c.features, "window_score": c.window_score}
+                ),
+            )
+            for i, c in enumerate(cands, start=1)
+        ]
         report(progress, 1, 2, "rendering preview")
-        prev = preview_for(ws, h, bounds, outlines=[c.polygon_map for c in cands], tag="seg") if inp.preview else None
+        prev = (
+            preview_for(ws, h, bounds, outlines=[c.polygon_map for c in cands], tag="seg")
+            if inp.preview
+            else None
+        )
         window_bbox = list(to_wgs84(box(*bounds), idx.crs).bounds)
     report(progress, 2, 2, "done")
-    return SegmentRegionOutput(index=h.name, window_bbox=window_bbox, prompts=pos, regions=regions, preview=prev)
+    return SegmentRegionOutput(
+        index=h.name, window_bbox=window_bbox, prompts=pos, regions=regions, preview=prev
+    )

@@ -90,13 +90,24 @@ def run(inp: ZoomTileInput, ws: Workspace, progress: ProgressFn | None = None) -
         out = []
         for rank, w in enumerate(wins[: inp.k], start=1):
             poly = to_wgs84(box(*w.bounds), idx.crs)
-            out.append(SubWindow(rank=rank, score=w.score, scale_m=w.scale_m, level=w.level, parent_tile=w.tile_id,
-                                 bbox=list(poly.bounds), polygon=mapping(poly), gain=w.score - wscore))
+            out.append(
+                SubWindow(
+                    rank=rank,
+                    score=w.score,
+                    scale_m=w.scale_m,
+                    level=w.level,
+                    parent_tile=w.tile_id,
+                    bbox=list(poly.bounds),
+                    polygon=mapping(poly),
+                    gain=w.score - wscore,
+                )
+            )
         report(progress, 2, 3, "rendering preview")
         prev = None
         if inp.preview:
             prev = preview_for(ws, h, bounds, outlines=[box(*w.bounds) for w in wins[:1]], tag="zoom")
         window_bbox = list(to_wgs84(box(*bounds), idx.crs).bounds)
     report(progress, 3, 3, "done")
-    return ZoomTileOutput(index=h.name, window_bbox=window_bbox, window_score=wscore, prompts=pos, windows=out,
-                          preview=prev)
+    return ZoomTileOutput(
+        index=h.name, window_bbox=window_bbox, window_score=wscore, prompts=pos, windows=out, preview=prev
+    )

@@ -60,17 +60,23 @@ class Example:
 
 @dataclass
 class Modification:
-    terms: list[tuple[float, str]] = field(default_factory=list)   # (sign, text)
-    relation: tuple[str, str] | None = None                         # (predicate, target words)
+    terms: list[tuple[float, str]] = field(default_factory=list)  # (sign, text)
+    relation: tuple[str, str] | None = None  # (predicate, target words)
     text: str = ""
 
     def as_dict(self) -> dict:
-        return {"text": self.text, "terms": [[s, t] for s, t in self.terms],
-                "relation": list(self.relation) if self.relation else None}
+        return {
+            "text": self.text,
+            "terms": [[s, t] for s, t in self.terms],
+            "relation": list(self.relation) if self.relation else None,
+        }
 
 
 _REL = [
-    (r"\b(?:closer|close|nearer|near|next|adjacent|beside|by|along)\s+(?:to\s+)?(?:the\s+|a\s+|an\s+)?(.+)$", "near"),
+    (
+        r"\b(?:closer|close|nearer|near|next|adjacent|beside|by|along)\s+(?:to\s+)?(?:the\s+|a\s+|an\s+)?(.+)$",
+        "near",
+    ),
     (r"\b(?:further|farther|far|away)\s+(?:away\s+)?from\s+(?:the\s+|a\s+|an\s+)?(.+)$", "far_from"),
 ]
 _NEG = r"\b(?:without|no|minus|fewer|less|not|except)\s+(?:the\s+|any\s+|a\s+|an\s+)?(.+)$"
@@ -108,7 +114,9 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return (v / n).astype(np.float32)
 
 
-def compose_vector(img: np.ndarray, deltas: list[tuple[float, np.ndarray]], lam: float = DEFAULT_LAMBDA) -> np.ndarray:
+def compose_vector(
+    img: np.ndarray, deltas: list[tuple[float, np.ndarray]], lam: float = DEFAULT_LAMBDA
+) -> np.ndarray:
     """``normalize(λ·img + (1-λ)·Σ sign·text)``; ``img`` alone when there is no text term."""
     if not 0.0 <= lam <= 1.0:
         raise InputError(f"lambda must be in [0, 1], got {lam}")
@@ -154,8 +162,10 @@ def example_vector(index: TileIndex, ex: Example) -> tuple[np.ndarray, object]:
         geom = shapely.make_valid(geom)
     mb = box(*index.mosaic_bounds)
     if geom.is_empty or not geom.intersects(mb) or geom.intersection(mb).area < 0.5 * max(geom.area, 1e-12):
-        raise InputError("the example region lies outside the indexed mosaic "
-                         f"(mosaic bbox in EPSG:4326: {[round(v, 6) for v in index.bounds_wgs84]})")
+        raise InputError(
+            "the example region lies outside the indexed mosaic "
+            f"(mosaic bbox in EPSG:4326: {[round(v, 6) for v in index.bounds_wgs84]})"
+        )
     sel = np.ones(len(index), bool) if date is None else index.dates == date
     boxes = shapely.box(index.bounds[:, 0], index.bounds[:, 1], index.bounds[:, 2], index.bounds[:, 3])
     inter = shapely.area(shapely.intersection(boxes, geom))
@@ -176,7 +186,9 @@ def _zs(v: np.ndarray) -> np.ndarray:
     return (v - v.mean()) / sd if sd > 1e-12 else np.zeros_like(v)
 
 
-def prior_rerank(s: np.ndarray, p: np.ndarray, has: np.ndarray, mask: np.ndarray, weight: float) -> np.ndarray:
+def prior_rerank(
+    s: np.ndarray, p: np.ndarray, has: np.ndarray, mask: np.ndarray, weight: float
+) -> np.ndarray:
     """``z(s) + weight · z(p)`` with both standardised over the candidate tiles (``mask``)."""
     out = np.full(len(s), -np.inf)
     if not mask.any():
@@ -191,9 +203,11 @@ def prior_rerank(s: np.ndarray, p: np.ndarray, has: np.ndarray, mask: np.ndarray
     return out
 
 
-_ROLE_WORDS = {"water": r"river|water|lake|sea|coast|shore|stream|canal|pond|harbou?r|reservoir",
-               "roads": r"road|street|highway|motorway|freeway|route",
-               "buildings": r"building|house|houses|town|village|settlement"}
+_ROLE_WORDS = {
+    "water": r"river|water|lake|sea|coast|shore|stream|canal|pond|harbou?r|reservoir",
+    "roads": r"road|street|highway|motorway|freeway|route",
+    "buildings": r"building|house|houses|town|village|settlement",
+}
 
 
 def match_layer(index: TileIndex, target: str) -> str | None:
@@ -216,11 +230,21 @@ def match_layer(index: TileIndex, target: str) -> str | None:
     return None
 
 
-def query_by_example(index: TileIndex, positives: list[Example], negatives: list[Example] | None = None,
-                     text: str | None = None, k: int = 10, *, lam: float = DEFAULT_LAMBDA,
-                     date: str | None = None, exclude_examples: bool = True, prior: str | None = None,
-                     prior_weight: float = W_PRIOR, prior_keep: float = 1.0,
-                     scales: list[float] | None = None) -> Answer:
+def query_by_example(
+    index: TileIndex,
+    positives: list[Example],
+    negatives: list[Example] | None = None,
+    text: str | None = None,
+    k: int = 10,
+    *,
+    lam: float = DEFAULT_LAMBDA,
+    date: str | None = None,
+    exclude_examples: bool = True,
+    prior: str | None = None,
+    prior_weight: float = W_PRIOR,
+    prior_keep: float = 1.0,
+    scales: list[float] | None = None,
+) -> Answer:
     """Rank tiles by similarity to the examples, optionally modified by ``text``."""
     if k < 1:
         raise InputError("k must be at least 1")
@@ -245,8 +269,13 @@ def query_by_example(index: TileIndex, positives: list[Example], negatives: list
             inter = shapely.area(shapely.intersection(boxes, g))
             mask &= inter / np.maximum(np.minimum(shapely.area(boxes), g.area), 1e-12) < 0.5
     final = s.astype(np.float64).copy()
-    details: dict = {"lambda": lam, "modification": mod.as_dict(), "examples": len(pos),
-                     "negatives": len(neg), "date": d}
+    details: dict = {
+        "lambda": lam,
+        "modification": mod.as_dict(),
+        "examples": len(pos),
+        "negatives": len(neg),
+        "date": d,
+    }
     if prior:
         from geosearch.change.priors import centroid, index_prior, pool_tiles
 
@@ -284,7 +313,15 @@ def query_by_example(index: TileIndex, positives: list[Example], negatives: list
         det = {"similarity": round(float(s[i]), 6), "date": index.dates[i]}
         if dist is not None:
             det["distance_m"] = round(float(dist[j]), 1)
-        regions.append(Region(rid, polys[i], float(final[i]), scale_m=float(index.scales[i]),
-                              evidence_tiles=[str(index.tile_ids[i])], details=det))
+        regions.append(
+            Region(
+                rid,
+                polys[i],
+                float(final[i]),
+                scale_m=float(index.scales[i]),
+                evidence_tiles=[str(index.tile_ids[i])],
+                details=det,
+            )
+        )
     query = "like example" + (f" {text}" if text else "")
     return Answer(query, "by-example", regions, details=details)

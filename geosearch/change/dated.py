@@ -35,8 +35,9 @@ def group_by_date(files: Sequence[str | Path], dates: dict[str, str]) -> dict[st
     return dict(sorted(groups.items()))
 
 
-def build_dated_index(files: Sequence[str | Path], dates: dict[str, str], out: str | Path,
-                      **kwargs) -> BuildReport:
+def build_dated_index(
+    files: Sequence[str | Path], dates: dict[str, str], out: str | Path, **kwargs
+) -> BuildReport:
     """Build (or resume) one index holding each date's mosaic on the first date's grid."""
     total: BuildReport | None = None
     for date, group in group_by_date(files, dates).items():

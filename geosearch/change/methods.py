@@ -47,12 +47,16 @@ def suppress(boxes: np.ndarray, order: np.ndarray, iou_max: float) -> np.ndarray
             iw = np.clip(np.minimum(kept[:, 2], b[2]) - np.maximum(kept[:, 0], b[0]), 0, None)
             ih = np.clip(np.minimum(kept[:, 3], b[3]) - np.maximum(kept[:, 1], b[1]), 0, None)
             inter = iw * ih
-            union = (kept[:, 2] - kept[:, 0]) * (kept[:, 3] - kept[:, 1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+            union = (
+                (kept[:, 2] - kept[:, 0]) * (kept[:, 3] - kept[:, 1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+            )
             if np.any(inter / union > iou_max):
                 continue
         keep.append(j)
         kept = np.vstack([kept, b[None]])
     return order[np.array(keep, dtype=np.int64)]
+
+
 _SPECTRAL_CACHE: dict[tuple, dict[str, np.ndarray]] = {}
 
 
@@ -77,17 +81,30 @@ def _spectral_delta(index: TileIndex, cs, subject: str, roles=None) -> tuple[np.
     return extra, direction
 
 
-def run_change(index: TileIndex, text: str, k: int, ctx: MethodContext, use_spectral: bool = False,
-               name: str = "change") -> Answer:
+def run_change(
+    index: TileIndex, text: str, k: int, ctx: MethodContext, use_spectral: bool = False, name: str = "change"
+) -> Answer:
     tq = parse_time(text)
     opts = ctx.options
     d_from, d_to = resolve_dates(index, tq, opts.get("date_from"), opts.get("date_to"))
     kind = tq.kind or ("new" if tq.subject else "changed")
     vec = text_vector(index, tq.subject) if tq.subject else None
-    cs = change_scores(index, d_from, d_to, kind, vec, w_change=float(opts.get("w_change", W_CHANGE)),
-                       w_level=float(opts.get("w_level", W_LEVEL)))
-    details = {"date_from": d_from, "date_to": d_to, "kind": kind, "subject": tq.subject,
-               "time_phrases": tq.phrases}
+    cs = change_scores(
+        index,
+        d_from,
+        d_to,
+        kind,
+        vec,
+        w_change=float(opts.get("w_change", W_CHANGE)),
+        w_level=float(opts.get("w_level", W_LEVEL)),
+    )
+    details = {
+        "date_from": d_from,
+        "date_to": d_to,
+        "kind": kind,
+        "subject": tq.subject,
+        "time_phrases": tq.phrases,
+    }
     if use_spectral:
         extra, direction = _spectral_delta(index, cs, tq.subject, opts.get("band_roles"))
         if extra is not None:
@@ -105,30 +122,47 @@ def run_change(index: TileIndex, text: str, k: int, ctx: MethodContext, use_spec
     for j in order[:k]:
         i0, i1 = int(cs.rows_from[j]), int(cs.rows_to[j])
         tid = str(index.tile_ids[i0])
-        regions.append(Region(tid, polys[i0], float(cs.score[j]), scale_m=float(index.scales[i0]),
-                              evidence_tiles=[tid], details={
-                                  "dates": [d_from, d_to], "score_from": round(float(cs.s_from[j]), 6),
-                                  "score_to": round(float(cs.s_to[j]), 6),
-                                  "embedding_change": round(float(cs.change[j]), 6),
-                                  "evidence": [{"tile_id": tid, "date": d_from, "row": i0},
-                                               {"tile_id": tid, "date": d_to, "row": i1}]}))
+        regions.append(
+            Region(
+                tid,
+                polys[i0],
+                float(cs.score[j]),
+                scale_m=float(index.scales[i0]),
+                evidence_tiles=[tid],
+                details={
+                    "dates": [d_from, d_to],
+                    "score_from": round(float(cs.s_from[j]), 6),
+                    "score_to": round(float(cs.s_to[j]), 6),
+                    "embedding_change": round(float(cs.change[j]), 6),
+                    "evidence": [
+                        {"tile_id": tid, "date": d_from, "row": i0},
+                        {"tile_id": tid, "date": d_to, "row": i1},
+                    ],
+                },
+            )
+        )
     return Answer(text, name, regions, details=details)
 
 
-@register_method("change", "change between two dates: text score at the later vs the earlier date "
-                           "plus embedding change (1 - cosine) of the same tile")
+@register_method(
+    "change",
+    "change between two dates: text score at the later vs the earlier date "
+    "plus embedding change (1 - cosine) of the same tile",
+)
 def change_method(index: TileIndex, text: str, k: int, ctx: MethodContext) -> Answer:
     return run_change(index, text, k, ctx)
 
 
-@register_method("change+spectral", "change plus the NDVI / NDWI / bare-soil change the query implies "
-                                    "(needs a NIR band)")
+@register_method(
+    "change+spectral", "change plus the NDVI / NDWI / bare-soil change the query implies (needs a NIR band)"
+)
 def change_spectral_method(index: TileIndex, text: str, k: int, ctx: MethodContext) -> Answer:
     return run_change(index, text, k, ctx, use_spectral=True, name="change+spectral")
 
 
-@register_method("by-example", "a region as the query (options example_tile / example_bbox), "
-                               "text as the modification")
+@register_method(
+    "by-example", "a region as the query (options example_tile / example_bbox), text as the modification"
+)
 def by_example_method(index: TileIndex, text: str, k: int, ctx: MethodContext) -> Answer:
     o = ctx.options
     if o.get("example_tile"):
@@ -136,17 +170,23 @@ def by_example_method(index: TileIndex, text: str, k: int, ctx: MethodContext) -
     elif o.get("example_bbox"):
         pos = [Example.bbox(o["example_bbox"], o.get("example_crs", "EPSG:4326"))]
     else:
-        raise InputError("by-example needs an example: options example_tile=ID or example_bbox=[minx,miny,maxx,maxy]")
+        raise InputError(
+            "by-example needs an example: options example_tile=ID or example_bbox=[minx,miny,maxx,maxy]"
+        )
     neg = [Example(tile_id=str(t)) for t in (o.get("negative_tiles") or [])]
     mod = None if text.strip().lower() in {"like", "like example", "similar", "more like this"} else text
-    ans = query_by_example(index, pos, neg, mod, k, lam=float(o.get("lambda", 0.5)), date=o.get("date"),
-                           prior=o.get("prior"))
+    ans = query_by_example(
+        index, pos, neg, mod, k, lam=float(o.get("lambda", 0.5)), date=o.get("date"), prior=o.get("prior")
+    )
     ans.query = text
     return ans
 
 
-@register_method("coarse+prior", "coarse search narrowed and reranked by an AlphaEarth-format embedding "
-                                 "field (cluster of the top text hits)")
+@register_method(
+    "coarse+prior",
+    "coarse search narrowed and reranked by an AlphaEarth-format embedding "
+    "field (cluster of the top text hits)",
+)
 def coarse_prior_method(index: TileIndex, text: str, k: int, ctx: MethodContext) -> Answer:
     o = ctx.options
     path = prior_path(index, o)
@@ -155,8 +195,12 @@ def coarse_prior_method(index: TileIndex, text: str, k: int, ctx: MethodContext)
     top = top_k(s, int(o.get("prior_top", 20)))
     c = centroid(pv[top], has[top])
     if c is None:  # the prior does not cover the best hits: plain coarse search
-        return Answer(text, "coarse+prior", hits_to_regions(search(index, text, k)),
-                      details={"prior": str(path), "prior_used": False})
+        return Answer(
+            text,
+            "coarse+prior",
+            hits_to_regions(search(index, text, k)),
+            details={"prior": str(path), "prior_used": False},
+        )
     p = pv @ c
     mask = np.ones(len(index), bool)
     keep = float(o.get("prior_keep", 0.5))
@@ -165,9 +209,17 @@ def coarse_prior_method(index: TileIndex, text: str, k: int, ctx: MethodContext)
         mask[top] = True
     final = prior_rerank(s, p, has, mask, float(o.get("prior_weight", 0.5)))
     polys = index.polygons_wgs84()
-    regions = [Region(str(index.tile_ids[i]), polys[i], float(final[i]), scale_m=float(index.scales[i]),
-                      evidence_tiles=[str(index.tile_ids[i])],
-                      details={"text_score": round(float(s[i]), 6), "prior_similarity": round(float(p[i]), 6)})
-               for i in top_k(final, k, mask)]
-    return Answer(text, "coarse+prior", regions, details={"prior": str(path), "prior_used": True,
-                                                          "prior_keep": keep})
+    regions = [
+        Region(
+            str(index.tile_ids[i]),
+            polys[i],
+            float(final[i]),
+            scale_m=float(index.scales[i]),
+            evidence_tiles=[str(index.tile_ids[i])],
+            details={"text_score": round(float(s[i]), 6), "prior_similarity": round(float(p[i]), 6)},
+        )
+        for i in top_k(final, k, mask)
+    ]
+    return Answer(
+        text, "coarse+prior", regions, details={"prior": str(path), "prior_used": True, "prior_keep": keep}
+    )

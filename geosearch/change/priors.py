@@ -58,14 +58,18 @@ def check_prior_file(path: str | Path) -> Path:
     except RasterioIOError as exc:
         raise InputError(f"not a readable raster: {path}") from exc
     if count != BANDS or dtype != "int8":
-        raise InputError(f"{path.name} is not an AlphaEarth-format embedding field: it has {count} band(s) of "
-                         f"{dtype}, expected {BANDS} bands of int8")
+        raise InputError(
+            f"{path.name} is not an AlphaEarth-format embedding field: it has {count} band(s) of "
+            f"{dtype}, expected {BANDS} bands of int8"
+        )
     if crs is None:
         raise InputError(f"embedding prior {path.name} has no CRS")
     return path
 
 
-def pool_tiles(path: str | Path, bounds: np.ndarray, crs, max_side: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def pool_tiles(
+    path: str | Path, bounds: np.ndarray, crs, max_side: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """Per tile (bounds (N, 4) in ``crs``) the unit mean prior vector of its valid pixels.
 
     Returns ``(vectors (N, 64) float32, has_prior (N,) bool)``; tiles without any valid prior pixel
@@ -78,10 +82,17 @@ def pool_tiles(path: str | Path, bounds: np.ndarray, crs, max_side: int = 2048) 
         return out, has
     with rasterio.open(path) as ds:
         pcrs = ds.crs
-        tb = np.array([reproject_bounds(tuple(b), crs, pcrs) for b in bounds]) \
-            if as_crs(crs) != as_crs(pcrs) else bounds
-        ext = (max(tb[:, 0].min(), ds.bounds.left), max(tb[:, 1].min(), ds.bounds.bottom),
-               min(tb[:, 2].max(), ds.bounds.right), min(tb[:, 3].max(), ds.bounds.top))
+        tb = (
+            np.array([reproject_bounds(tuple(b), crs, pcrs) for b in bounds])
+            if as_crs(crs) != as_crs(pcrs)
+            else bounds
+        )
+        ext = (
+            max(tb[:, 0].min(), ds.bounds.left),
+            max(tb[:, 1].min(), ds.bounds.bottom),
+            min(tb[:, 2].max(), ds.bounds.right),
+            min(tb[:, 3].max(), ds.bounds.top),
+        )
         if ext[2] <= ext[0] or ext[3] <= ext[1]:
             raise InputError(f"embedding prior {path.name} does not overlap the indexed area")
         win = from_bounds(*ext, transform=ds.transform).round_offsets().round_lengths()
@@ -133,8 +144,10 @@ def prior_path(index, options: dict | None = None) -> Path:
     """The prior file named by ``options['prior']`` or the index meta key ``embedding_prior``."""
     value = (options or {}).get("prior") or index.meta.get("embedding_prior")
     if not value:
-        raise InputError("no embedding prior: give options {'prior': PATH} or attach one to the index "
-                         "(geosearch.change.priors.attach_prior(INDEX, PATH): meta key 'embedding_prior')")
+        raise InputError(
+            "no embedding prior: give options {'prior': PATH} or attach one to the index "
+            "(geosearch.change.priors.attach_prior(INDEX, PATH): meta key 'embedding_prior')"
+        )
     return check_prior_file(value)
 
 

@@ -25,16 +25,18 @@ FEATURES = ("ndvi", "ndwi", "bsi")
 DEFAULT_ROLES = {
     4: {"red": 1, "green": 2, "blue": 3, "nir": 4},
     5: {"red": 1, "green": 2, "blue": 3, "nir": 4, "swir": 5},
-    12: {"red": 4, "green": 3, "blue": 2, "nir": 8, "swir": 11},   # Sentinel-2 L2A (no B10)
-    13: {"red": 4, "green": 3, "blue": 2, "nir": 8, "swir": 12},   # Sentinel-2 L1C
+    12: {"red": 4, "green": 3, "blue": 2, "nir": 8, "swir": 11},  # Sentinel-2 L2A (no B10)
+    13: {"red": 4, "green": 3, "blue": 2, "nir": 8, "swir": 12},  # Sentinel-2 L1C
 }
 
 
 def band_roles(count: int, roles: dict[str, int] | None = None) -> dict[str, int]:
     roles = dict(roles or DEFAULT_ROLES.get(count, {}))
     if "nir" not in roles:
-        raise InputError(f"spectral indices need a near-infrared band; the mosaic has {count} band(s) "
-                         "(give band roles, e.g. {'red': 1, 'green': 2, 'blue': 3, 'nir': 4})")
+        raise InputError(
+            f"spectral indices need a near-infrared band; the mosaic has {count} band(s) "
+            "(give band roles, e.g. {'red': 1, 'green': 2, 'blue': 3, 'nir': 4})"
+        )
     bad = {k: v for k, v in roles.items() if not 1 <= int(v) <= count}
     if bad:
         raise InputError(f"band roles {bad} out of range: the mosaic has {count} band(s)")
@@ -52,8 +54,9 @@ def index_maps(bands: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"ndvi": ndvi(n, r), "ndwi": ndwi(g, n), "bsi": np.where(np.isfinite(bsi), bsi, np.nan)}
 
 
-def tile_features(mosaic: Mosaic, bounds: np.ndarray, roles: dict[str, int] | None = None,
-                  max_side: int = 1024) -> dict[str, np.ndarray]:
+def tile_features(
+    mosaic: Mosaic, bounds: np.ndarray, roles: dict[str, int] | None = None, max_side: int = 1024
+) -> dict[str, np.ndarray]:
     """Mean NDVI / NDWI / BSI of the valid pixels of each tile (bounds (N, 4), mosaic CRS).
 
     The mosaic is read once, decimated to ``max_side`` pixels, and pooled with integral images."""

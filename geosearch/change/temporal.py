@@ -40,9 +40,9 @@ _STOP = r"\b(that|which|where|have|has|had|were|was|been|are|is|what|any|areas?\
 
 @dataclass
 class TimeQuery:
-    kind: str | None                 # "new" | "disappeared" | "changed" | None (no change asked)
-    subject: str                     # the query without its time words ("buildings")
-    date_from: str | None = None     # "2015" / "2015-09" / "2015-09-26" as written
+    kind: str | None  # "new" | "disappeared" | "changed" | None (no change asked)
+    subject: str  # the query without its time words ("buildings")
+    date_from: str | None = None  # "2015" / "2015-09" / "2015-09-26" as written
     date_to: str | None = None
     relative_days: int | None = None  # "in the past year" -> 365 (from = latest date - that)
     phrases: list[str] = field(default_factory=list)
@@ -65,7 +65,7 @@ def parse_time(text: str) -> TimeQuery:
         m = re.search(pattern, t, flags=re.IGNORECASE)
         if m:
             phrases.append(m.group(0).strip())
-            t = t[:m.start()] + " " + t[m.end():]
+            t = t[: m.start()] + " " + t[m.end() :]
         return m
 
     if m := take(rf"\bbetween\s+({_DATE})\s+and\s+({_DATE})\b"):
@@ -79,8 +79,10 @@ def parse_time(text: str) -> TimeQuery:
             date_to = m.group(1)
         if date_from is None and date_to is None and (m := take(rf"\bin\s+({_YEAR})\b")):
             date_to = m.group(1)
-    if m := take(r"\b(?:in|over|during|within)\s+the\s+(?:past|last)\s+(?:(\d+|two|three|four|five|ten)\s+)?"
-                 r"(year|month|decade)s?\b"):
+    if m := take(
+        r"\b(?:in|over|during|within)\s+the\s+(?:past|last)\s+(?:(\d+|two|three|four|five|ten)\s+)?"
+        r"(year|month|decade)s?\b"
+    ):
         words = {"two": 2, "three": 3, "four": 4, "five": 5, "ten": 10}
         n = m.group(1)
         n = int(words.get(n.lower(), n)) if n else 1
@@ -121,16 +123,19 @@ def match_date(index: TileIndex, value: str, *, latest: bool = False) -> str:
     raise InputError(f"the index has no date matching {value!r}; dates: {', '.join(dates)}")
 
 
-def resolve_dates(index: TileIndex, tq: TimeQuery | None = None, date_from: str | None = None,
-                  date_to: str | None = None) -> tuple[str, str]:
+def resolve_dates(
+    index: TileIndex, tq: TimeQuery | None = None, date_from: str | None = None, date_to: str | None = None
+) -> tuple[str, str]:
     """Earlier and later index dates: explicit arguments first, then the parsed query, then the
     earliest and latest dates. "since 2015" means the index's first 2015 date; "in the past year"
     the earlier date closest to one year before the later date."""
     dates = index.date_list
     if len(dates) < 2:
-        raise InputError(f"change queries need an index with at least two dates; {index.path.name} has "
-                         f"{len(dates)} ({', '.join(dates) or 'none'}); add one with "
-                         "`geosearch index MOSAIC --out INDEX --date YYYY-MM-DD`")
+        raise InputError(
+            f"change queries need an index with at least two dates; {index.path.name} has "
+            f"{len(dates)} ({', '.join(dates) or 'none'}); add one with "
+            "`geosearch index MOSAIC --out INDEX --date YYYY-MM-DD`"
+        )
     tq = tq or TimeQuery(None, "")
     d_to = match_date(index, date_to or tq.date_to, latest=True) if (date_to or tq.date_to) else dates[-1]
     if date_from or tq.date_from:
@@ -143,7 +148,9 @@ def resolve_dates(index: TileIndex, tq: TimeQuery | None = None, date_from: str 
         d_from = dates[0]
     if _as_date(d_from) >= _as_date(d_to):
         if tq.date_from and not (date_from or date_to or tq.date_to) and d_from == dates[-1]:
-            raise InputError(f"nothing later than {d_from} in the index to compare with; dates: {', '.join(dates)}")
+            raise InputError(
+                f"nothing later than {d_from} in the index to compare with; dates: {', '.join(dates)}"
+            )
         raise InputError(f"the earlier date ({d_from}) must come before the later one ({d_to})")
     return d_from, d_to
 
@@ -152,12 +159,12 @@ def resolve_dates(index: TileIndex, tq: TimeQuery | None = None, date_from: str 
 class ChangeScores:
     date_from: str
     date_to: str
-    rows_from: np.ndarray     # positions in the index of each aligned tile at date_from
+    rows_from: np.ndarray  # positions in the index of each aligned tile at date_from
     rows_to: np.ndarray
-    score: np.ndarray         # combined change score
+    score: np.ndarray  # combined change score
     s_from: np.ndarray
     s_to: np.ndarray
-    change: np.ndarray        # 1 - cosine between the dates
+    change: np.ndarray  # 1 - cosine between the dates
     kind: str
 
 
@@ -183,9 +190,16 @@ def zscore_by_group(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return out
 
 
-def change_scores(index: TileIndex, d_from: str, d_to: str, kind: str | None,
-                  text_vec: np.ndarray | None = None, extra: np.ndarray | None = None,
-                  w_change: float = W_CHANGE, w_level: float = W_LEVEL) -> ChangeScores:
+def change_scores(
+    index: TileIndex,
+    d_from: str,
+    d_to: str,
+    kind: str | None,
+    text_vec: np.ndarray | None = None,
+    extra: np.ndarray | None = None,
+    w_change: float = W_CHANGE,
+    w_level: float = W_LEVEL,
+) -> ChangeScores:
     """Score every aligned grid cell for a change query (see the module docstring).
 
     ``extra`` (one value per aligned cell, already standardised) is added as is (spectral change)."""
@@ -206,8 +220,11 @@ def change_scores(index: TileIndex, d_from: str, d_to: str, kind: str | None,
     elif kind == "disappeared":
         score = zscore_by_group(s0 - s1, groups) + w_level * zscore_by_group(s0, groups) + w_change * zc
     else:
-        score = zscore_by_group(np.abs(s1 - s0), groups) + w_level * zscore_by_group(np.maximum(s0, s1), groups) \
+        score = (
+            zscore_by_group(np.abs(s1 - s0), groups)
+            + w_level * zscore_by_group(np.maximum(s0, s1), groups)
             + w_change * zc
+        )
     if extra is not None:
         score = score + extra
     return ChangeScores(d_from, d_to, ra, rb, score, s0, s1, change, kind)

@@ -34,7 +34,7 @@ from geosearch.geo import WGS84, reproject_geom
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "aid-rsicd"
 CRS = "EPSG:32633"
-ORIGIN = (400_000.0, 5_000_000.0)   # top-left corner (UTM 33N, made up)
+ORIGIN = (400_000.0, 5_000_000.0)  # top-left corner (UTM 33N, made up)
 GSD_M = 1.5
 CHIP_PX = 150
 DEFAULT_LEAVE_OUT = ("Airport", "Port", "BaseballField")
@@ -74,8 +74,10 @@ def class_phrase(cls: str) -> str:
 
 def read_manifest(data_dir: Path, split: str) -> list[Chip]:
     if split not in ALLOWED_SPLITS:
-        raise InputError(f"split {split!r} is not allowed for a benchmark mosaic: only 'dev' "
-                         "(the test split is for final evaluation only)")
+        raise InputError(
+            f"split {split!r} is not allowed for a benchmark mosaic: only 'dev' "
+            "(the test split is for final evaluation only)"
+        )
     manifest = data_dir / "manifest.jsonl"
     if not manifest.is_file():
         raise InputError(f"AID/RSICD manifest not found: {manifest}")
@@ -116,12 +118,25 @@ def _write_mosaic(chips: list[Chip], data_dir: Path, path: Path, width: int, hei
     for c in chips:
         with Image.open(data_dir / c.path) as im:
             arr = np.asarray(im.convert("RGB").resize((c.size, c.size), Image.BICUBIC))
-        img[:3, c.row:c.row + c.size, c.col:c.col + c.size] = arr.transpose(2, 0, 1)
-        img[3, c.row:c.row + c.size, c.col:c.col + c.size] = 255
-    profile = {"driver": "GTiff", "width": width, "height": height, "count": 4, "dtype": "uint8",
-               "crs": CRS, "transform": from_origin(ORIGIN[0], ORIGIN[1], GSD_M, GSD_M),
-               "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
-               "predictor": 2, "interleave": "pixel", "photometric": "RGB", "BIGTIFF": "IF_SAFER"}
+        img[:3, c.row : c.row + c.size, c.col : c.col + c.size] = arr.transpose(2, 0, 1)
+        img[3, c.row : c.row + c.size, c.col : c.col + c.size] = 255
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 4,
+        "dtype": "uint8",
+        "crs": CRS,
+        "transform": from_origin(ORIGIN[0], ORIGIN[1], GSD_M, GSD_M),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "predictor": 2,
+        "interleave": "pixel",
+        "photometric": "RGB",
+        "BIGTIFF": "IF_SAFER",
+    }
     with atomic_path(path, suffix=".tif") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(img)
@@ -132,10 +147,18 @@ def _write_mosaic(chips: list[Chip], data_dir: Path, path: Path, width: int, hei
                 dst.update_tags(ns="rio_overview", resampling="average")
 
 
-def build_aid_bench(out_dir: str | Path, *, split: str = "dev", data_dir: str | Path | None = None,
-                    n_chips: int | None = 300, grid: int | None = None, seed: int = 0,
-                    leave_out: list[str] | tuple[str, ...] | None = None, max_queries: int = 150,
-                    absent_captions_per_class: int = 5) -> dict:
+def build_aid_bench(
+    out_dir: str | Path,
+    *,
+    split: str = "dev",
+    data_dir: str | Path | None = None,
+    n_chips: int | None = 300,
+    grid: int | None = None,
+    seed: int = 0,
+    leave_out: list[str] | tuple[str, ...] | None = None,
+    max_queries: int = 150,
+    absent_captions_per_class: int = 5,
+) -> dict:
     """Write the benchmark folder; returns a summary (chips, queries, mosaic size)."""
     data_dir = Path(data_dir) if data_dir else DEFAULT_DATA
     chips_all = read_manifest(data_dir, split)
@@ -169,9 +192,19 @@ def build_aid_bench(out_dir: str | Path, *, split: str = "dev", data_dir: str | 
         x0 = ORIGIN[0] + c.col * GSD_M
         y1 = ORIGIN[1] - c.row * GSD_M
         poly = box(x0, y1 - c.size * GSD_M, x0 + c.size * GSD_M, y1)
-        feats.append({"type": "Feature", "geometry": mapping(reproject_geom(poly, CRS, WGS84)),
-                      "properties": {"id": c.region_id, "label": c.cls, "source": c.path,
-                                     "upsample": round(c.factor, 3), "width_m": round(c.size * GSD_M, 1)}})
+        feats.append(
+            {
+                "type": "Feature",
+                "geometry": mapping(reproject_geom(poly, CRS, WGS84)),
+                "properties": {
+                    "id": c.region_id,
+                    "label": c.cls,
+                    "source": c.path,
+                    "upsample": round(c.factor, 3),
+                    "width_m": round(c.size * GSD_M, 1),
+                },
+            }
+        )
     by_class: dict[str, list[Chip]] = {}
     for c in present:
         by_class.setdefault(c.cls, []).append(c)
@@ -184,8 +217,14 @@ def build_aid_bench(out_dir: str | Path, *, split: str = "dev", data_dir: str | 
         if len(queries) >= max_queries or not norm or _near_duplicate(norm, seen):
             return False
         seen.append(set(norm.split()))
-        queries.append({"id": f"q{len(queries):04d}", "text": text.strip().rstrip(" .").strip(),
-                        "type": qtype, "relevant": relevant})
+        queries.append(
+            {
+                "id": f"q{len(queries):04d}",
+                "text": text.strip().rstrip(" .").strip(),
+                "type": qtype,
+                "relevant": relevant,
+            }
+        )
         return True
 
     # class-name queries (present classes -> scene, left-out classes -> absent)
@@ -216,21 +255,39 @@ def build_aid_bench(out_dir: str | Path, *, split: str = "dev", data_dir: str | 
             if add(c.captions[int(j)], "scene", rel):
                 break
 
-    desc = (f"AID/RSICD {split} split: {len(present)} chips of {len(by_class)} classes, each 150 px JPEG "
-            f"upsampled x1-x2 (seeded) and shelf-packed edge to edge into one RGBA GeoTIFF at a nominal "
-            f"{GSD_M} m/px in {CRS} (a made-up place), so one chip covers {CHIP_PX * GSD_M:g}-"
-            f"{2 * CHIP_PX * GSD_M:g} m, like real AID frames (600 px at 0.5-8 m). Truth regions are chip "
-            f"footprints; caption queries grade the captioned chip 2 and other chips of its class 1. "
-            f"Classes left out of the mosaic ({', '.join(left)}) give 'absent' queries. seed={seed}.")
-    bench = {"name": f"aid-{split}", "description": desc, "iou": 0.5, "k": [1, 5, 10],
-             "source": "/work/shared/data/aid-rsicd (split dev only)", "seed": seed, "gsd_m": GSD_M,
-             "crs": CRS, "left_out_classes": left, "n_chips": len(present)}
+    desc = (
+        f"AID/RSICD {split} split: {len(present)} chips of {len(by_class)} classes, each 150 px JPEG "
+        f"upsampled x1-x2 (seeded) and shelf-packed edge to edge into one RGBA GeoTIFF at a nominal "
+        f"{GSD_M} m/px in {CRS} (a made-up place), so one chip covers {CHIP_PX * GSD_M:g}-"
+        f"{2 * CHIP_PX * GSD_M:g} m, like real AID frames (600 px at 0.5-8 m). Truth regions are chip "
+        f"footprints; caption queries grade the captioned chip 2 and other chips of its class 1. "
+        f"Classes left out of the mosaic ({', '.join(left)}) give 'absent' queries. seed={seed}."
+    )
+    bench = {
+        "name": f"aid-{split}",
+        "description": desc,
+        "iou": 0.5,
+        "k": [1, 5, 10],
+        "source": "/work/shared/data/aid-rsicd (split dev only)",
+        "seed": seed,
+        "gsd_m": GSD_M,
+        "crs": CRS,
+        "left_out_classes": left,
+        "n_chips": len(present),
+    }
     atomic_write_text(out / "regions.geojson", json.dumps({"type": "FeatureCollection", "features": feats}))
     atomic_write_text(out / "queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
     atomic_write_text(out / "bench.json", json.dumps(bench, indent=2) + "\n")
     types: dict[str, int] = {}
     for q in queries:
         types[q["type"]] = types.get(q["type"], 0) + 1
-    return {"out": str(out), "chips": len(present), "classes": len(by_class), "left_out": left,
-            "queries": len(queries), "query_types": types, "mosaic_px": [width, height],
-            "mosaic_km": [round(width * GSD_M / 1000, 2), round(height * GSD_M / 1000, 2)]}
+    return {
+        "out": str(out),
+        "chips": len(present),
+        "classes": len(by_class),
+        "left_out": left,
+        "queries": len(queries),
+        "query_types": types,
+        "mosaic_px": [width, height],
+        "mosaic_km": [round(width * GSD_M / 1000, 2), round(height * GSD_M / 1000, 2)],
+    }

@@ -126,8 +126,8 @@ class Benchmark:
     mosaic_files: list[Path]
     layers_dir: Path | None
     query_ids: list[str]
-    query_texts: list[str]          # what the system under test may see
-    _truth: list[QueryTruth]        # scored only after the answers are in
+    query_texts: list[str]  # what the system under test may see
+    _truth: list[QueryTruth]  # scored only after the answers are in
     _regions: dict[str, TruthRegion]
 
     def __len__(self) -> int:
@@ -184,7 +184,9 @@ def load_queries(path: Path) -> list[QueryLine]:
         if q.id in seen:
             raise InputError(f"invalid {path}:{n}: duplicate query id {q.id!r}")
         if q.type == "absent" and q.relevant:
-            raise InputError(f"invalid {path}:{n}: query {q.id!r} is of type 'absent' but lists relevant regions")
+            raise InputError(
+                f"invalid {path}:{n}: query {q.id!r} is of type 'absent' but lists relevant regions"
+            )
         seen.add(q.id)
         out.append(q)
     if not out:
@@ -208,8 +210,9 @@ def load_regions(path: Path) -> dict[str, TruthRegion]:
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"invalid {path}: feature {i} ({rid}) has a bad geometry: {exc}") from exc
         if geom.geom_type not in ("Polygon", "MultiPolygon") or geom.is_empty:
-            raise InputError(f"invalid {path}: region {rid!r} must be a (non-empty) Polygon, "
-                             f"got {geom.geom_type}")
+            raise InputError(
+                f"invalid {path}: region {rid!r} must be a (non-empty) Polygon, got {geom.geom_type}"
+            )
         if not geom.is_valid:
             geom = shapely.make_valid(geom)
         regions[rid] = TruthRegion(rid, feat.properties.label, geom)
@@ -240,7 +243,13 @@ def load_benchmark(root: str | Path) -> Benchmark:
             raise InputError(f"query {q.id!r} refers to region(s) not in regions.geojson: {missing[:5]}")
     layers = root / "layers"
     layers_dir = layers if layers.is_dir() else None
-    return Benchmark(root=root, meta=meta, mosaic_files=files, layers_dir=layers_dir,
-                     query_ids=[q.id for q in queries], query_texts=[str(q.text) for q in queries],
-                     _truth=[QueryTruth(q.id, q.type, dict(q.relevant)) for q in queries],
-                     _regions=regions)
+    return Benchmark(
+        root=root,
+        meta=meta,
+        mosaic_files=files,
+        layers_dir=layers_dir,
+        query_ids=[q.id for q in queries],
+        query_texts=[str(q.text) for q in queries],
+        _truth=[QueryTruth(q.id, q.type, dict(q.relevant)) for q in queries],
+        _regions=regions,
+    )

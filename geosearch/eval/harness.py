@@ -35,9 +35,18 @@ from geosearch.pipeline import Answer, MethodContext, list_methods, run_method
 from geosearch.settings import CHAIN_FIELDS, Settings, get_settings
 
 RESULT_FORMAT = "geosearch-eval/1"
-DEFAULT_METHOD = "answer"   # the served chain (geosearch ask / MCP answer)
-SETTINGS_KEYS = ("model", "device", "threads", "batch_size", "scales_m", "overlap", "min_valid_fraction",
-                 "text_cache_size", *CHAIN_FIELDS)
+DEFAULT_METHOD = "answer"  # the served chain (geosearch ask / MCP answer)
+SETTINGS_KEYS = (
+    "model",
+    "device",
+    "threads",
+    "batch_size",
+    "scales_m",
+    "overlap",
+    "min_valid_fraction",
+    "text_cache_size",
+    *CHAIN_FIELDS,
+)
 
 
 @dataclass
@@ -55,9 +64,15 @@ def method_names() -> list[str]:
 
 
 def _settings_hash(settings: Settings, files: list[Path]) -> str:
-    key = json.dumps({"scales": sorted(settings.scales_m), "overlap": settings.overlap,
-                      "valid": settings.min_valid_fraction,
-                      "files": [(p.name, p.stat().st_size) for p in files]}, sort_keys=True)
+    key = json.dumps(
+        {
+            "scales": sorted(settings.scales_m),
+            "overlap": settings.overlap,
+            "valid": settings.min_valid_fraction,
+            "files": [(p.name, p.stat().st_size) for p in files],
+        },
+        sort_keys=True,
+    )
     return hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
@@ -76,8 +91,9 @@ def default_index_path(bench: Benchmark, settings: Settings, model_id: str | Non
     return Path.home() / ".cache" / "geosearch" / "bench-index" / bench_key / name
 
 
-def prepare_index(bench: Benchmark, settings: Settings, index_path: Path | None,
-                  progress: bool = False) -> tuple[TileIndex, dict]:
+def prepare_index(
+    bench: Benchmark, settings: Settings, index_path: Path | None, progress: bool = False
+) -> tuple[TileIndex, dict]:
     t0 = time.perf_counter()
     model = get_model(settings.model, settings=settings)
     path = Path(index_path) if index_path else default_index_path(bench, settings, model.model_id)
@@ -86,16 +102,21 @@ def prepare_index(bench: Benchmark, settings: Settings, index_path: Path | None,
     if dates:
         from geosearch.change.dated import build_dated_index
 
-        report = build_dated_index(bench.mosaic_files, dates, path, model=model, settings=settings,
-                                   progress=progress)
+        report = build_dated_index(
+            bench.mosaic_files, dates, path, model=model, settings=settings, progress=progress
+        )
     else:
         report = build_index(bench.mosaic_files, path, model=model, settings=settings, progress=progress)
     index = TileIndex.open(path)
     index.attach_model(model)
-    info = {"index_path": str(path), "index_reused": existed and report.tiles_embedded == 0,
-            "index_build_seconds": round(float(index.meta.get("build_seconds", report.seconds)), 3),
-            "index_prepare_seconds_this_run": round(time.perf_counter() - t0, 3),
-            "tiles_embedded": len(index), "area_km2": round(float(index.meta.get("area_km2", 0.0)), 4)}
+    info = {
+        "index_path": str(path),
+        "index_reused": existed and report.tiles_embedded == 0,
+        "index_build_seconds": round(float(index.meta.get("build_seconds", report.seconds)), 3),
+        "index_prepare_seconds_this_run": round(time.perf_counter() - t0, 3),
+        "tiles_embedded": len(index),
+        "area_km2": round(float(index.meta.get("area_km2", 0.0)), 4),
+    }
     return index, info
 
 
@@ -116,9 +137,17 @@ def _mosaic_full_res(index: TileIndex) -> int:
     return int(m.stats.full_res_reads) if m is not None else 0
 
 
-def answer_queries(index: TileIndex, texts: list[str], method: str, k: int, layers_dir: Path | None,
-                   on_query: Callable[[int, int], None] | None = None, *, settings: Settings | None = None,
-                   options: dict | None = None) -> list[_Run]:
+def answer_queries(
+    index: TileIndex,
+    texts: list[str],
+    method: str,
+    k: int,
+    layers_dir: Path | None,
+    on_query: Callable[[int, int], None] | None = None,
+    *,
+    settings: Settings | None = None,
+    options: dict | None = None,
+) -> list[_Run]:
     """Phase 1: only the query texts are handed to the method."""
     runs: list[_Run] = []
     with tempfile.TemporaryDirectory(prefix="geosearch-eval-layers-") as tmp:
@@ -147,8 +176,9 @@ def _to_metric(geoms: list, crs) -> list:
     if not geoms:
         return []
     t = transformer(WGS84, crs)
-    arr = shapely.transform(np.array(geoms, dtype=object),
-                            lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+    arr = shapely.transform(
+        np.array(geoms, dtype=object), lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1]))
+    )
     return [g if g.is_valid else shapely.make_valid(g) for g in arr]
 
 
@@ -162,8 +192,9 @@ def score_runs(bench: Benchmark, runs: list[_Run], metric_crs) -> list[QueryScor
         regions = run.answer.regions[:MAX_RESULTS] if run.answer else []
         abstained = bool(run.answer.abstained) if run.answer else False
         polys = _to_metric([r.polygon_wgs84 for r in regions], metric_crs)
-        matches = match_ranked(polys, [r.score for r in regions], truth_metric, truth.relevant,
-                               bench.meta.iou)
+        matches = match_ranked(
+            polys, [r.score for r in regions], truth_metric, truth.relevant, bench.meta.iou
+        )
         scores.append(QueryScore(truth.query_id, truth.qtype, dict(truth.relevant), abstained, matches))
     return scores
 
@@ -171,10 +202,16 @@ def score_runs(bench: Benchmark, runs: list[_Run], metric_crs) -> list[QueryScor
 TOP_POLYGONS = 5
 
 
-def _rank_entry(rank: int, score: float, truth_id: str | None, grade: int, iou: float, region_id: str) -> dict:
+def _rank_entry(
+    rank: int, score: float, truth_id: str | None, grade: int, iou: float, region_id: str
+) -> dict:
     """One scored result: rank, score, hit flag and region id; the matched truth, grade and IoU on hits."""
-    entry: dict = {"rank": rank, "score": round(float(score), 5), "hit": truth_id is not None,
-                   "region_id": region_id}
+    entry: dict = {
+        "rank": rank,
+        "score": round(float(score), 5),
+        "hit": truth_id is not None,
+        "region_id": region_id,
+    }
     if truth_id is not None:
         entry.update({"truth_id": truth_id, "grade": grade, "iou": round(float(iou), 4)})
     return entry
@@ -191,8 +228,9 @@ def dumps_result(result: dict) -> str:
     """The result document as JSON: indented, with one line per query in ``per_query``."""
     head = {k: v for k, v in result.items() if k != "per_query"}
     text = json.dumps(head, indent=2, default=str)
-    rows = ",\n".join("    " + json.dumps(q, separators=(",", ":"), default=str)
-                       for q in result.get("per_query", []))
+    rows = ",\n".join(
+        "    " + json.dumps(q, separators=(",", ":"), default=str) for q in result.get("per_query", [])
+    )
     return text[:-2] + ',\n  "per_query": [\n' + rows + "\n  ]\n}\n"
 
 
@@ -207,10 +245,18 @@ def _round(d: dict, nd: int = 4) -> dict:
     return {k: (round(v, nd) if isinstance(v, float) else v) for k, v in d.items()}
 
 
-def evaluate(bench_dir: str | Path, method: str = DEFAULT_METHOD, *, model: str | None = None, k: int = 100,
-             index_path: str | Path | None = None, settings: Settings | None = None,
-             options: dict | None = None, progress: bool = False,
-             log: Callable[[str], None] | None = None) -> dict:
+def evaluate(
+    bench_dir: str | Path,
+    method: str = DEFAULT_METHOD,
+    *,
+    model: str | None = None,
+    k: int = 100,
+    index_path: str | Path | None = None,
+    settings: Settings | None = None,
+    options: dict | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Run one method over a benchmark folder and return the result document (JSON-ready).
     ``options`` override the chain's settings by name for every query (recorded in the result)."""
     if method not in method_names():
@@ -232,52 +278,96 @@ def evaluate(bench_dir: str | Path, method: str = DEFAULT_METHOD, *, model: str 
         if i % 10 == 0 or i == n:
             say(f"{method}: answered {i}/{n} queries ({time.perf_counter() - t_answer:.0f} s)")
 
-    runs = answer_queries(index, list(bench.query_texts), method, k, bench.layers_dir, on_query=tick,
-                          settings=settings, options=options)
+    runs = answer_queries(
+        index,
+        list(bench.query_texts),
+        method,
+        k,
+        bench.layers_dir,
+        on_query=tick,
+        settings=settings,
+        options=options,
+    )
 
     b = index.bounds_wgs84
     metric_crs = utm_crs_for((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
     scores = score_runs(bench, runs, metric_crs)
     ks = bench.meta.k
     metrics = _round(aggregate(scores, ks))
-    per_type = {t: _round(aggregate([s for s in scores if s.qtype == t], ks))
-                for t in sorted({s.qtype for s in scores})}
+    per_type = {
+        t: _round(aggregate([s for s in scores if s.qtype == t], ks))
+        for t in sorted({s.qtype for s in scores})
+    }
     per_query = []
     for text, run, s in zip(bench.query_texts, runs, scores):
         regions = run.answer.regions[:MAX_RESULTS] if run.answer else []
         top = regions[0] if regions else None
-        per_query.append({
-            "id": s.query_id, "type": s.qtype, "text": text, "answerable": s.answerable,
-            "n_relevant": len(s.relevant), "relevant": dict(s.relevant), "abstained": s.abstained,
-            "reason": run.answer.reason if run.answer else run.error,
-            "error": run.error, "n_returned": len(regions),
-            "first_hit_rank": s.first_hit_rank, "first_exact_rank": s.first_exact_rank,
-            "top1_score": None if top is None else round(float(top.score), 6),
-            "top1_confidence": None if top is None or top.confidence is None else round(float(top.confidence), 6),
-            "ap": round(s.average_precision(), 4), "ndcg@10": round(s.ndcg(10), 4),
-            "rr": round(s.reciprocal_rank(), 4),
-            "latency_ms": round(run.latency_ms, 2), "full_res_reads": run.full_res_reads,
-            "ranks": [_rank_entry(m.rank, m.score, m.truth_id, m.grade, m.iou, r.region_id)
-                      for m, r in zip(s.matches, regions)],
-            "top_polygons_wgs84": [_round_geom(mapping(r.polygon_wgs84)) for r in regions[:TOP_POLYGONS]],
-        })
+        per_query.append(
+            {
+                "id": s.query_id,
+                "type": s.qtype,
+                "text": text,
+                "answerable": s.answerable,
+                "n_relevant": len(s.relevant),
+                "relevant": dict(s.relevant),
+                "abstained": s.abstained,
+                "reason": run.answer.reason if run.answer else run.error,
+                "error": run.error,
+                "n_returned": len(regions),
+                "first_hit_rank": s.first_hit_rank,
+                "first_exact_rank": s.first_exact_rank,
+                "top1_score": None if top is None else round(float(top.score), 6),
+                "top1_confidence": None
+                if top is None or top.confidence is None
+                else round(float(top.confidence), 6),
+                "ap": round(s.average_precision(), 4),
+                "ndcg@10": round(s.ndcg(10), 4),
+                "rr": round(s.reciprocal_rank(), 4),
+                "latency_ms": round(run.latency_ms, 2),
+                "full_res_reads": run.full_res_reads,
+                "ranks": [
+                    _rank_entry(m.rank, m.score, m.truth_id, m.grade, m.iou, r.region_id)
+                    for m, r in zip(s.matches, regions)
+                ],
+                "top_polygons_wgs84": [_round_geom(mapping(r.polygon_wgs84)) for r in regions[:TOP_POLYGONS]],
+            }
+        )
     lat = np.array([r.latency_ms for r in runs]) if runs else np.zeros(1)
-    cost.update({"latency_p50_ms": round(float(np.percentile(lat, 50)), 2),
-                 "latency_p95_ms": round(float(np.percentile(lat, 95)), 2),
-                 "full_res_reads_per_query": round(float(np.mean([r.full_res_reads for r in runs])), 3),
-                 "peak_rss_mb": _peak_rss_mb(), "queries_failed": sum(1 for r in runs if r.error)})
+    cost.update(
+        {
+            "latency_p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "latency_p95_ms": round(float(np.percentile(lat, 95)), 2),
+            "full_res_reads_per_query": round(float(np.mean([r.full_res_reads for r in runs])), 3),
+            "peak_rss_mb": _peak_rss_mb(),
+            "queries_failed": sum(1 for r in runs if r.error),
+        }
+    )
     info = next(m for m in list_methods() if m.name == method)
     return {
         "format": RESULT_FORMAT,
-        "bench": {"name": bench.meta.name, "description": bench.meta.description, "path": str(bench.root.resolve()),
-                  "iou": bench.meta.iou, "k": ks, "n_queries": len(bench)},
-        "method": method, "method_description": info.description,
+        "bench": {
+            "name": bench.meta.name,
+            "description": bench.meta.description,
+            "path": str(bench.root.resolve()),
+            "iou": bench.meta.iou,
+            "k": ks,
+            "n_queries": len(bench),
+        },
+        "method": method,
+        "method_description": info.description,
         "model": {"name": index.meta.get("model_name"), "model_id": index.meta.get("model_id")},
-        "settings": {**{key: getattr(settings, key) for key in SETTINGS_KEYS}, "k": k,
-                     "metric_crs": metric_crs.to_string(), "options": dict(options or {}),
-                     "chain": _chain_config(settings, options)},
+        "settings": {
+            **{key: getattr(settings, key) for key in SETTINGS_KEYS},
+            "k": k,
+            "metric_crs": metric_crs.to_string(),
+            "options": dict(options or {}),
+            "chain": _chain_config(settings, options),
+        },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "metrics": metrics, "per_type": per_type, "cost": cost, "per_query": per_query,
+        "metrics": metrics,
+        "per_type": per_type,
+        "cost": cost,
+        "per_query": per_query,
     }
 
 

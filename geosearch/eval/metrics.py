@@ -22,20 +22,25 @@ EPS = 1e-9
 
 @dataclass
 class RankMatch:
-    rank: int                 # 1-based
+    rank: int  # 1-based
     score: float
-    truth_id: str | None      # the relevant truth region this result hit, if any
-    grade: int                # 0 when it hit nothing relevant
-    iou: float                # IoU with the matched region (0 when none)
+    truth_id: str | None  # the relevant truth region this result hit, if any
+    grade: int  # 0 when it hit nothing relevant
+    iou: float  # IoU with the matched region (0 when none)
 
     @property
     def hit(self) -> bool:
         return self.truth_id is not None
 
 
-def match_ranked(predicted: Sequence, scores: Sequence[float], truth: Mapping[str, object],
-                 relevant: Mapping[str, int], iou_threshold: float,
-                 max_results: int = MAX_RESULTS) -> list[RankMatch]:
+def match_ranked(
+    predicted: Sequence,
+    scores: Sequence[float],
+    truth: Mapping[str, object],
+    relevant: Mapping[str, int],
+    iou_threshold: float,
+    max_results: int = MAX_RESULTS,
+) -> list[RankMatch]:
     """Greedy by rank: each returned polygon hits at most one relevant truth region, once."""
     free = {rid: truth[rid] for rid in relevant if rid in truth}
     out: list[RankMatch] = []
@@ -157,8 +162,12 @@ def hit_curve(first_hit_ranks: Sequence[int | None], max_k: int = MAX_RESULTS) -
     return [sum(1 for r in first_hit_ranks if r is not None and r <= k) / n for k in range(1, max_k + 1)]
 
 
-def abstention_sweep(confidences: Sequence[float | None], abstained: Sequence[bool],
-                     answerable: Sequence[bool], steps: int = 101) -> list[dict]:
+def abstention_sweep(
+    confidences: Sequence[float | None],
+    abstained: Sequence[bool],
+    answerable: Sequence[bool],
+    steps: int = 101,
+) -> list[dict]:
     """abstain_recall vs false_abstain_rate when also abstaining below a confidence threshold.
 
     ``confidences`` is the top-1 confidence (or score) per query; None (no result) always abstains.

@@ -44,7 +44,11 @@ def _read_vectors(path: Path) -> tuple[list[dict], object]:
         raise InputError(f"vector file not found: {path}")
     data = json.loads(path.read_text())
     name = (data.get("crs") or {}).get("properties", {}).get("name")
-    crs = WGS84 if not name or "CRS84" in name else as_crs(name.replace("urn:ogc:def:crs:", "").replace("::", ":"))
+    crs = (
+        WGS84
+        if not name or "CRS84" in name
+        else as_crs(name.replace("urn:ogc:def:crs:", "").replace("::", ":"))
+    )
     return data["features"], crs
 
 
@@ -63,23 +67,39 @@ def _footprint(tif: Path):
         return box(*ds.bounds), ds.crs
 
 
-def _write_bench(out: Path, name: str, description: str, mosaic: Path, regions: list[dict],
-                 queries: list[dict], layers: dict[str, Path] | None = None) -> dict:
+def _write_bench(
+    out: Path,
+    name: str,
+    description: str,
+    mosaic: Path,
+    regions: list[dict],
+    queries: list[dict],
+    layers: dict[str, Path] | None = None,
+) -> dict:
     (out / "mosaic").mkdir(parents=True, exist_ok=True)
     _atomic_copy(mosaic, out / "mosaic" / mosaic.name)
     for layer, src in (layers or {}).items():
         _atomic_copy(src, out / "layers" / f"{layer}.geojson")
     atomic_write_text(out / "regions.geojson", json.dumps({"type": "FeatureCollection", "features": regions}))
     atomic_write_text(out / "queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
-    atomic_write_text(out / "bench.json", json.dumps({"name": name, "description": description, "iou": 0.5,
-                                                      "k": [1, 5, 10]}, indent=2) + "\n")
-    return {"out": str(out), "regions": len(regions), "queries": len(queries),
-            "query_types": dict(Counter(q["type"] for q in queries))}
+    atomic_write_text(
+        out / "bench.json",
+        json.dumps({"name": name, "description": description, "iou": 0.5, "k": [1, 5, 10]}, indent=2) + "\n",
+    )
+    return {
+        "out": str(out),
+        "regions": len(regions),
+        "queries": len(queries),
+        "query_types": dict(Counter(q["type"] for q in queries)),
+    }
 
 
 def _feature(rid: str, label: str, geom_metric, metric_crs, **props) -> dict:
-    return {"type": "Feature", "geometry": mapping(reproject_geom(geom_metric, metric_crs, WGS84)),
-            "properties": {"id": rid, "label": label, **props}}
+    return {
+        "type": "Feature",
+        "geometry": mapping(reproject_geom(geom_metric, metric_crs, WGS84)),
+        "properties": {"id": rid, "label": label, **props},
+    }
 
 
 def build_atlanta(out: Path, data: Path) -> dict:
@@ -109,19 +129,38 @@ def build_atlanta(out: Path, data: Path) -> dict:
                 near.add(ids[i])
     queries = [
         {"id": "atl-q0", "text": "buildings", "type": "object", "relevant": dict.fromkeys(ids, 2)},
-        {"id": "atl-q1", "text": "buildings larger than 250 m²", "type": "attribute",
-         "relevant": {r: 2 for r in ids if area[r] > 250}},
-        {"id": "atl-q2", "text": "small buildings under 150 m²", "type": "attribute",
-         "relevant": {r: 2 for r in ids if area[r] < 150}},
-        {"id": "atl-q3", "text": "buildings within 10 m of another building", "type": "relation",
-         "relevant": {r: 2 for r in ids if r in near}},
+        {
+            "id": "atl-q1",
+            "text": "buildings larger than 250 m²",
+            "type": "attribute",
+            "relevant": {r: 2 for r in ids if area[r] > 250},
+        },
+        {
+            "id": "atl-q2",
+            "text": "small buildings under 150 m²",
+            "type": "attribute",
+            "relevant": {r: 2 for r in ids if area[r] < 150},
+        },
+        {
+            "id": "atl-q3",
+            "text": "buildings within 10 m of another building",
+            "type": "relation",
+            "relevant": {r: 2 for r in ids if r in near},
+        },
         {"id": "atl-q4", "text": "an airport runway with parked planes", "type": "absent", "relevant": {}},
-        {"id": "atl-q5", "text": "a harbour with boats moored along the docks", "type": "absent", "relevant": {}},
+        {
+            "id": "atl-q5",
+            "text": "a harbour with boats moored along the docks",
+            "type": "absent",
+            "relevant": {},
+        },
     ]
     queries = [q for q in queries if q["relevant"] or q["type"] == "absent"]
-    desc = ("SpaceNet Atlanta pan tile (900x900 px, 0.5 m, EPSG:32616) with its building footprints as truth "
-            "regions; attribute and relation truth computed with shapely in EPSG:32616 (areas in m², "
-            "distances in m). No GIS layers: everything must come from the imagery.")
+    desc = (
+        "SpaceNet Atlanta pan tile (900x900 px, 0.5 m, EPSG:32616) with its building footprints as truth "
+        "regions; attribute and relation truth computed with shapely in EPSG:32616 (areas in m², "
+        "distances in m). No GIS layers: everything must come from the imagery."
+    )
     return _write_bench(out, "spacenet-atlanta-relations", desc, tif, regions, queries)
 
 
@@ -133,12 +172,15 @@ def _intersections(lines: list, snap_m: float = 2.0) -> list[Point]:
             ends[(round(x / snap_m), round(y / snap_m))] += 1
     pts = [Point(k[0] * snap_m, k[1] * snap_m) for k, n in ends.items() if n >= 3]
     for i, a in enumerate(lines):
-        for b in lines[i + 1:]:
+        for b in lines[i + 1 :]:
             inter = a.intersection(b)
             for g in getattr(inter, "geoms", [inter]):
                 if g.geom_type == "Point" and not g.is_empty:
-                    n_ends = sum(1 for c in (a.coords[0], a.coords[-1], b.coords[0], b.coords[-1])
-                                 if Point(c).distance(g) <= snap_m)
+                    n_ends = sum(
+                        1
+                        for c in (a.coords[0], a.coords[-1], b.coords[0], b.coords[-1])
+                        if Point(c).distance(g) <= snap_m
+                    )
                     if n_ends <= 1:  # a crossing (0) or a T-junction (1); 2 = one road continuing
                         pts.append(g)
     merged: list[Point] = []
@@ -171,7 +213,9 @@ def build_vegas(out: Path, data: Path) -> dict:
     queries: list[dict] = []
 
     def add_query(qid: str, text: str, qtype: str, prefix: str, label: str, geoms: list) -> None:
-        polys = [p for g in geoms for p in _polygons(shapely.make_valid(g.intersection(tile_m))) if p.area >= 25]
+        polys = [
+            p for g in geoms for p in _polygons(shapely.make_valid(g.intersection(tile_m))) if p.area >= 25
+        ]
         rel = {}
         for i, p in enumerate(polys):
             rid = f"{prefix}{i:03d}"
@@ -182,30 +226,65 @@ def build_vegas(out: Path, data: Path) -> dict:
 
     paved = [ln for ln, p in zip(lines, props) if str(p.get("paved", "1")) == "1"]
     if paved:
-        add_query("veg-q0", "areas within 20 m of a paved road", "relation", "pv", "within 20 m of paved road",
-                  [shapely.union_all([ln.buffer(20.0) for ln in paved])])
+        add_query(
+            "veg-q0",
+            "areas within 20 m of a paved road",
+            "relation",
+            "pv",
+            "within 20 m of paved road",
+            [shapely.union_all([ln.buffer(20.0) for ln in paved])],
+        )
     nodes = _intersections(lines)
     if nodes:
-        add_query("veg-q1", "road intersections", "relation", "ix", "road intersection",
-                  [p.buffer(20.0) for p in nodes])  # one disc per intersection
+        add_query(
+            "veg-q1",
+            "road intersections",
+            "relation",
+            "ix",
+            "road intersection",
+            [p.buffer(20.0) for p in nodes],
+        )  # one disc per intersection
     wide = [ln for ln, p in zip(lines, props) if _int(p.get("lane_number")) >= 2]
     if wide:
-        add_query("veg-q2", "roads with two or more lanes", "attribute", "ml", "multi-lane road corridor",
-                  [shapely.union_all([ln.buffer(10.0) for ln in wide])])
+        add_query(
+            "veg-q2",
+            "roads with two or more lanes",
+            "attribute",
+            "ml",
+            "multi-lane road corridor",
+            [shapely.union_all([ln.buffer(10.0) for ln in wide])],
+        )
     unpaved = [ln for ln, p in zip(lines, props) if str(p.get("paved", "1")) != "1"]
     if unpaved:
-        add_query("veg-q3", "unpaved roads", "attribute", "up", "unpaved road corridor",
-                  [shapely.union_all([ln.buffer(10.0) for ln in unpaved])])
-    queries.append({"id": "veg-q4", "text": "a harbour with boats moored along the docks", "type": "absent",
-                    "relevant": {}})
-    queries.append({"id": "veg-q5", "text": "a snow covered mountain ridge", "type": "absent", "relevant": {}})
-    desc = (f"SpaceNet-3 Las Vegas RGB tile (1300x1300 px, ~0.3 m, EPSG:4326) with layers/roads.geojson "
-            f"(SpaceNet road centre lines). Relation/attribute truth computed with shapely in "
-            f"{metric.to_string()} from the road vectors (20 m buffers of paved roads, one 20 m disc per "
-            f"intersection, 10 m corridors of multi-lane roads), clipped to the tile; "
-            f"multi-part results become one region per part.")
-    return _write_bench(out, "spacenet-vegas-relations", desc, tif, regions, queries,
-                        layers={"roads": roads_path})
+        add_query(
+            "veg-q3",
+            "unpaved roads",
+            "attribute",
+            "up",
+            "unpaved road corridor",
+            [shapely.union_all([ln.buffer(10.0) for ln in unpaved])],
+        )
+    queries.append(
+        {
+            "id": "veg-q4",
+            "text": "a harbour with boats moored along the docks",
+            "type": "absent",
+            "relevant": {},
+        }
+    )
+    queries.append(
+        {"id": "veg-q5", "text": "a snow covered mountain ridge", "type": "absent", "relevant": {}}
+    )
+    desc = (
+        f"SpaceNet-3 Las Vegas RGB tile (1300x1300 px, ~0.3 m, EPSG:4326) with layers/roads.geojson "
+        f"(SpaceNet road centre lines). Relation/attribute truth computed with shapely in "
+        f"{metric.to_string()} from the road vectors (20 m buffers of paved roads, one 20 m disc per "
+        f"intersection, 10 m corridors of multi-lane roads), clipped to the tile; "
+        f"multi-part results become one region per part."
+    )
+    return _write_bench(
+        out, "spacenet-vegas-relations", desc, tif, regions, queries, layers={"roads": roads_path}
+    )
 
 
 def _int(v) -> int:

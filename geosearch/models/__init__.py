@@ -12,6 +12,13 @@ from geosearch.models.registry import (
 )
 
 __all__ = [
-    "EmbeddingModel", "ModelSpec", "default_model_name", "get_model", "get_weight", "model_specs",
-    "register_model", "resolve_device", "weights_present",
+    "EmbeddingModel",
+    "ModelSpec",
+    "default_model_name",
+    "get_model",
+    "get_weight",
+    "model_specs",
+    "register_model",
+    "resolve_device",
+    "weights_present",
 ]

@@ -82,8 +82,13 @@ class EmbeddingModel:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              antialias=True, align_corners=False)
+            x = F.interpolate(
+                x,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
         mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
         x = (x - mean) / std
@@ -93,10 +98,12 @@ class EmbeddingModel:
     def encode_images(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """Embed RGB uint8 images (N, H, W, 3); returns float32 (N, D), L2-normalised."""
         if isinstance(images, list):
-            images = np.stack([self._square(im) for im in images]) if images else np.zeros((0, 1, 1, 3), np.uint8)
+            images = (
+                np.stack([self._square(im) for im in images]) if images else np.zeros((0, 1, 1, 3), np.uint8)
+            )
         out = []
         for start in range(0, len(images), self.batch_size):
-            x = self.preprocess(images[start:start + self.batch_size])
+            x = self.preprocess(images[start : start + self.batch_size])
             feats = self.model.encode_image(x)
             out.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
         if not out:
@@ -122,7 +129,9 @@ class EmbeddingModel:
             tokens = self.tokenizer(missing)
             if isinstance(tokens, torch.Tensor):
                 tokens = tokens.to(self.device)
-            with torch_threads(1 if self.device.type == "cpu" and len(missing) <= 8 else torch.get_num_threads()):
+            with torch_threads(
+                1 if self.device.type == "cpu" and len(missing) <= 8 else torch.get_num_threads()
+            ):
                 feats = F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
             for text, vec in zip(missing, feats):
                 self._text_cache[text] = vec.astype(np.float32)

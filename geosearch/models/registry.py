@@ -41,8 +41,8 @@ class ModelSpec:
     name: str
     arch: str
     description: str
-    weights_file: str | None = None       # file name looked up in models_dir
-    hub_repo: str | None = None            # Hugging Face repo id, used only when online
+    weights_file: str | None = None  # file name looked up in models_dir
+    hub_repo: str | None = None  # Hugging Face repo id, used only when online
     hub_filename: str | None = None
     builder: Callable[[ModelSpec, torch.device, Settings], EmbeddingModel] | None = None
     default: bool = False
@@ -84,16 +84,18 @@ def get_weight(name: str, settings: Settings | None = None, *, download: bool = 
         try:
             from huggingface_hub import hf_hub_download
 
-            return Path(hf_hub_download(spec.hub_repo, spec.hub_filename or spec.weights_file,
-                                        cache_dir=str(settings.models_dir)))
+            return Path(
+                hf_hub_download(
+                    spec.hub_repo, spec.hub_filename or spec.weights_file, cache_dir=str(settings.models_dir)
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - any hub failure becomes the same clear message
             reason = f" (download failed: {type(exc).__name__})"
     else:
         reason = ""
     raise WeightsMissingError(
         f"weights for {name!r} not found: put {spec.weights_file!r} in {settings.models_dir} "
-        f"(from https://huggingface.co/{spec.hub_repo}) or pass {spec.arch}:/path/to/checkpoint"
-        + reason
+        f"(from https://huggingface.co/{spec.hub_repo}) or pass {spec.arch}:/path/to/checkpoint" + reason
     )
 
 
@@ -108,8 +110,9 @@ def weights_present(name: str, settings: Settings | None = None) -> bool:
         return False
 
 
-def get_model(name: str | None = None, *, device: str | None = None,
-              settings: Settings | None = None) -> EmbeddingModel:
+def get_model(
+    name: str | None = None, *, device: str | None = None, settings: Settings | None = None
+) -> EmbeddingModel:
     """Build a ready-to-use :class:`EmbeddingModel` by registry name or ``ARCH:CHECKPOINT``."""
     settings = settings or get_settings()
     name = name or settings.model or default_model_name()
@@ -131,8 +134,9 @@ def get_model(name: str | None = None, *, device: str | None = None,
     raise GeoSearchError(f"unknown model {name!r}; known: {known}, or ARCH:/path/to/checkpoint")
 
 
-def _build_open_clip(name: str, arch: str, checkpoint: Path | None, device: torch.device,
-                     settings: Settings) -> EmbeddingModel:
+def _build_open_clip(
+    name: str, arch: str, checkpoint: Path | None, device: torch.device, settings: Settings
+) -> EmbeddingModel:
     import open_clip
 
     register_configs()
@@ -140,7 +144,9 @@ def _build_open_clip(name: str, arch: str, checkpoint: Path | None, device: torc
         raise GeoSearchError(f"unknown open_clip architecture {arch!r}")
     import logging
 
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # open_clip warns on random init
+    logging.getLogger().setLevel(
+        max(logging.getLogger().level, logging.ERROR)
+    )  # open_clip warns on random init
     model = open_clip.create_model(arch, pretrained=None)
     model_id = f"{name}"
     if checkpoint is not None:
@@ -161,11 +167,16 @@ def _build_open_clip(name: str, arch: str, checkpoint: Path | None, device: torc
     image_size = model.visual.image_size
     image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
     return EmbeddingModel(
-        name=name, model_id=model_id, model=model, tokenizer=open_clip.get_tokenizer(arch),
+        name=name,
+        model_id=model_id,
+        model=model,
+        tokenizer=open_clip.get_tokenizer(arch),
         image_size=image_size,
         mean=tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
-        device=device, batch_size=settings.batch_size, text_cache_size=settings.text_cache_size,
+        device=device,
+        batch_size=settings.batch_size,
+        text_cache_size=settings.text_cache_size,
     )
 
 
@@ -202,20 +213,47 @@ def _ensure_builtin() -> None:
         return
     _builtin_done = True
     presets = [
-        ModelSpec("remoteclip-rn50", "RN50", "RemoteCLIP ResNet-50 (Liu et al. 2024)",
-                  "RemoteCLIP-RN50.pt", "chendelong/RemoteCLIP"),
-        ModelSpec("remoteclip-vit-b-32", "ViT-B-32", "RemoteCLIP ViT-B/32",
-                  "RemoteCLIP-ViT-B-32.pt", "chendelong/RemoteCLIP"),
-        ModelSpec("remoteclip-vit-l-14", "ViT-L-14", "RemoteCLIP ViT-L/14",
-                  "RemoteCLIP-ViT-L-14.pt", "chendelong/RemoteCLIP"),
-        ModelSpec("georsclip-vit-b-32", "ViT-B-32", "GeoRSCLIP ViT-B/32 trained on RS5M",
-                  "RS5M_ViT-B-32.pt", "Zilun/GeoRSCLIP", "ckpt/RS5M_ViT-B-32.pt"),
-        ModelSpec("geosearch-tiny", "geosearch-tiny",
-                  "tiny random-weight model for tests and smoke runs (not for real search)",
-                  builder=_build_tiny),
-        ModelSpec("geosearch-colour", "geosearch-colour",
-                  "deterministic colour model with known answers, for tests (not for real search)",
-                  builder=_build_colour),
+        ModelSpec(
+            "remoteclip-rn50",
+            "RN50",
+            "RemoteCLIP ResNet-50 (Liu et al. 2024)",
+            "RemoteCLIP-RN50.pt",
+            "chendelong/RemoteCLIP",
+        ),
+        ModelSpec(
+            "remoteclip-vit-b-32",
+            "ViT-B-32",
+            "RemoteCLIP ViT-B/32",
+            "RemoteCLIP-ViT-B-32.pt",
+            "chendelong/RemoteCLIP",
+        ),
+        ModelSpec(
+            "remoteclip-vit-l-14",
+            "ViT-L-14",
+            "RemoteCLIP ViT-L/14",
+            "RemoteCLIP-ViT-L-14.pt",
+            "chendelong/RemoteCLIP",
+        ),
+        ModelSpec(
+            "georsclip-vit-b-32",
+            "ViT-B-32",
+            "GeoRSCLIP ViT-B/32 trained on RS5M",
+            "RS5M_ViT-B-32.pt",
+            "Zilun/GeoRSCLIP",
+            "ckpt/RS5M_ViT-B-32.pt",
+        ),
+        ModelSpec(
+            "geosearch-tiny",
+            "geosearch-tiny",
+            "tiny random-weight model for tests and smoke runs (not for real search)",
+            builder=_build_tiny,
+        ),
+        ModelSpec(
+            "geosearch-colour",
+            "geosearch-colour",
+            "deterministic colour model with known answers, for tests (not for real search)",
+            builder=_build_colour,
+        ),
     ]
     for spec in presets:
         _REGISTRY.setdefault(spec.name, spec)

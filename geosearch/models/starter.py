@@ -52,8 +52,9 @@ def text_tower_dir() -> Path:
         raise GeoSearchError(f"all-MiniLM-L6-v2 weights missing: {weights}")
     digest = sha256_file(weights)
     if digest != MINILM_SHA256:
-        raise GeoSearchError(f"all-MiniLM-L6-v2 weights at {weights} have sha256 {digest}, "
-                             f"expected {MINILM_SHA256}")
+        raise GeoSearchError(
+            f"all-MiniLM-L6-v2 weights at {weights} have sha256 {digest}, expected {MINILM_SHA256}"
+        )
     return folder
 
 
@@ -78,10 +79,12 @@ def build_clip(cfg: dict[str, Any], *, text_pretrained: bool = True) -> torch.nn
     transformers.logging.disable_progress_bar()
     cfg = copy.deepcopy(cfg)
     local = str(text_tower_dir())
-    text_cfg = dict(cfg["text_cfg"], hf_model_name=local, hf_tokenizer_name=local,
-                    hf_model_pretrained=text_pretrained)
-    model = open_clip.CustomTextCLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"],
-                                     text_cfg=text_cfg)
+    text_cfg = dict(
+        cfg["text_cfg"], hf_model_name=local, hf_tokenizer_name=local, hf_model_pretrained=text_pretrained
+    )
+    model = open_clip.CustomTextCLIP(
+        embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=text_cfg
+    )
     model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
     for p in model.text.parameters():
         p.requires_grad_(False)
@@ -111,8 +114,9 @@ def image_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_weights(model: torch.nn.Module, path: str | os.PathLike, cfg: dict[str, Any],
-                 extra: dict[str, str] | None = None) -> Path:
+def save_weights(
+    model: torch.nn.Module, path: str | os.PathLike, cfg: dict[str, Any], extra: dict[str, str] | None = None
+) -> Path:
     """Write the image tower (fp16 floats) and the architecture JSON as safetensors metadata."""
     from safetensors.torch import save_file
 
@@ -122,8 +126,13 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike, cfg: dict[str,
         if value.is_floating_point() and key != "logit_scale":
             value = value.half()
         tensors[key] = value.clone()
-    meta = {"arch_config": json.dumps(cfg), "text_tower": "all-MiniLM-L6-v2",
-            "text_tower_sha256": MINILM_SHA256, "mean": json.dumps(MEAN), "std": json.dumps(STD)}
+    meta = {
+        "arch_config": json.dumps(cfg),
+        "text_tower": "all-MiniLM-L6-v2",
+        "text_tower_sha256": MINILM_SHA256,
+        "mean": json.dumps(MEAN),
+        "std": json.dumps(STD),
+    }
     meta.update(extra or {})
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -173,18 +182,29 @@ def _build_starter(spec: ModelSpec, device: torch.device, settings: Settings) ->
         raise WeightsMissingError(f"starter weights missing: {path}")
     model, cfg = load_clip(path)
     return EmbeddingModel(
-        name=spec.name, model_id=f"{spec.name}@{sha256_file(path)[:16]}", model=model,
-        tokenizer=build_tokenizer(cfg), image_size=int(cfg["vision_cfg"]["image_size"]),
-        mean=MEAN, std=STD, device=device, batch_size=settings.batch_size,
+        name=spec.name,
+        model_id=f"{spec.name}@{sha256_file(path)[:16]}",
+        model=model,
+        tokenizer=build_tokenizer(cfg),
+        image_size=int(cfg["vision_cfg"]["image_size"]),
+        mean=MEAN,
+        std=STD,
+        device=device,
+        batch_size=settings.batch_size,
         text_cache_size=settings.text_cache_size,
     )
 
 
-register_model(ModelSpec(
-    STARTER_NAME, arch=STARTER_ARCH,
-    description="offline starter: ResNet-10t image tower trained on AID/RSICD + locked all-MiniLM-L6-v2",
-    weights_file=str(WEIGHTS_PATH), builder=_build_starter, default=True,
-))
+register_model(
+    ModelSpec(
+        STARTER_NAME,
+        arch=STARTER_ARCH,
+        description="offline starter: ResNet-10t image tower trained on AID/RSICD + locked all-MiniLM-L6-v2",
+        weights_file=str(WEIGHTS_PATH),
+        builder=_build_starter,
+        default=True,
+    )
+)
 
 
 def reference_image(size: int = 150) -> np.ndarray:

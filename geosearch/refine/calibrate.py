@@ -48,17 +48,23 @@ from geosearch.refine.rerank import GENERIC_PROMPTS
 
 CALIBRATION_PATH = Path(__file__).parent / "calibration.json"
 FEATURES = ["z_index", "d_generic", "d_region"]
-FALLBACK = {"model": None, "features": FEATURES, "coef": [0.8, 4.0, 4.0], "intercept": -3.0, "threshold": 0.5,
-            "fitted_on": "hand-set fallback (not fitted)"}
+FALLBACK = {
+    "model": None,
+    "features": FEATURES,
+    "coef": [0.8, 4.0, 4.0],
+    "intercept": -3.0,
+    "threshold": 0.5,
+    "fitted_on": "hand-set fallback (not fitted)",
+}
 
 
 @dataclass
 class IndexStats:
     """Per-index score statistics used to normalise query scores."""
 
-    generic_top: float                     # mean over generic prompts of their best tile score
-    generic_mean: float                    # mean tile score of the generic prompts
-    _prompt_cache: OrderedDict             # prompt vector key -> (mean, std, max)
+    generic_top: float  # mean over generic prompts of their best tile score
+    generic_mean: float  # mean tile score of the generic prompts
+    _prompt_cache: OrderedDict  # prompt vector key -> (mean, std, max)
 
     def prompt_stats(self, index: TileIndex, vec: np.ndarray) -> tuple[float, float, float]:
         key = vec.astype(np.float32).tobytes()
@@ -103,12 +109,53 @@ def load_calibration(model_name: str | None = None, path: Path = CALIBRATION_PAT
 # its nearest scene in text space, and the index is asked whether any tile looks more like that
 # scene than like every other one (zero-shot tile classification, computed once per index).
 SCENE_BANK: list[str] = [
-    "airport", "runway", "bare land", "baseball field", "beach", "bridge", "city center", "church",
-    "commercial area", "dense residential area", "desert", "farmland", "forest", "industrial area", "meadow",
-    "medium residential area", "mountain", "park", "parking lot", "playground", "pond", "lake", "port",
-    "harbour with boats", "railway station", "resort", "river", "school", "sparse residential area",
-    "square", "stadium", "storage tanks", "viaduct", "highway", "golf course", "tennis court", "greenhouses",
-    "snow", "cloud", "sea", "island", "wetland", "quarry", "solar panels", "construction site", "cemetery"]
+    "airport",
+    "runway",
+    "bare land",
+    "baseball field",
+    "beach",
+    "bridge",
+    "city center",
+    "church",
+    "commercial area",
+    "dense residential area",
+    "desert",
+    "farmland",
+    "forest",
+    "industrial area",
+    "meadow",
+    "medium residential area",
+    "mountain",
+    "park",
+    "parking lot",
+    "playground",
+    "pond",
+    "lake",
+    "port",
+    "harbour with boats",
+    "railway station",
+    "resort",
+    "river",
+    "school",
+    "sparse residential area",
+    "square",
+    "stadium",
+    "storage tanks",
+    "viaduct",
+    "highway",
+    "golf course",
+    "tennis court",
+    "greenhouses",
+    "snow",
+    "cloud",
+    "sea",
+    "island",
+    "wetland",
+    "quarry",
+    "solar panels",
+    "construction site",
+    "cemetery",
+]
 
 
 def _bank(index: TileIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,16 +191,20 @@ def query_features(index: TileIndex, vec: np.ndarray) -> dict:
     else:
         s = index.embeddings @ b.T
         bm = -float((s.max(axis=1) - s[:, j]).min())
-    out = {"z_top": (top - mean) / std, "bank_count": float(np.log1p(mine.sum())), "bank_margin": bm,
-           "bank_sim": float(tsim[j])}
+    out = {
+        "z_top": (top - mean) / std,
+        "bank_count": float(np.log1p(mine.sum())),
+        "bank_margin": bm,
+        "bank_sim": float(tsim[j]),
+    }
     gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
     if gal is not None:
         out["ref_top"] = gal.reference(vec)
     return out
 
 
-REGION_SLOPE = 10.0   # confidence of lower regions: logit shifted by 10 x their score gap to the top one
-REF_REGIONS = 3   # d_ref compares the mean own-extent score of this many best regions to the gallery
+REGION_SLOPE = 10.0  # confidence of lower regions: logit shifted by 10 x their score gap to the top one
+REF_REGIONS = 3  # d_ref compares the mean own-extent score of this many best regions to the gallery
 
 
 def reference_gap(s_regions: list[float], query_feats: dict) -> float | None:
@@ -166,9 +217,14 @@ def reference_gap(s_regions: list[float], query_feats: dict) -> float | None:
     return float(np.mean(best) - ref)
 
 
-def region_confidences(index: TileIndex, vec: np.ndarray, regions: list[tuple[float, float | None]],
-                       params: dict, query_feats: dict | None = None,
-                       all_scores: list[float] | None = None) -> tuple[list[float], dict]:
+def region_confidences(
+    index: TileIndex,
+    vec: np.ndarray,
+    regions: list[tuple[float, float | None]],
+    params: dict,
+    query_feats: dict | None = None,
+    all_scores: list[float] | None = None,
+) -> tuple[list[float], dict]:
     """Calibrated confidence of ranked regions, given each one's own-extent score and (or ``None``)
     the generic prompts' score at the same crop. The query-level logit (fitted features, including
     ``d_ref`` from the best own-extent scores among ``all_scores``, default the regions' own) is
@@ -197,19 +253,27 @@ def abstain_reason(best: float | None, thr: float, f: dict) -> str:
     examples (or, without a gallery, how they compare with the index and generic prompts)."""
     head = f"not found: best region confidence {0.0 if best is None else best:.2f} is below {thr:.2f}"
     if "d_ref" in f:
-        return (f"{head} (the best regions score {-f['d_ref']:.3f} below what real examples of the query "
-                f"score in the reference gallery)" if f["d_ref"] < 0 else
-                f"{head} (the best regions score {f['d_ref']:.3f} above the gallery's real examples, "
-                f"which is still too little for this query)")
-    return (f"{head} (its score is {f.get('z_index', 0):.1f} SD above this index's tile scores for the query "
-            f"and {f.get('d_generic', 0):+.3f} vs generic aerial prompts)")
+        return (
+            f"{head} (the best regions score {-f['d_ref']:.3f} below what real examples of the query "
+            f"score in the reference gallery)"
+            if f["d_ref"] < 0
+            else f"{head} (the best regions score {f['d_ref']:.3f} above the gallery's real examples, "
+            f"which is still too little for this query)"
+        )
+    return (
+        f"{head} (its score is {f.get('z_index', 0):.1f} SD above this index's tile scores for the query "
+        f"and {f.get('d_generic', 0):+.3f} vs generic aerial prompts)"
+    )
 
 
 def features_for(index: TileIndex, vec: np.ndarray, s_region: float, s_generic: float | None) -> dict:
     st = index_stats(index)
     mean, std, _ = st.prompt_stats(index, vec)
-    return {"z_index": (s_region - mean) / std, "d_generic": s_region - st.generic_top,
-            "d_region": 0.0 if s_generic is None else s_region - s_generic}
+    return {
+        "z_index": (s_region - mean) / std,
+        "d_generic": s_region - st.generic_top,
+        "d_region": 0.0 if s_generic is None else s_region - s_generic,
+    }
 
 
 def confidence(feats: dict, params: dict) -> float:
@@ -238,14 +302,20 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50
     return coef, float(w[0] - np.dot(coef, mu))
 
 
-def tradeoff(conf_answerable: np.ndarray, conf_absent: np.ndarray, thresholds: np.ndarray | None = None
-             ) -> list[dict]:
+def tradeoff(
+    conf_answerable: np.ndarray, conf_absent: np.ndarray, thresholds: np.ndarray | None = None
+) -> list[dict]:
     """abstain_recall and false_abstain_rate for each threshold (abstain when conf < t)."""
     if thresholds is None:
         thresholds = np.unique(np.concatenate([conf_answerable, conf_absent, [0.0, 1.0]]))
-    return [{"threshold": float(t), "abstain_recall": float(np.mean(conf_absent < t)) if len(conf_absent) else 0.0,
-             "false_abstain_rate": float(np.mean(conf_answerable < t)) if len(conf_answerable) else 0.0}
-            for t in thresholds]
+    return [
+        {
+            "threshold": float(t),
+            "abstain_recall": float(np.mean(conf_absent < t)) if len(conf_absent) else 0.0,
+            "false_abstain_rate": float(np.mean(conf_answerable < t)) if len(conf_answerable) else 0.0,
+        }
+        for t in thresholds
+    ]
 
 
 def choose_threshold(conf_answerable: np.ndarray, conf_absent: np.ndarray, max_false: float = 0.15) -> float:

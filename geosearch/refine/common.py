@@ -15,7 +15,7 @@ from geosearch.index import TileIndex
 from geosearch.search import text_vector
 
 _POOL: ThreadPoolExecutor | None = None
-NEGATIVE_WEIGHT = 0.5   # share of the negative prompts' mean embedding subtracted from the query vector
+NEGATIVE_WEIGHT = 0.5  # share of the negative prompts' mean embedding subtracted from the query vector
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -25,8 +25,12 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def query_vector(index: TileIndex, prompts: str | Sequence[str] | np.ndarray,
-                 negative: Sequence[str] | None = None, neg_weight: float = NEGATIVE_WEIGHT) -> np.ndarray:
+def query_vector(
+    index: TileIndex,
+    prompts: str | Sequence[str] | np.ndarray,
+    negative: Sequence[str] | None = None,
+    neg_weight: float = NEGATIVE_WEIGHT,
+) -> np.ndarray:
     """Unit text vector of a prompt list (mean of the prompt embeddings), minus ``neg_weight`` times
     the negative prompts' mean embedding when ``negative`` is given; or a given vector, normalised."""
     if isinstance(prompts, np.ndarray):
@@ -50,13 +54,16 @@ def window_bounds(index: TileIndex, tile: str | None, bbox: Sequence[float] | No
     mb = index.mosaic_bounds
     x0, y0, x1, y1 = max(b[0], mb[0]), max(b[1], mb[1]), min(b[2], mb[2]), min(b[3], mb[3])
     if not (x1 > x0 and y1 > y0):
-        raise InputError("the bbox does not overlap the indexed mosaic "
-                         f"(mosaic bbox in EPSG:4326: {[round(v, 6) for v in index.bounds_wgs84]})")
+        raise InputError(
+            "the bbox does not overlap the indexed mosaic "
+            f"(mosaic bbox in EPSG:4326: {[round(v, 6) for v in index.bounds_wgs84]})"
+        )
     return (x0, y0, x1, y1)
 
 
-def read_windows(index: TileIndex, bounds_list: Sequence[Bounds], size: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def read_windows(
+    index: TileIndex, bounds_list: Sequence[Bounds], size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Read windows at ``size`` px (default: the model's input size); returns (N, S, S, 3) uint8
     images and their valid fractions. Each window is one counted :meth:`Mosaic.read`."""
     mosaic = index.mosaic()
@@ -67,8 +74,9 @@ def read_windows(index: TileIndex, bounds_list: Sequence[Bounds], size: int | No
     return np.stack([r.rgb for r in reads]), np.array([r.valid_fraction for r in reads])
 
 
-def embed_windows(index: TileIndex, bounds_list: Sequence[Bounds], size: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def embed_windows(
+    index: TileIndex, bounds_list: Sequence[Bounds], size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings (N, D) and valid fractions of the windows (read at the model's input size)."""
     images, valid = read_windows(index, bounds_list, size)
     if not len(images):

@@ -9,8 +9,9 @@ import numpy as np
 from geosearch.refine.heatmap import Candidate
 from geosearch.refine.pyramid import Window
 
-LOW_MARGIN = 0.01          # final-score gap to the next region, or s_region - s_neg
-SCALE_EPS = 0.01           # another scale (>= 2x apart) scoring within this of the region's s_region
+LOW_MARGIN = 0.01  # final-score gap to the next region, or s_region - s_neg
+SCALE_EPS = 0.01  # another scale (>= 2x apart) scoring within this of the region's s_region
+
 
 def add_flags(cands: Sequence[Candidate], windows: Sequence[Window]) -> None:
     """Set the image flags on the ranked candidates (in place). Relation flags come from the one

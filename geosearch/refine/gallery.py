@@ -27,13 +27,13 @@ from geosearch.fileio import atomic_path
 from geosearch.settings import Settings, get_settings
 
 PACKAGED_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
-REFERENCE_K = 3          # the reference is the mean score of the query's best K gallery scenes
+REFERENCE_K = 3  # the reference is the mean score of the query's best K gallery scenes
 
 
 @dataclass
 class Gallery:
-    embeddings: np.ndarray        # (N, D) float32, unit rows
-    labels: np.ndarray            # (N,) class names (may be empty strings)
+    embeddings: np.ndarray  # (N, D) float32, unit rows
+    labels: np.ndarray  # (N,) class names (may be empty strings)
     model_id: str
     source: str
     path: Path | None = None
@@ -57,8 +57,9 @@ def gallery_filename(model_name: str) -> str:
     return f"{model_name}.gallery.npz"
 
 
-def save_gallery(path: str | Path, embeddings: np.ndarray, labels: list[str] | np.ndarray, model_id: str,
-                 source: str) -> Path:
+def save_gallery(
+    path: str | Path, embeddings: np.ndarray, labels: list[str] | np.ndarray, model_id: str, source: str
+) -> Path:
     """Write a gallery atomically (int8 rows plus per-row scale)."""
     emb = np.asarray(embeddings, np.float32)
     if emb.ndim != 2 or not len(emb):
@@ -67,9 +68,15 @@ def save_gallery(path: str | Path, embeddings: np.ndarray, labels: list[str] | n
     q = np.clip(np.round(emb / scale), -127, 127).astype(np.int8)
     path = Path(path)
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, q=q, scale=scale.astype(np.float32), labels=np.asarray(labels, dtype=str),
-                            model_id=np.array(model_id), source=np.array(source),
-                            created=np.array(time.strftime("%Y-%m-%d")))
+        np.savez_compressed(
+            tmp,
+            q=q,
+            scale=scale.astype(np.float32),
+            labels=np.asarray(labels, dtype=str),
+            model_id=np.array(model_id),
+            source=np.array(source),
+            created=np.array(time.strftime("%Y-%m-%d")),
+        )
     return path
 
 
@@ -88,7 +95,9 @@ def read_gallery(path: str | Path) -> Gallery:
 _LOADED: dict[tuple[str, str], Gallery | None] = {}
 
 
-def find_gallery(model_name: str | None, model_id: str | None, settings: Settings | None = None) -> Gallery | None:
+def find_gallery(
+    model_name: str | None, model_id: str | None, settings: Settings | None = None
+) -> Gallery | None:
     """The gallery for these exact weights, or ``None`` (calibration then falls back to features
     that need no gallery). Cached per model."""
     if not model_name or not model_id:
@@ -112,15 +121,23 @@ def check_gallery_source(source: str | Path, split: str | None) -> Path:
     """A manifest's ``train`` split or a folder; anything else is refused before a model loads."""
     src = Path(source)
     if src.suffix == ".jsonl" and split != "train":
-        raise InputError(f"a gallery is built from the train split only (got split={split!r}): dev is for "
-                         "tuning and test for final evaluation")
+        raise InputError(
+            f"a gallery is built from the train split only (got split={split!r}): dev is for "
+            "tuning and test for final evaluation"
+        )
     if not src.exists():
         raise InputError(f"gallery source not found: {src}")
     return src
 
 
-def build_gallery(model, source: str, split: str | None = "train", out: str | Path | None = None,
-                  batch: int = 256, progress: bool = False) -> tuple[Path, int]:
+def build_gallery(
+    model,
+    source: str,
+    split: str | None = "train",
+    out: str | Path | None = None,
+    batch: int = 256,
+    progress: bool = False,
+) -> tuple[Path, int]:
     """Embed every image of ``source`` (a captioned manifest, only its ``train`` split, or a folder of
     class sub-folders) with ``model`` and save the gallery (default: ``settings.models_dir``)."""
     from geosearch.train.data import decode_images, load_source
@@ -130,7 +147,7 @@ def build_gallery(model, source: str, split: str | None = "train", out: str | Pa
     images = decode_images(data.records, max(model.image_size, 150))
     embs = []
     for i in range(0, len(images), batch):
-        embs.append(model.encode_images(images[i:i + batch]))
+        embs.append(model.encode_images(images[i : i + batch]))
         if progress:
             print(f"  {min(i + batch, len(images))}/{len(images)} images", flush=True)
     out = Path(out) if out else Path(get_settings().models_dir) / gallery_filename(model.name)

@@ -37,12 +37,12 @@ class Candidate:
     polygon_wgs84: object
     score: float
     bbox_map: Bounds
-    mask: np.ndarray | None = field(default=None, repr=False)   # bool grid over ``mask_bounds``
+    mask: np.ndarray | None = field(default=None, repr=False)  # bool grid over ``mask_bounds``
     mask_bounds: Bounds | None = None
     scale_m: float | None = None
     window_score: float | None = None
     evidence_tiles: list[str] = field(default_factory=list)
-    features: dict = field(default_factory=dict)                # rerank features (s_region, ...)
+    features: dict = field(default_factory=dict)  # rerank features (s_region, ...)
     flags: list[str] = field(default_factory=list)
     merged: int = 1
 
@@ -53,8 +53,8 @@ class Candidate:
 
 @dataclass
 class Heatmap:
-    values: np.ndarray        # (G, G) float, mean crop similarity per cell (nan = no data)
-    bounds: Bounds            # mosaic CRS
+    values: np.ndarray  # (G, G) float, mean crop similarity per cell (nan = no data)
+    bounds: Bounds  # mosaic CRS
     crops_embedded: int
     crop_scores: list[tuple[Bounds, float]] = field(default_factory=list)
 
@@ -76,9 +76,16 @@ def _crop_boxes(side: int, frac: float, overlap: float) -> list[tuple[int, int, 
     return [(r, c, size) for r in starts for c in starts]
 
 
-def similarity_heatmap(index: TileIndex, bounds: Bounds, prompts: str | Sequence[str] | np.ndarray, *,
-                       crop_fracs: Sequence[float] = (1.0, 0.5, 1 / 3), overlap: float = 0.5,
-                       grid: int = 24, read_px: int | None = None) -> Heatmap:
+def similarity_heatmap(
+    index: TileIndex,
+    bounds: Bounds,
+    prompts: str | Sequence[str] | np.ndarray,
+    *,
+    crop_fracs: Sequence[float] = (1.0, 0.5, 1 / 3),
+    overlap: float = 0.5,
+    grid: int = 24,
+    read_px: int | None = None,
+) -> Heatmap:
     """Mean text similarity of overlapping multi-scale crops, per cell of a ``grid`` x ``grid`` map."""
     vec = query_vector(index, prompts)
     model = index.model()
@@ -88,12 +95,12 @@ def similarity_heatmap(index: TileIndex, bounds: Bounds, prompts: str | Sequence
     side = max(8, min(side, max(native, 8)))
     img = mosaic.read(tuple(bounds), side)
     groups: list[tuple[np.ndarray, list[tuple[float, float, float]]]] = []
-    for frac in crop_fracs:   # crops of one relative size share a pixel size: one batch each
+    for frac in crop_fracs:  # crops of one relative size share a pixel size: one batch each
         crops, boxes = [], []
         for r, c, s in _crop_boxes(side, frac, overlap):
-            if img.mask[r:r + s, c:c + s].mean() < 0.2:
+            if img.mask[r : r + s, c : c + s].mean() < 0.2:
                 continue
-            crops.append(img.rgb[r:r + s, c:c + s])
+            crops.append(img.rgb[r : r + s, c : c + s])
             boxes.append((r / side, c / side, s / side))
         if crops:
             groups.append((np.stack(crops), boxes))
@@ -120,8 +127,15 @@ def similarity_heatmap(index: TileIndex, bounds: Bounds, prompts: str | Sequence
     return Heatmap(values, tuple(bounds), n_crops, crop_scores)  # type: ignore[arg-type]
 
 
-def heatmap_from_windows(bounds: Bounds, boxes: np.ndarray, scores: np.ndarray, *, grid: int = 24,
-                         max_frac: float = 0.6, min_inside: float = 0.9) -> Heatmap:
+def heatmap_from_windows(
+    bounds: Bounds,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    *,
+    grid: int = 24,
+    max_frac: float = 0.6,
+    min_inside: float = 0.9,
+) -> Heatmap:
     """A heatmap over ``bounds`` from windows that were already scored (stored index tiles, pyramid
     windows): no read, no embedding. Windows are used when at least ``min_inside`` of them lies in
     ``bounds`` and their side is at most ``max_frac`` of its side; each cell gets the mean score of
@@ -170,14 +184,20 @@ def _downsample_mask(mask: np.ndarray, grid: int) -> np.ndarray:
     out = np.zeros((grid, grid), bool)
     for i in range(grid):
         for j in range(grid):
-            cell = mask[rows[i]:max(rows[i + 1], rows[i] + 1), cols[j]:max(cols[j + 1], cols[j] + 1)]
+            cell = mask[rows[i] : max(rows[i + 1], rows[i] + 1), cols[j] : max(cols[j + 1], cols[j] + 1)]
             out[i, j] = cell.size > 0 and cell.mean() >= 0.5
     return out
 
 
-def heatmap_candidates(index: TileIndex, heat: Heatmap, *, threshold: float = 0.6,
-                       min_area_frac: float = 0.03, window_score: float | None = None,
-                       evidence: Sequence[str] = ()) -> list[Candidate]:
+def heatmap_candidates(
+    index: TileIndex,
+    heat: Heatmap,
+    *,
+    threshold: float = 0.6,
+    min_area_frac: float = 0.03,
+    window_score: float | None = None,
+    evidence: Sequence[str] = (),
+) -> list[Candidate]:
     """Threshold a heatmap relative to its own score range and vectorise the components."""
     vals = heat.values
     finite = np.isfinite(vals)
@@ -194,14 +214,17 @@ def heatmap_candidates(index: TileIndex, heat: Heatmap, *, threshold: float = 0.
     total = binary.size
     comp_id = np.zeros(vals.shape, np.int32)
     geoms = []
-    for n, (geom, _) in enumerate(shapes(binary.astype(np.uint8), mask=binary, connectivity=8,
-                                         transform=transform), start=1):
+    for n, (geom, _) in enumerate(
+        shapes(binary.astype(np.uint8), mask=binary, connectivity=8, transform=transform), start=1
+    ):
         poly = shape(geom)
         geoms.append((n, poly))
     for n, poly in geoms:
         from rasterio.features import rasterize
 
-        comp = rasterize([(poly, 1)], out_shape=vals.shape, transform=transform, all_touched=False).astype(bool)
+        comp = rasterize([(poly, 1)], out_shape=vals.shape, transform=transform, all_touched=False).astype(
+            bool
+        )
         comp &= binary
         if comp.sum() < max(1, min_area_frac * total):
             continue
@@ -210,11 +233,20 @@ def heatmap_candidates(index: TileIndex, heat: Heatmap, *, threshold: float = 0.
         peak = float(np.nanmax(vals[comp]))
         bbox = tuple(float(v) for v in poly.bounds)
         frac = float(comp.sum() / total)
-        cands.append(Candidate(polygon_map=poly, polygon_wgs84=to_wgs84(poly, index.crs), score=score,
-                               bbox_map=bbox, mask=comp, mask_bounds=heat.bounds,
-                               scale_m=scale * math.sqrt(max(frac, 1e-9)), window_score=window_score,
-                               evidence_tiles=list(evidence),
-                               features={"heat_mean": score, "heat_peak": peak, "area_frac": frac}))
+        cands.append(
+            Candidate(
+                polygon_map=poly,
+                polygon_wgs84=to_wgs84(poly, index.crs),
+                score=score,
+                bbox_map=bbox,
+                mask=comp,
+                mask_bounds=heat.bounds,
+                scale_m=scale * math.sqrt(max(frac, 1e-9)),
+                window_score=window_score,
+                evidence_tiles=list(evidence),
+                features={"heat_mean": score, "heat_peak": peak, "area_frac": frac},
+            )
+        )
     cands.sort(key=lambda c: -c.score)
     return cands
 
@@ -224,25 +256,53 @@ class SegmentBackend:
 
     name = "base"
 
-    def propose(self, index: TileIndex, bounds: Bounds, prompts: str | Sequence[str] | np.ndarray,
-                **kwargs) -> list[Candidate]:
+    def propose(
+        self, index: TileIndex, bounds: Bounds, prompts: str | Sequence[str] | np.ndarray, **kwargs
+    ) -> list[Candidate]:
         raise NotImplementedError
 
 
 class HeatmapBackend(SegmentBackend):
     name = "heatmap"
 
-    def __init__(self, crop_fracs: Sequence[float] = (1.0, 0.5, 1 / 3), overlap: float = 0.5, grid: int = 24,
-                 threshold: float = 0.6, min_area_frac: float = 0.03, read_px: int | None = None):
+    def __init__(
+        self,
+        crop_fracs: Sequence[float] = (1.0, 0.5, 1 / 3),
+        overlap: float = 0.5,
+        grid: int = 24,
+        threshold: float = 0.6,
+        min_area_frac: float = 0.03,
+        read_px: int | None = None,
+    ):
         self.crop_fracs, self.overlap, self.grid = tuple(crop_fracs), overlap, grid
         self.threshold, self.min_area_frac, self.read_px = threshold, min_area_frac, read_px
 
-    def propose(self, index: TileIndex, bounds: Bounds, prompts: str | Sequence[str] | np.ndarray, *,
-                window_score: float | None = None, evidence: Sequence[str] = ()) -> list[Candidate]:
-        heat = similarity_heatmap(index, bounds, prompts, crop_fracs=self.crop_fracs, overlap=self.overlap,
-                                  grid=self.grid, read_px=self.read_px)
-        cands = heatmap_candidates(index, heat, threshold=self.threshold, min_area_frac=self.min_area_frac,
-                                   window_score=window_score, evidence=evidence)
+    def propose(
+        self,
+        index: TileIndex,
+        bounds: Bounds,
+        prompts: str | Sequence[str] | np.ndarray,
+        *,
+        window_score: float | None = None,
+        evidence: Sequence[str] = (),
+    ) -> list[Candidate]:
+        heat = similarity_heatmap(
+            index,
+            bounds,
+            prompts,
+            crop_fracs=self.crop_fracs,
+            overlap=self.overlap,
+            grid=self.grid,
+            read_px=self.read_px,
+        )
+        cands = heatmap_candidates(
+            index,
+            heat,
+            threshold=self.threshold,
+            min_area_frac=self.min_area_frac,
+            window_score=window_score,
+            evidence=evidence,
+        )
         for c in cands:
             c.features["crops_embedded"] = heat.crops_embedded
         return cands
@@ -254,23 +314,48 @@ class StoredHeatmapBackend(SegmentBackend):
 
     name = "stored"
 
-    def __init__(self, grid: int = 24, threshold: float = 0.6, min_area_frac: float = 0.03, max_frac: float = 0.6,
-                 windows: Sequence = ()):
-        self.grid, self.threshold, self.min_area_frac, self.max_frac = grid, threshold, min_area_frac, max_frac
+    def __init__(
+        self,
+        grid: int = 24,
+        threshold: float = 0.6,
+        min_area_frac: float = 0.03,
+        max_frac: float = 0.6,
+        windows: Sequence = (),
+    ):
+        self.grid, self.threshold, self.min_area_frac, self.max_frac = (
+            grid,
+            threshold,
+            min_area_frac,
+            max_frac,
+        )
         self.windows = list(windows)
 
-    def propose(self, index: TileIndex, bounds: Bounds, prompts: str | Sequence[str] | np.ndarray, *,
-                window_score: float | None = None, evidence: Sequence[str] = ()) -> list[Candidate]:
+    def propose(
+        self,
+        index: TileIndex,
+        bounds: Bounds,
+        prompts: str | Sequence[str] | np.ndarray,
+        *,
+        window_score: float | None = None,
+        evidence: Sequence[str] = (),
+    ) -> list[Candidate]:
         vec = query_vector(index, prompts)
         boxes = [index.bounds]
         scores = [index.embeddings @ vec]
         if self.windows:
             boxes.append(np.array([w.bounds for w in self.windows], float))
             scores.append(np.array([w.score for w in self.windows], float))
-        heat = heatmap_from_windows(bounds, np.concatenate(boxes), np.concatenate(scores), grid=self.grid,
-                                    max_frac=self.max_frac)
-        return heatmap_candidates(index, heat, threshold=self.threshold, min_area_frac=self.min_area_frac,
-                                  window_score=window_score, evidence=evidence)
+        heat = heatmap_from_windows(
+            bounds, np.concatenate(boxes), np.concatenate(scores), grid=self.grid, max_frac=self.max_frac
+        )
+        return heatmap_candidates(
+            index,
+            heat,
+            threshold=self.threshold,
+            min_area_frac=self.min_area_frac,
+            window_score=window_score,
+            evidence=evidence,
+        )
 
 
 def get_backend(name: str | SegmentBackend = "heatmap", **kwargs) -> SegmentBackend:
@@ -285,8 +370,14 @@ def get_backend(name: str | SegmentBackend = "heatmap", **kwargs) -> SegmentBack
     raise InputError(f"unknown segmentation backend {name!r}; known: heatmap, stored")
 
 
-def segment(index: TileIndex, bounds: Bounds | str, prompts: str | Sequence[str] | np.ndarray, *,
-            backend: str | SegmentBackend = "heatmap", **kwargs) -> list[Candidate]:
+def segment(
+    index: TileIndex,
+    bounds: Bounds | str,
+    prompts: str | Sequence[str] | np.ndarray,
+    *,
+    backend: str | SegmentBackend = "heatmap",
+    **kwargs,
+) -> list[Candidate]:
     """Region proposals inside ``bounds`` (mosaic CRS) or inside the tile ``bounds`` names, best first."""
     evidence: list[str] = []
     window_score = None
@@ -302,6 +393,15 @@ def bbox_polygon(c: Candidate):
     return box(*c.bbox_map)
 
 
-__all__ = ["Candidate", "Heatmap", "HeatmapBackend", "SegmentBackend", "StoredHeatmapBackend",
-           "bbox_polygon", "heatmap_from_windows",
-           "heatmap_candidates", "segment", "similarity_heatmap"]
+__all__ = [
+    "Candidate",
+    "Heatmap",
+    "HeatmapBackend",
+    "SegmentBackend",
+    "StoredHeatmapBackend",
+    "bbox_polygon",
+    "heatmap_from_windows",
+    "heatmap_candidates",
+    "segment",
+    "similarity_heatmap",
+]

@@ -15,8 +15,14 @@ from geosearch.index import TileIndex
 from geosearch.refine.heatmap import Candidate
 
 
-def merge_candidates(cands: list[Candidate], *, iou: float = 0.5, contain: float = 1.01,
-                     mode: Literal["nms", "union"] = "nms", index: TileIndex | None = None) -> list[Candidate]:
+def merge_candidates(
+    cands: list[Candidate],
+    *,
+    iou: float = 0.5,
+    contain: float = 1.01,
+    mode: Literal["nms", "union"] = "nms",
+    index: TileIndex | None = None,
+) -> list[Candidate]:
     """Merge overlapping candidates (see module doc); returns the kept ones, best first.
 
     ``contain`` > 1 disables the containment rule. ``index`` is needed for ``union`` (to recompute
@@ -31,8 +37,16 @@ def merge_candidates(cands: list[Candidate], *, iou: float = 0.5, contain: float
                 target = k
                 break
         if target is None:
-            kept.append(Candidate(**{**c.__dict__, "evidence_tiles": list(c.evidence_tiles),
-                                     "features": dict(c.features), "flags": list(c.flags)}))
+            kept.append(
+                Candidate(
+                    **{
+                        **c.__dict__,
+                        "evidence_tiles": list(c.evidence_tiles),
+                        "features": dict(c.features),
+                        "flags": list(c.flags),
+                    }
+                )
+            )
             continue
         target.merged += c.merged
         for t in c.evidence_tiles:

@@ -37,7 +37,7 @@ class Window:
     score: float
     scale_m: float
     level: int
-    tile_id: str | None = None         # the coarse tile it descends from
+    tile_id: str | None = None  # the coarse tile it descends from
     parent_score: float | None = None
     valid_fraction: float = 1.0
 
@@ -49,11 +49,11 @@ class Window:
 
 @dataclass
 class PyramidResult:
-    windows: list[Window]              # every scored window (coarse + zoomed), best first
-    explored: list[Window]             # the coarse tiles that were zoomed into
-    windows_embedded: int              # windows embedded on the fly
-    full_res_reads: int                # reads counted by the mosaic during the search
-    finest_scale_m: float | None       # smallest window width reached
+    windows: list[Window]  # every scored window (coarse + zoomed), best first
+    explored: list[Window]  # the coarse tiles that were zoomed into
+    windows_embedded: int  # windows embedded on the fly
+    full_res_reads: int  # reads counted by the mosaic during the search
+    finest_scale_m: float | None  # smallest window width reached
     text_vector: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.float32))
 
 
@@ -69,17 +69,32 @@ def child_bounds(bounds: Bounds, factor: float = 0.5, overlap: float = 0.5) -> l
     return [(bx, by, bx + sw, by + sh) for by in reversed(ys) for bx in xs]
 
 
-def zoom(index: TileIndex, bounds: Bounds, prompts: str | Sequence[str] | np.ndarray, *,
-         factor: float = 0.5, overlap: float = 0.5, level: int = 1, scale_m: float | None = None,
-         tile_id: str | None = None, min_valid: float = 0.05) -> list[Window]:
+def zoom(
+    index: TileIndex,
+    bounds: Bounds,
+    prompts: str | Sequence[str] | np.ndarray,
+    *,
+    factor: float = 0.5,
+    overlap: float = 0.5,
+    level: int = 1,
+    scale_m: float | None = None,
+    tile_id: str | None = None,
+    min_valid: float = 0.05,
+) -> list[Window]:
     """One pyramid step: the sub-windows of ``bounds`` scored against the prompts, best first."""
     vec = query_vector(index, prompts)
     return _zoom_many(index, [(bounds, scale_m, tile_id, None)], vec, factor, overlap, level, min_valid)[0]
 
 
-def _zoom_many(index: TileIndex, parents: list[tuple[Bounds, float | None, str | None, float | None]],
-               vec: np.ndarray, factor: float, overlap: float, level: int, min_valid: float
-               ) -> list[list[Window]]:
+def _zoom_many(
+    index: TileIndex,
+    parents: list[tuple[Bounds, float | None, str | None, float | None]],
+    vec: np.ndarray,
+    factor: float,
+    overlap: float,
+    level: int,
+    min_valid: float,
+) -> list[list[Window]]:
     """Zoom into several parents with one batched embedding call."""
     from geosearch.refine.common import window_scale_m
 
@@ -91,17 +106,33 @@ def _zoom_many(index: TileIndex, parents: list[tuple[Bounds, float | None, str |
     pos = 0
     for (b, scale, tid, pscore), ks in zip(parents, kids):
         cscale = (scale if scale is not None else window_scale_m(index, b)) * factor
-        wins = [Window(tuple(float(v) for v in c), float(sc[pos + i]), float(cscale), level, tid, pscore,
-                       float(valid[pos + i]))
-                for i, c in enumerate(ks) if valid[pos + i] >= min_valid]
+        wins = [
+            Window(
+                tuple(float(v) for v in c),
+                float(sc[pos + i]),
+                float(cscale),
+                level,
+                tid,
+                pscore,
+                float(valid[pos + i]),
+            )
+            for i, c in enumerate(ks)
+            if valid[pos + i] >= min_valid
+        ]
         wins.sort(key=lambda w: -w.score)
         out.append(wins)
         pos += len(ks)
     return out
 
 
-def coarse_candidates(index: TileIndex, vec: np.ndarray, n: int, nms_iou: float = 0.3,
-                      pool: int = 200, mask: np.ndarray | None = None) -> list[Window]:
+def coarse_candidates(
+    index: TileIndex,
+    vec: np.ndarray,
+    n: int,
+    nms_iou: float = 0.3,
+    pool: int = 200,
+    mask: np.ndarray | None = None,
+) -> list[Window]:
     """Top-``n`` coarse tiles (among ``mask``) after greedy non-maximum suppression (distinct places)."""
     s = index.embeddings @ vec
     order = top_k(s, min(pool, len(s)), mask)
@@ -114,18 +145,37 @@ def coarse_candidates(index: TileIndex, vec: np.ndarray, n: int, nms_iou: float 
         if any(iou(p, q) > nms_iou for q in polys):
             continue
         polys.append(p)
-        chosen.append(Window(tuple(float(v) for v in index.bounds[i]), float(s[i]), float(index.scales[i]), 0,
-                             str(index.tile_ids[i])))
+        chosen.append(
+            Window(
+                tuple(float(v) for v in index.bounds[i]),
+                float(s[i]),
+                float(index.scales[i]),
+                0,
+                str(index.tile_ids[i]),
+            )
+        )
         if len(chosen) >= n:
             break
     return chosen
 
 
-def pyramid_search(index: TileIndex, prompts: str | Sequence[str] | np.ndarray, k: int = 10, *,
-                   top_n: int | None = None, depth: int | None = None, budget: int | None = None,
-                   keep: int = 2, factor: float = 0.5, overlap: float = 0.5, min_scale_m: float = 0.0,
-                   require_improvement: bool = True, nms_iou: float = 0.3,
-                   min_valid: float = 0.05, mask: np.ndarray | None = None) -> PyramidResult:
+def pyramid_search(
+    index: TileIndex,
+    prompts: str | Sequence[str] | np.ndarray,
+    k: int = 10,
+    *,
+    top_n: int | None = None,
+    depth: int | None = None,
+    budget: int | None = None,
+    keep: int = 2,
+    factor: float = 0.5,
+    overlap: float = 0.5,
+    min_scale_m: float = 0.0,
+    require_improvement: bool = True,
+    nms_iou: float = 0.3,
+    min_valid: float = 0.05,
+    mask: np.ndarray | None = None,
+) -> PyramidResult:
     """Coarse-to-fine search: returns every scored window (best first) and the cost counters.
 
     ``top_n``, ``depth`` and ``budget`` (windows embedded per query) default to the settings
@@ -147,8 +197,15 @@ def pyramid_search(index: TileIndex, prompts: str | Sequence[str] | np.ndarray, 
     seen = {w.tile_id for w in explored}
     for i in top_k(s, max(k, top_n) * 2, mask):
         if str(index.tile_ids[i]) not in seen:
-            windows.append(Window(tuple(float(v) for v in index.bounds[i]), float(s[i]), float(index.scales[i]), 0,
-                                  str(index.tile_ids[i])))
+            windows.append(
+                Window(
+                    tuple(float(v) for v in index.bounds[i]),
+                    float(s[i]),
+                    float(index.scales[i]),
+                    0,
+                    str(index.tile_ids[i]),
+                )
+            )
     frontier = list(explored)
     embedded = 0
     finest: float | None = None
@@ -159,8 +216,15 @@ def pyramid_search(index: TileIndex, prompts: str | Sequence[str] | np.ndarray, 
         if room <= 0 or not frontier:
             break
         frontier = sorted(frontier, key=lambda w: -w.score)[:room]
-        groups = _zoom_many(index, [(w.bounds, w.scale_m, w.tile_id, w.score) for w in frontier], vec,
-                            factor, overlap, level, min_valid)
+        groups = _zoom_many(
+            index,
+            [(w.bounds, w.scale_m, w.tile_id, w.score) for w in frontier],
+            vec,
+            factor,
+            overlap,
+            level,
+            min_valid,
+        )
         embedded += per_parent * len(frontier)
         nxt: list[Window] = []
         for parent, kids in zip(frontier, groups):
@@ -174,8 +238,9 @@ def pyramid_search(index: TileIndex, prompts: str | Sequence[str] | np.ndarray, 
     return PyramidResult(windows, explored, embedded, mosaic.stats.full_res_reads - reads0, finest, vec)
 
 
-def dense_window_count(index: TileIndex, scale_m: float, overlap: float | None = None,
-                       full_res_only: bool = False) -> int:
+def dense_window_count(
+    index: TileIndex, scale_m: float, overlap: float | None = None, full_res_only: bool = False
+) -> int:
     """How many windows a dense tiling of the whole mosaic at ``scale_m`` (same overlap as the
     index, same nodata rule) would embed; with ``full_res_only`` 0 when such windows would not be
     full-resolution reads at the model's input size."""

@@ -42,9 +42,16 @@ def nms_windows(windows: Sequence[Window], n: int, iou: float = 0.5) -> list[Win
 
 def window_candidate(index: TileIndex, w: Window) -> Candidate:
     poly = box(*w.bounds)
-    return Candidate(poly, to_wgs84(poly, index.crs), w.score, tuple(w.bounds), scale_m=w.scale_m,
-                     window_score=w.score, evidence_tiles=[w.tile_id] if w.tile_id else [],
-                     features={"s_source": w.score, "level": w.level, "whole_window": 1.0})
+    return Candidate(
+        poly,
+        to_wgs84(poly, index.crs),
+        w.score,
+        tuple(w.bounds),
+        scale_m=w.scale_m,
+        window_score=w.score,
+        evidence_tiles=[w.tile_id] if w.tile_id else [],
+        features={"s_source": w.score, "level": w.level, "whole_window": 1.0},
+    )
 
 
 def fit_inside(b: Bounds, mb: Bounds) -> Bounds:
@@ -62,7 +69,7 @@ def segmentation_windows(index: TileIndex, pr: PyramidResult, cfg: dict) -> list
     windows, inside the mosaic, skipping squares mostly covered by an earlier one."""
     mb = index.mosaic().bounds
     out: list[Window] = []
-    for w in pr.windows:   # best first
+    for w in pr.windows:  # best first
         if len(out) >= int(cfg["seg_windows"]):
             break
         if w.tile_id is not None:
@@ -82,15 +89,20 @@ def segmentation_windows(index: TileIndex, pr: PyramidResult, cfg: dict) -> list
 def propose(index: TileIndex, pr: PyramidResult, vec: np.ndarray, cfg: dict) -> list[Candidate]:
     """Heatmap proposals inside the segmentation windows, plus the best whole windows."""
     if cfg["seg_source"] == "stored":
-        backend: SegmentBackend = StoredHeatmapBackend(grid=int(cfg["seg_grid"]), threshold=float(cfg["seg_threshold"]),
-                                                       windows=pr.windows)
+        backend: SegmentBackend = StoredHeatmapBackend(
+            grid=int(cfg["seg_grid"]), threshold=float(cfg["seg_threshold"]), windows=pr.windows
+        )
     else:
-        backend = HeatmapBackend(crop_fracs=tuple(cfg["seg_fracs"]), threshold=float(cfg["seg_threshold"]),
-                                 grid=int(cfg["seg_grid"]))
+        backend = HeatmapBackend(
+            crop_fracs=tuple(cfg["seg_fracs"]),
+            threshold=float(cfg["seg_threshold"]),
+            grid=int(cfg["seg_grid"]),
+        )
     cands: list[Candidate] = []
     for w in segmentation_windows(index, pr, cfg):
-        for c in backend.propose(index, w.bounds, vec, window_score=w.score,
-                                 evidence=[w.tile_id] if w.tile_id else []):
+        for c in backend.propose(
+            index, w.bounds, vec, window_score=w.score, evidence=[w.tile_id] if w.tile_id else []
+        ):
             c.features["s_source"] = c.score
             cands.append(c)
     if cfg["whole_windows"]:
@@ -98,8 +110,9 @@ def propose(index: TileIndex, pr: PyramidResult, vec: np.ndarray, cfg: dict) -> 
     return cands
 
 
-def refine_candidates(index: TileIndex, pr: PyramidResult, vec: np.ndarray, negatives: Sequence[str], k: int,
-                      cfg: dict) -> list[Candidate]:
+def refine_candidates(
+    index: TileIndex, pr: PyramidResult, vec: np.ndarray, negatives: Sequence[str], k: int, cfg: dict
+) -> list[Candidate]:
     """Proposals -> near-duplicates dropped -> rescored at their own extent -> merged -> padded to k."""
     cands = propose(index, pr, vec, cfg)
     # near-duplicates go first (cheap), then every candidate is rescored at its own extent, and
@@ -120,7 +133,9 @@ def window_candidates(index: TileIndex, pr: PyramidResult, k: int) -> list[Candi
     return cands
 
 
-def fill_candidates(index: TileIndex, have: list[Candidate], windows: list[Window], n: int) -> list[Candidate]:
+def fill_candidates(
+    index: TileIndex, have: list[Candidate], windows: list[Window], n: int
+) -> list[Candidate]:
     """Lower-ranked extra regions (the next best windows, not rescored) so that a long result list
     has distinct places after the refined ones; each scores below the last refined candidate."""
     floor = min((c.score for c in have), default=0.0)
@@ -136,7 +151,16 @@ def fill_candidates(index: TileIndex, have: list[Candidate], windows: list[Windo
     if not picked:
         return []
     polys = boxes_to_wgs84(np.array([w.bounds for w in picked], float), index.crs)
-    return [Candidate(box(*w.bounds), p84, floor - 1.0 - j * 1e-4, tuple(w.bounds), scale_m=w.scale_m,
-                      window_score=w.score, evidence_tiles=[w.tile_id] if w.tile_id else [],
-                      features={"s_source": w.score, "s_region": w.score, "fill": 1.0})
-            for j, (w, p84) in enumerate(zip(picked, polys))]
+    return [
+        Candidate(
+            box(*w.bounds),
+            p84,
+            floor - 1.0 - j * 1e-4,
+            tuple(w.bounds),
+            scale_m=w.scale_m,
+            window_score=w.score,
+            evidence_tiles=[w.tile_id] if w.tile_id else [],
+            features={"s_source": w.score, "s_region": w.score, "fill": 1.0},
+        )
+        for j, (w, p84) in enumerate(zip(picked, polys))
+    ]

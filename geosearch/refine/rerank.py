@@ -43,8 +43,13 @@ from geosearch.index import TileIndex
 from geosearch.refine.common import embed_windows, query_vector
 from geosearch.refine.heatmap import Candidate
 
-GENERIC_PROMPTS: list[str] = ["an aerial image", "a satellite image", "a remote sensing image",
-                              "an aerial photograph of the ground", "a top-down view of land"]
+GENERIC_PROMPTS: list[str] = [
+    "an aerial image",
+    "a satellite image",
+    "a remote sensing image",
+    "an aerial photograph of the ground",
+    "a top-down view of land",
+]
 
 # Scene pairs that CLIP-style models confuse, both ways (AID / RSICD vocabulary).
 CONFUSABLE: dict[str, list[str]] = {
@@ -81,6 +86,7 @@ CONFUSABLE: dict[str, list[str]] = {
     "storage tank": ["industrial area"],
     "school": ["playground", "dense residential"],
 }
+
 
 @dataclass
 class RerankWeights:
@@ -146,9 +152,16 @@ def _shift_inside(b: Bounds, mb: Bounds) -> Bounds:
     return (x0, y0, x1, y1)
 
 
-def rerank(index: TileIndex, cands: list[Candidate], prompts: str | Sequence[str] | np.ndarray, *,
-           negatives: Sequence[str] = (), weights: RerankWeights | None = None,
-           extra_features: Sequence[dict] | None = None, reembed: bool = True) -> list[Candidate]:
+def rerank(
+    index: TileIndex,
+    cands: list[Candidate],
+    prompts: str | Sequence[str] | np.ndarray,
+    *,
+    negatives: Sequence[str] = (),
+    weights: RerankWeights | None = None,
+    extra_features: Sequence[dict] | None = None,
+    reembed: bool = True,
+) -> list[Candidate]:
     """Score candidates with the weighted features above; returns them best first (in place)."""
     w = weights or RerankWeights()
     if not cands:
@@ -175,12 +188,22 @@ def rerank(index: TileIndex, cands: list[Candidate], prompts: str | Sequence[str
             c.features.update(extra_features[i])
         src = float(c.features.get("s_source", c.score))
         f = c.features
-        f.update({"s_region": float(s_region[i]), "s_source": src, "s_neg": float(s_neg[i]),
-                  "s_generic": float(s_gen[i]), "s_context": float(s_ctx[i])})
-        score = (w.region * f["s_region"] + w.source * src
-                 - w.neg * max(0.0, f["s_neg"] - f["s_region"] + w.neg_margin) * (1.0 if negatives else 0.0)
-                 + w.specific * (f["s_region"] - f["s_generic"])
-                 + w.context * (f["s_region"] - f["s_context"]))
+        f.update(
+            {
+                "s_region": float(s_region[i]),
+                "s_source": src,
+                "s_neg": float(s_neg[i]),
+                "s_generic": float(s_gen[i]),
+                "s_context": float(s_ctx[i]),
+            }
+        )
+        score = (
+            w.region * f["s_region"]
+            + w.source * src
+            - w.neg * max(0.0, f["s_neg"] - f["s_region"] + w.neg_margin) * (1.0 if negatives else 0.0)
+            + w.specific * (f["s_region"] - f["s_generic"])
+            + w.context * (f["s_region"] - f["s_context"])
+        )
         score += sum(wt * float(f.get(name, 0.0)) for name, wt in w.extras.items())
         c.score = float(score)
     cands.sort(key=lambda c: -c.score)

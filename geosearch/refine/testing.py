@@ -43,20 +43,33 @@ class _ColourNet(torch.nn.Module):
                 if word in t.lower():
                     vec += np.array(v)
             if not vec.any():
-                vec[4] = 1.0          # matches no image at all
+                vec[4] = 1.0  # matches no image at all
             out.append(vec)
         return torch.tensor(np.array(out), dtype=torch.float32)
 
 
 def colour_model(image_size: int = 16) -> EmbeddingModel:
-    return EmbeddingModel(name="test-colour", model_id="test-colour@1", model=_ColourNet(),
-                          tokenizer=lambda texts: list(texts), image_size=image_size, mean=(0.0, 0.0, 0.0),
-                          std=(1.0, 1.0, 1.0), batch_size=256)
+    return EmbeddingModel(
+        name="test-colour",
+        model_id="test-colour@1",
+        model=_ColourNet(),
+        tokenizer=lambda texts: list(texts),
+        image_size=image_size,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        batch_size=256,
+    )
 
 
-def write_square_raster(path: str | Path, size_px: int = 512, square: tuple[int, int, int, int] = (160, 192, 288, 320),
-                        res_m: float = 1.0, origin: tuple[float, float] = (500_000.0, 4_000_000.0),
-                        crs: str = "EPSG:32633", colour: tuple[int, int, int] = (220, 40, 40)) -> tuple:
+def write_square_raster(
+    path: str | Path,
+    size_px: int = 512,
+    square: tuple[int, int, int, int] = (160, 192, 288, 320),
+    res_m: float = 1.0,
+    origin: tuple[float, float] = (500_000.0, 4_000_000.0),
+    crs: str = "EPSG:32633",
+    colour: tuple[int, int, int] = (220, 40, 40),
+) -> tuple:
     """GeoTIFF (uint8 RGB) with a ``colour`` square at pixel cols/rows ``square`` = (c0, r0, c1, r1) on a
     green field; returns the square's bounds in the raster CRS."""
     import rasterio
@@ -69,15 +82,25 @@ def write_square_raster(path: str | Path, size_px: int = 512, square: tuple[int,
     c0, r0, c1, r1 = square
     for b in range(3):
         img[b, r0:r1, c0:c1] = colour[b]
-    with rasterio.open(path, "w", driver="GTiff", width=size_px, height=size_px, count=3, dtype="uint8", crs=crs,
-                       transform=from_origin(origin[0], origin[1], res_m, res_m)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size_px,
+        height=size_px,
+        count=3,
+        dtype="uint8",
+        crs=crs,
+        transform=from_origin(origin[0], origin[1], res_m, res_m),
+    ) as dst:
         dst.write(img)
     x0, y1 = origin
     return (x0 + c0 * res_m, y1 - r1 * res_m, x0 + c1 * res_m, y1 - r0 * res_m)
 
 
-def build_test_index(tmp: str | Path, *, scales_m: tuple[float, ...] = (128.0, 256.0), image_size: int = 32,
-                     **raster_kwargs):
+def build_test_index(
+    tmp: str | Path, *, scales_m: tuple[float, ...] = (128.0, 256.0), image_size: int = 32, **raster_kwargs
+):
     """Raster + index over it with :func:`colour_model`; returns (TileIndex, square bounds)."""
     from geosearch.index import TileIndex, build_index
     from geosearch.settings import Settings

@@ -33,14 +33,19 @@ from geosearch.settings import get_settings
 _INDEX_CACHE: dict = {}
 
 
-def run_bench(bench_dir: str, method: str = "segment", options: dict | None = None, k: int = 100,
-              stride: int = 1) -> dict:
+def run_bench(
+    bench_dir: str, method: str = "segment", options: dict | None = None, k: int = 100, stride: int = 1
+) -> dict:
     bench = load_benchmark(bench_dir)
-    if stride > 1:   # every stride-th query (quick tuning passes)
+    if stride > 1:  # every stride-th query (quick tuning passes)
         import dataclasses
 
-        bench = dataclasses.replace(bench, query_ids=bench.query_ids[::stride], query_texts=bench.query_texts[::stride],
-                                    _truth=bench._truth[::stride])
+        bench = dataclasses.replace(
+            bench,
+            query_ids=bench.query_ids[::stride],
+            query_texts=bench.query_texts[::stride],
+            _truth=bench._truth[::stride],
+        )
     key = str(Path(bench_dir).resolve())
     if key not in _INDEX_CACHE:
         _INDEX_CACHE[key] = prepare_index(bench, get_settings(), None)[0]
@@ -51,9 +56,18 @@ def run_bench(bench_dir: str, method: str = "segment", options: dict | None = No
     b = index.bounds_wgs84
     scores = score_runs(bench, runs, utm_crs_for((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))
     metrics = aggregate(scores, bench.meta.k)
-    per_type = {t: aggregate([s for s in scores if s.qtype == t], bench.meta.k) for t in {s.qtype for s in scores}}
-    return {"metrics": metrics, "per_type": per_type, "runs": runs, "scores": scores, "seconds": secs,
-            "index": index, "reads": float(np.mean([r.full_res_reads for r in runs]))}
+    per_type = {
+        t: aggregate([s for s in scores if s.qtype == t], bench.meta.k) for t in {s.qtype for s in scores}
+    }
+    return {
+        "metrics": metrics,
+        "per_type": per_type,
+        "runs": runs,
+        "scores": scores,
+        "seconds": secs,
+        "index": index,
+        "reads": float(np.mean([r.full_res_reads for r in runs])),
+    }
 
 
 def grid(bench_dir: str, space: dict, method: str = "segment", stride: int = 1) -> list[dict]:
@@ -63,33 +77,50 @@ def grid(bench_dir: str, space: dict, method: str = "segment", stride: int = 1) 
         opts = dict(zip(keys, values))
         r = run_bench(bench_dir, method, opts, stride=stride)
         m = r["metrics"]
-        row = {**opts, "hit@10": round(m["hit@10"], 4), "map": round(m["map"], 4), "hit@1": round(m["hit@1"], 4),
-               "reads/q": round(r["reads"], 1), "s": round(r["seconds"], 1)}
+        row = {
+            **opts,
+            "hit@10": round(m["hit@10"], 4),
+            "map": round(m["map"], 4),
+            "hit@1": round(m["hit@1"], 4),
+            "reads/q": round(r["reads"], 1),
+            "s": round(r["seconds"], 1),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
 
 
-def fit_and_save(index, features: list[str], x: np.ndarray, y: np.ndarray, max_false: float,
-                 fitted_on: str) -> tuple[dict, np.ndarray]:
+def fit_and_save(
+    index, features: list[str], x: np.ndarray, y: np.ndarray, max_false: float, fitted_on: str
+) -> tuple[dict, np.ndarray]:
     """Logistic fit (label 1 = answerable), threshold at false-abstain rate <= ``max_false``, saved to
     calibration.json for the index's model; returns the parameters and the fitted confidences."""
     coef, b = calibrate.fit_logistic(x, y)
     p = 1 / (1 + np.exp(-(x @ coef + b)))
     thr = calibrate.choose_threshold(p[y == 1], p[y == 0], max_false)
-    params = {"model": index.meta.get("model_name"), "model_id": index.meta.get("model_id"), "features": features,
-              "coef": [round(float(c), 6) for c in coef], "intercept": round(float(b), 6),
-              "threshold": round(float(thr), 6), "fitted_on": fitted_on,
-              "fit_abstain_recall": round(float(np.mean(p[y == 0] < thr)), 4),
-              "fit_false_abstain_rate": round(float(np.mean(p[y == 1] < thr)), 4),
-              "created": time.strftime("%Y-%m-%d")}
+    params = {
+        "model": index.meta.get("model_name"),
+        "model_id": index.meta.get("model_id"),
+        "features": features,
+        "coef": [round(float(c), 6) for c in coef],
+        "intercept": round(float(b), 6),
+        "threshold": round(float(thr), 6),
+        "fitted_on": fitted_on,
+        "fit_abstain_recall": round(float(np.mean(p[y == 0] < thr)), 4),
+        "fit_false_abstain_rate": round(float(np.mean(p[y == 1] < thr)), 4),
+        "created": time.strftime("%Y-%m-%d"),
+    }
     calibrate.save_calibration(str(index.meta.get("model_name")), params)
     print(json.dumps(params, indent=2))
     return params, p
 
 
-def fit(bench_dirs: str | list[str], options: dict | None = None, max_false: float = 0.15,
-        features: list[str] | None = None) -> dict:
+def fit(
+    bench_dirs: str | list[str],
+    options: dict | None = None,
+    max_false: float = 0.15,
+    features: list[str] | None = None,
+) -> dict:
     """Run ``segment`` over one or more tuning benchmarks (comma-separated), fit the logistic
     confidence on the named calibration features of each query's answer (label: answerable vs
     ``absent``), choose the threshold (false-abstain rate <= ``max_false``) and save it."""
@@ -103,15 +134,25 @@ def fit(bench_dirs: str | list[str], options: dict | None = None, max_false: flo
             f = (run.answer.details.get("calibration_features") if run.answer else None) or {}
             missing = [n for n in features if n not in f]
             if missing:
-                raise SystemExit(f"feature(s) {missing} not computed for {d} (is the model's gallery present?)")
+                raise SystemExit(
+                    f"feature(s) {missing} not computed for {d} (is the model's gallery present?)"
+                )
             feats.append([f[n] for n in features])
             labels.append(1.0 if sc.answerable else 0.0)
         meta = json.loads((Path(d) / "bench.json").read_text())
-        notes.append(f"{Path(d).name} (seed {meta.get('seed')}, left out {'/'.join(meta.get('left_out_classes', []))})")
+        notes.append(
+            f"{Path(d).name} (seed {meta.get('seed')}, left out {'/'.join(meta.get('left_out_classes', []))})"
+        )
     x, y = np.array(feats), np.array(labels)
-    params, p = fit_and_save(index, features, x, y, max_false,
-                             f"AID/RSICD dev-split tuning benchmarks only: {', '.join(notes)}; "
-                             f"{int(y.sum())} answerable + {int((1 - y).sum())} absent queries, method segment")
+    params, p = fit_and_save(
+        index,
+        features,
+        x,
+        y,
+        max_false,
+        f"AID/RSICD dev-split tuning benchmarks only: {', '.join(notes)}; "
+        f"{int(y.sum())} answerable + {int((1 - y).sum())} absent queries, method segment",
+    )
     curve = calibrate.tradeoff(p[y == 1], p[y == 0])
     return {"params": params, "curve": curve}
 
@@ -125,13 +166,21 @@ def fit_query_level(bench_dir: str, features: list[str] | None = None, max_false
     features = features or ["bank_count"]
     bench = load_benchmark(bench_dir)
     index = prepare_index(bench, get_settings(), None)[0]
-    feats = [calibrate.query_features(index, query_vector(index, [positive_text(t)])) for t in bench.query_texts]
+    feats = [
+        calibrate.query_features(index, query_vector(index, [positive_text(t)])) for t in bench.query_texts
+    ]
     y = np.array([1.0 if bench.truth(i).answerable else 0.0 for i in range(len(bench))])
     x = np.array([[f[n] for n in features] for f in feats])
     seed = json.loads((Path(bench_dir) / "bench.json").read_text()).get("seed")
-    params, _ = fit_and_save(index, features, x, y, max_false,
-                             f"{bench_dir} (AID/RSICD dev split only, build_aid_bench seed {seed}): {int(y.sum())} "
-                             f"answerable + {int((1 - y).sum())} absent queries; query-level features")
+    params, _ = fit_and_save(
+        index,
+        features,
+        x,
+        y,
+        max_false,
+        f"{bench_dir} (AID/RSICD dev split only, build_aid_bench seed {seed}): {int(y.sum())} "
+        f"answerable + {int((1 - y).sum())} absent queries; query-level features",
+    )
     return params
 
 
@@ -151,13 +200,21 @@ def cost_report(bench_dir: str, result_json: str) -> dict:
     ratio = np.array([x["reads"] / x["dense"] for x in rows if x["dense"]], float)
     finest_all = min(x["finest_scale_m"] for x in rows if x["finest_scale_m"])
     dense_all = dense_count(index, finest_all)
-    out = {"queries": len(rows), "full_res_reads_per_query_mean": round(float(reads.mean()), 2),
-           "full_res_reads_per_query_max": int(reads.max()), "full_res_reads_total": int(reads.sum()),
-           "per_query_ratio_mean": round(float(ratio.mean()), 5), "per_query_ratio_max": round(float(ratio.max()), 5),
-           "finest_scale_m_overall": finest_all, "dense_windows_at_finest_overall": dense_all,
-           "total_reads_over_dense": round(float(reads.sum() / dense_all), 4),
-           "finest_scale_counts": {str(k): int(v) for k, v in zip(*np.unique(
-               [x["finest_scale_m"] or 0 for x in rows], return_counts=True))}}
+    out = {
+        "queries": len(rows),
+        "full_res_reads_per_query_mean": round(float(reads.mean()), 2),
+        "full_res_reads_per_query_max": int(reads.max()),
+        "full_res_reads_total": int(reads.sum()),
+        "per_query_ratio_mean": round(float(ratio.mean()), 5),
+        "per_query_ratio_max": round(float(ratio.max()), 5),
+        "finest_scale_m_overall": finest_all,
+        "dense_windows_at_finest_overall": dense_all,
+        "total_reads_over_dense": round(float(reads.sum() / dense_all), 4),
+        "finest_scale_counts": {
+            str(k): int(v)
+            for k, v in zip(*np.unique([x["finest_scale_m"] or 0 for x in rows], return_counts=True))
+        },
+    }
     print(json.dumps(out, indent=2))
     return out
 
@@ -174,8 +231,13 @@ def plot_tradeoff(curve: list[dict], chosen: float | None, out: str, title: str)
     ax.plot(far, rec, marker=".", lw=1)
     if chosen is not None:
         c = min(curve, key=lambda c: abs(c["threshold"] - chosen))
-        ax.scatter([c["false_abstain_rate"]], [c["abstain_recall"]], color="red", zorder=3,
-                   label=f"threshold {chosen:.3f}")
+        ax.scatter(
+            [c["false_abstain_rate"]],
+            [c["abstain_recall"]],
+            color="red",
+            zorder=3,
+            label=f"threshold {chosen:.3f}",
+        )
         ax.legend(loc="lower right")
     ax.axvline(0.15, color="grey", ls=":")
     ax.axhline(0.7, color="grey", ls=":")
@@ -193,10 +255,22 @@ def plot_tradeoff(curve: list[dict], chosen: float | None, out: str, title: str)
 def curve_from_result(result_json: str) -> list[dict]:
     """abstain_recall / false_abstain_rate against the top-1 confidence of a ``segment`` result."""
     res = json.loads(Path(result_json).read_text())
-    ans = np.array([q["top1_confidence"] if q["top1_confidence"] is not None else 0.0
-                    for q in res["per_query"] if q["answerable"]], float)
-    absent = np.array([q["top1_confidence"] if q["top1_confidence"] is not None else 0.0
-                       for q in res["per_query"] if not q["answerable"]], float)
+    ans = np.array(
+        [
+            q["top1_confidence"] if q["top1_confidence"] is not None else 0.0
+            for q in res["per_query"]
+            if q["answerable"]
+        ],
+        float,
+    )
+    absent = np.array(
+        [
+            q["top1_confidence"] if q["top1_confidence"] is not None else 0.0
+            for q in res["per_query"]
+            if not q["answerable"]
+        ],
+        float,
+    )
     return calibrate.tradeoff(ans, absent)
 
 
@@ -215,46 +289,73 @@ def final(bench_dir: str, out_dir: str, methods: list[str], wait_calibration_for
         doc = evaluate(bench_dir, m)
         (Path(out_dir) / f"{m}.json").write_text(json.dumps(doc, indent=1) + "\n")
         met = doc["metrics"]
-        print(m, round(time.perf_counter() - t0, 1), "s", json.dumps({k: met[k] for k in
-              ("hit@1", "hit@10", "map", "abstain_recall", "false_abstain_rate")}), flush=True)
-    if "answer" in methods:   # trade-off curve of the calibrated top-1 confidence (answers are cached)
+        print(
+            m,
+            round(time.perf_counter() - t0, 1),
+            "s",
+            json.dumps(
+                {k: met[k] for k in ("hit@1", "hit@10", "map", "abstain_recall", "false_abstain_rate")}
+            ),
+            flush=True,
+        )
+    if "answer" in methods:  # trade-off curve of the calibrated top-1 confidence (answers are cached)
         from geosearch.pipeline import run_method
 
         bench = load_benchmark(bench_dir)
         index = prepare_index(bench, get_settings(), None)[0]
         conf = []
         rows = []
-        seg = json.loads((Path(out_dir) / "segment.json").read_text()) if (Path(out_dir) / "segment.json").is_file() else None
+        seg = (
+            json.loads((Path(out_dir) / "segment.json").read_text())
+            if (Path(out_dir) / "segment.json").is_file()
+            else None
+        )
         for i, text in enumerate(bench.query_texts):
             a = run_method("segment", index, text, 100)
             conf.append(a.regions[0].confidence if a.regions and a.regions[0].confidence is not None else 0.0)
             reads = seg["per_query"][i]["full_res_reads"] if seg else a.full_res_reads
-            rows.append({"reads": reads, "finest": a.details.get("finest_scale_m"),
-                         "dense": a.details.get("dense_windows_at_finest")})
+            rows.append(
+                {
+                    "reads": reads,
+                    "finest": a.details.get("finest_scale_m"),
+                    "dense": a.details.get("dense_windows_at_finest"),
+                }
+            )
         reads = np.array([r["reads"] for r in rows], float)
         ratios = np.array([r["reads"] / r["dense"] for r in rows if r["dense"]], float)
         finest_all = min(r["finest"] for r in rows if r["finest"])
 
         dense_all = dense_count(index, finest_all)
         fin, cnt = np.unique([r["finest"] or 0 for r in rows], return_counts=True)
-        cost = {"full_res_reads_per_query_mean": round(float(reads.mean()), 2),
-                "full_res_reads_per_query_max": int(reads.max()), "full_res_reads_total": int(reads.sum()),
-                "per_query_reads_over_dense_mean": round(float(ratios.mean()), 5),
-                "per_query_reads_over_dense_max": round(float(ratios.max()), 5),
-                "finest_scale_m_counts": {f"{f:g}": int(c) for f, c in zip(fin, cnt)},
-                "finest_scale_m_overall": finest_all, "dense_windows_at_finest_overall": dense_all,
-                "total_reads_over_dense_overall": round(float(reads.sum() / dense_all), 4),
-                "dense_windows_per_scale": {f"{sc:g}": dense_count(index, float(sc)) for sc in (32, 64, 128, 256)}}
+        cost = {
+            "full_res_reads_per_query_mean": round(float(reads.mean()), 2),
+            "full_res_reads_per_query_max": int(reads.max()),
+            "full_res_reads_total": int(reads.sum()),
+            "per_query_reads_over_dense_mean": round(float(ratios.mean()), 5),
+            "per_query_reads_over_dense_max": round(float(ratios.max()), 5),
+            "finest_scale_m_counts": {f"{f:g}": int(c) for f, c in zip(fin, cnt)},
+            "finest_scale_m_overall": finest_all,
+            "dense_windows_at_finest_overall": dense_all,
+            "total_reads_over_dense_overall": round(float(reads.sum() / dense_all), 4),
+            "dense_windows_per_scale": {
+                f"{sc:g}": dense_count(index, float(sc)) for sc in (32, 64, 128, 256)
+            },
+        }
         (Path(out_dir) / "cost.json").write_text(json.dumps(cost, indent=1))
         print(json.dumps(cost), flush=True)
         conf_arr = np.array(conf, float)
         answerable = np.array([bench.truth(i).answerable for i in range(len(bench))])
         curve = calibrate.tradeoff(conf_arr[answerable], conf_arr[~answerable])
         params = calibrate.load_calibration(wait_calibration_for)
-        (Path(out_dir) / "abstain_curve.json").write_text(json.dumps({"threshold": params["threshold"],
-                                                                      "curve": curve}, indent=1))
-        plot_tradeoff(curve, params["threshold"], str(Path(out_dir) / "abstain_tradeoff.png"),
-                      f"abstain on {bench.meta.name} ({params.get('model')})")
+        (Path(out_dir) / "abstain_curve.json").write_text(
+            json.dumps({"threshold": params["threshold"], "curve": curve}, indent=1)
+        )
+        plot_tradeoff(
+            curve,
+            params["threshold"],
+            str(Path(out_dir) / "abstain_tradeoff.png"),
+            f"abstain on {bench.meta.name} ({params.get('model')})",
+        )
 
 
 if __name__ == "__main__":
@@ -276,13 +377,26 @@ if __name__ == "__main__":
         params = calibrate.load_calibration(arg.get("model"))
         curve = curve_from_result(bench_dir)
         plot_tradeoff(curve, params["threshold"], arg["out"], arg.get("title", ""))
-        if arg.get("json"):   # the curve itself, next to the plot
-            atomic_write_text(arg["json"], json.dumps({"result": bench_dir, "threshold": params["threshold"],
-                                                       "features": params["features"], "curve": curve},
-                                                      indent=1) + "\n")
+        if arg.get("json"):  # the curve itself, next to the plot
+            atomic_write_text(
+                arg["json"],
+                json.dumps(
+                    {
+                        "result": bench_dir,
+                        "threshold": params["threshold"],
+                        "features": params["features"],
+                        "curve": curve,
+                    },
+                    indent=1,
+                )
+                + "\n",
+            )
     elif cmd == "run":
         r = run_bench(bench_dir, arg.pop("method", "segment"), arg, stride=int(arg.pop("_stride", 1)))
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r["metrics"].items()}),
-              round(r["seconds"], 1), r["reads"])
+        print(
+            json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r["metrics"].items()}),
+            round(r["seconds"], 1),
+            r["reads"],
+        )
     else:
         raise SystemExit(f"unknown command {cmd}")

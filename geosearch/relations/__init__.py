@@ -19,7 +19,20 @@ from geosearch.relations.priors import compute_priors, ensure_priors, load_prior
 from geosearch.relations.safety import PREDICATES, Predicate
 
 __all__ = [
-    "PREDICATES", "LayerInfo", "Predicate", "RelationResult", "check_relation", "compute_priors",
-    "derive_layer", "drop_layer", "ensure_priors", "get_layer", "list_layers", "load_priors", "open_index",
-    "read_vector", "register_layer", "store_layer",
+    "PREDICATES",
+    "LayerInfo",
+    "Predicate",
+    "RelationResult",
+    "check_relation",
+    "compute_priors",
+    "derive_layer",
+    "drop_layer",
+    "ensure_priors",
+    "get_layer",
+    "list_layers",
+    "load_priors",
+    "open_index",
+    "read_vector",
+    "register_layer",
+    "store_layer",
 ]

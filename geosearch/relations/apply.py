@@ -32,10 +32,10 @@ FLAG_NOT_CHECKABLE = "relation_not_checkable"
 class RelationReport:
     """What the relations of a query say about a set of regions."""
 
-    results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # region id -> checks
-    failed: set[str] = field(default_factory=set)          # ids failing at least one checked relation
-    checked: list[str] = field(default_factory=list)       # "near:roads", "not within:water"
-    unchecked: list[str] = field(default_factory=list)     # "phrase: why"
+    results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # region id -> checks
+    failed: set[str] = field(default_factory=set)  # ids failing at least one checked relation
+    checked: list[str] = field(default_factory=list)  # "near:roads", "not within:water"
+    unchecked: list[str] = field(default_factory=list)  # "phrase: why"
     notes: list[str] = field(default_factory=list)
 
     def flags(self, region_id: str) -> list[str]:
@@ -60,8 +60,11 @@ def _time_mismatch(layer_params: dict, time: TimeSpec | None) -> str | None:
     date = str(layer_params.get("date") or "")
     if not date or time is None:
         return None
-    if time.dates and not any(date.startswith(d) or d.startswith(date) for d in time.dates) \
-            and not (time.since or time.until):
+    if (
+        time.dates
+        and not any(date.startswith(d) or d.startswith(date) for d in time.dates)
+        and not (time.since or time.until)
+    ):
         return f"the layer is from {date}, the query asks for {', '.join(time.dates)}"
     if time.since and date < time.since:
         return f"the layer is from {date}, before {time.since}"
@@ -70,8 +73,9 @@ def _time_mismatch(layer_params: dict, time: TimeSpec | None) -> str | None:
     return None
 
 
-def apply_relations(con, regions: Sequence[tuple[str, Any]], specs: Sequence[RelationSpec],
-                    time: TimeSpec | None = None) -> RelationReport:
+def apply_relations(
+    con, regions: Sequence[tuple[str, Any]], specs: Sequence[RelationSpec], time: TimeSpec | None = None
+) -> RelationReport:
     """Check every relation in ``specs`` for the ``(id, geometry in EPSG:4326)`` regions on the
     layers of the DuckDB connection ``con``. A relation that cannot be checked is reported in
     ``unchecked`` (never silently passed or failed)."""
@@ -94,9 +98,12 @@ def apply_relations(con, regions: Sequence[tuple[str, Any]], specs: Sequence[Rel
                 if why:
                     raise GeoSearchError(why)
                 if time is not None and (time.dates or time.since or time.until) and not params.get("date"):
-                    report.notes.append(f"layer {name} has no date: the query's time is not checked against it")
-            res = check_relation(con, list(regions), spec.predicate, layer, spec.distance_m, layer_b,
-                                 threshold=spec.threshold)
+                    report.notes.append(
+                        f"layer {name} has no date: the query's time is not checked against it"
+                    )
+            res = check_relation(
+                con, list(regions), spec.predicate, layer, spec.distance_m, layer_b, threshold=spec.threshold
+            )
         except GeoSearchError as exc:
             report.unchecked.append(f"{what}: {exc}")
             continue
@@ -130,7 +137,9 @@ def layers_connection(index_path, layers_dir: str | None = None) -> Iterator[Any
             con.close()
         return
     folder = Path(layers_dir)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in LAYER_SUFFIXES) if folder.is_dir() else []
+    files = (
+        sorted(p for p in folder.iterdir() if p.suffix.lower() in LAYER_SUFFIXES) if folder.is_dir() else []
+    )
     key = (str(folder.resolve()), tuple((p.name, p.stat().st_mtime_ns) for p in files))
     with _folder_lock:
         con = _folder_cache.get(key)

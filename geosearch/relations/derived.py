@@ -72,7 +72,11 @@ def read_bands(
     ``nir``...) to a single-band file and overrides ``raster`` for that role.
     """
     band_files = dict(band_files or {})
-    ref_path = Path(raster) if raster is not None else (Path(next(iter(band_files.values()))) if band_files else None)
+    ref_path = (
+        Path(raster)
+        if raster is not None
+        else (Path(next(iter(band_files.values()))) if band_files else None)
+    )
     if ref_path is None:
         raise GeoSearchError("no raster given")
     if not ref_path.exists():
@@ -126,8 +130,13 @@ def polygonize(
     mask: np.ndarray, transform: Any, crs: CRS, metric_crs: CRS, *, simplify_m: float, min_area_m2: float
 ) -> gpd.GeoDataFrame:
     """Polygons of ``mask`` in ``metric_crs``, simplified, without parts or holes below ``min_area_m2``."""
-    polys = [shape(geom) for geom, value in rasterio.features.shapes(
-        mask.astype("uint8"), mask=mask, transform=transform, connectivity=4) if value == 1]
+    polys = [
+        shape(geom)
+        for geom, value in rasterio.features.shapes(
+            mask.astype("uint8"), mask=mask, transform=transform, connectivity=4
+        )
+        if value == 1
+    ]
     gdf = gpd.GeoDataFrame(geometry=polys, crs=crs).to_crs(metric_crs)
     cleaned = []
     for geom in gdf.geometry:
@@ -169,8 +178,10 @@ def derive_layer(
         raise GeoSearchError(f"invalid threshold {threshold!r}: expected a number in [-1, 1]")
     if kind == "built_up" and swir is None and "swir" not in (band_files or {}) and threshold is None:
         thr = BUILT_NO_SWIR_BRIGHTNESS
-    bands: dict[str, int] = {"water": {"green": green, "nir": nir}, "vegetation": {"nir": nir, "red": red}}.get(
-        kind, {"nir": nir, "red": red})
+    bands: dict[str, int] = {
+        "water": {"green": green, "nir": nir},
+        "vegetation": {"nir": nir, "red": red},
+    }.get(kind, {"nir": nir, "red": red})
     if kind == "built_up":
         if swir is not None or "swir" in (band_files or {}):
             bands["swir"] = swir or 1
@@ -187,13 +198,32 @@ def derive_layer(
         metric = choose_metric_crs(con, tuple(float(v) for v in wgs_box))  # type: ignore[arg-type]
         # pixel size in metres (approximate when the raster is geographic)
         px_m = pixel * (111_320.0 if crs.is_geographic else 1.0)
-        gdf = polygonize(mask, transform, crs, metric,
-                         simplify_m=px_m / 2 if simplify_m is None else simplify_m,
-                         min_area_m2=4 * px_m * px_m if min_area_m2 is None else min_area_m2)
+        gdf = polygonize(
+            mask,
+            transform,
+            crs,
+            metric,
+            simplify_m=px_m / 2 if simplify_m is None else simplify_m,
+            min_area_m2=4 * px_m * px_m if min_area_m2 is None else min_area_m2,
+        )
         if gdf.empty:
             raise GeoSearchError(f"all {kind} polygons were smaller than the minimum area")
-        params = {"kind": kind, "threshold": thr, "bands": bands, "pixel_m": px_m,
-                  "band_files": {k: str(v) for k, v in (band_files or {}).items()}}
+        params = {
+            "kind": kind,
+            "threshold": thr,
+            "bands": bands,
+            "pixel_m": px_m,
+            "band_files": {k: str(v) for k, v in (band_files or {}).items()},
+        }
         role = {"water": "water", "vegetation": "vegetation", "built_up": "buildings"}[kind]
-        return store_layer(con, name, gdf, source=str(raster or band_files), role=role, derived=True,
-                           metric_crs=crs_to_string(metric), replace=replace, params=params)
+        return store_layer(
+            con,
+            name,
+            gdf,
+            source=str(raster or band_files),
+            role=role,
+            derived=True,
+            metric_crs=crs_to_string(metric),
+            replace=replace,
+            params=params,
+        )

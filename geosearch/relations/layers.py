@@ -35,8 +35,14 @@ from geosearch.relations.safety import (
 IndexRef = str | Path | duckdb.DuckDBPyConnection
 
 VECTOR_SUFFIXES = {
-    ".geojson": "GeoJSON", ".json": "GeoJSON", ".gpkg": "GPKG", ".shp": "ESRI Shapefile",
-    ".zip": "ESRI Shapefile", ".fgb": "FlatGeobuf", ".parquet": "GeoParquet", ".geoparquet": "GeoParquet",
+    ".geojson": "GeoJSON",
+    ".json": "GeoJSON",
+    ".gpkg": "GPKG",
+    ".shp": "ESRI Shapefile",
+    ".zip": "ESRI Shapefile",
+    ".fgb": "FlatGeobuf",
+    ".parquet": "GeoParquet",
+    ".geoparquet": "GeoParquet",
     ".pbf": "OSM PBF",
 }
 
@@ -82,9 +88,17 @@ class LayerInfo:
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly view."""
         return {
-            "name": self.name, "source": self.source, "crs": self.crs, "geometry_type": self.geometry_type,
-            "feature_count": self.feature_count, "derived": self.derived, "metric_crs": self.metric_crs,
-            "role": self.role, "columns": self.columns, "bounds_wgs84": self.bounds_wgs84, "params": self.params,
+            "name": self.name,
+            "source": self.source,
+            "crs": self.crs,
+            "geometry_type": self.geometry_type,
+            "feature_count": self.feature_count,
+            "derived": self.derived,
+            "metric_crs": self.metric_crs,
+            "role": self.role,
+            "columns": self.columns,
+            "bounds_wgs84": self.bounds_wgs84,
+            "params": self.params,
         }
 
 
@@ -121,9 +135,16 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 def _row_to_info(row: tuple) -> LayerInfo:
     (name, source, crs, gtype, count, derived, metric_crs, role, columns, bounds, params) = row
     return LayerInfo(
-        name=name, source=source or "", crs=crs or "", geometry_type=gtype or "", feature_count=int(count or 0),
-        derived=bool(derived), metric_crs=metric_crs or "", role=role or "other",
-        columns=json.loads(columns) if columns else [], bounds_wgs84=json.loads(bounds) if bounds else [],
+        name=name,
+        source=source or "",
+        crs=crs or "",
+        geometry_type=gtype or "",
+        feature_count=int(count or 0),
+        derived=bool(derived),
+        metric_crs=metric_crs or "",
+        role=role or "other",
+        columns=json.loads(columns) if columns else [],
+        bounds_wgs84=json.loads(bounds) if bounds else [],
         params=json.loads(params) if params else {},
     )
 
@@ -167,7 +188,9 @@ def resolve_layer(index: IndexRef, name: str) -> str:
     for n, role in layers:
         if role == name or (name.endswith("s") and role == name[:-1]) or role == name + "s":
             return n
-    raise GeoSearchError(f"no layer {name!r} in this index; layers: " + ", ".join(f"{n} ({r})" for n, r in layers))
+    raise GeoSearchError(
+        f"no layer {name!r} in this index; layers: " + ", ".join(f"{n} ({r})" for n, r in layers)
+    )
 
 
 def drop_layer(index: IndexRef, name: str) -> None:
@@ -406,13 +429,15 @@ def store_layer(
             prop_list = prop_json.splitlines()
         else:
             prop_list = ["{}"] * len(gdf)
-        src = pd.DataFrame({
-            "fid": np.arange(len(gdf), dtype=np.int64),
-            "feature_id": ids.astype(object),
-            "properties": np.asarray(prop_list, dtype=object),
-            "wkb": np.asarray(shapely.to_wkb(wgs.geometry.values), dtype=object),
-            "wkb_m": np.asarray(shapely.to_wkb(metric.geometry.values), dtype=object),
-        })
+        src = pd.DataFrame(
+            {
+                "fid": np.arange(len(gdf), dtype=np.int64),
+                "feature_id": ids.astype(object),
+                "properties": np.asarray(prop_list, dtype=object),
+                "wkb": np.asarray(shapely.to_wkb(wgs.geometry.values), dtype=object),
+                "wkb_m": np.asarray(shapely.to_wkb(metric.geometry.values), dtype=object),
+            }
+        )
         gtypes = sorted(set(wgs.geom_type.astype(str)))
         table = table_for(name)
         exists = con.execute("SELECT count(*) FROM layers WHERE name = ?", [name]).fetchone()[0]
@@ -433,8 +458,19 @@ def store_layer(
                 con.execute(
                     "INSERT INTO layers (name, source, crs, geometry_type, feature_count, derived, metric_crs, role, "
                     "columns, bounds_wgs84, params) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [name, source, crs_to_string(src_crs), ",".join(gtypes), len(src), derived, crs_to_string(mcrs),
-                     role, json.dumps(columns), json.dumps(list(bounds)), json.dumps(params or {})],
+                    [
+                        name,
+                        source,
+                        crs_to_string(src_crs),
+                        ",".join(gtypes),
+                        len(src),
+                        derived,
+                        crs_to_string(mcrs),
+                        role,
+                        json.dumps(columns),
+                        json.dumps(list(bounds)),
+                        json.dumps(params or {}),
+                    ],
                 )
         except duckdb.Error as exc:
             raise GeoSearchError(f"cannot store layer {name!r}: {exc}") from exc
@@ -456,5 +492,13 @@ def register_layer(
     if role is not None:
         validate_role(role)
     gdf = read_vector(path)
-    return store_layer(index, name, gdf, source=str(path), role=role, replace=replace,
-                       id_column=id_column, metric_crs=metric_crs)
+    return store_layer(
+        index,
+        name,
+        gdf,
+        source=str(path),
+        role=role,
+        replace=replace,
+        id_column=id_column,
+        metric_crs=metric_crs,
+    )

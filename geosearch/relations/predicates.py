@@ -71,8 +71,11 @@ def _validate_regions(regions: Iterable[Region]) -> tuple[list[str], list[BaseGe
         if not isinstance(geom, BaseGeometry) or geom.is_empty:
             raise GeoSearchError(f"region {rid!r}: not a non-empty shapely geometry")
         minx, miny, maxx, maxy = geom.bounds
-        if not (all(math.isfinite(v) for v in geom.bounds) and -180 <= minx <= maxx <= 180
-                and -90 <= miny <= maxy <= 90):
+        if not (
+            all(math.isfinite(v) for v in geom.bounds)
+            and -180 <= minx <= maxx <= 180
+            and -90 <= miny <= maxy <= 90
+        ):
             raise GeoSearchError(f"region {rid!r}: coordinates are not lon/lat (EPSG:4326)")
         if not geom.is_valid:
             geom = shapely.make_valid(geom)
@@ -91,10 +94,12 @@ def to_metric(geoms: Sequence[BaseGeometry], metric_crs: str) -> np.ndarray:
 
 
 def _load_regions(con: duckdb.DuckDBPyConnection, geoms_m: np.ndarray) -> None:
-    src = pd.DataFrame({
-        "rid": np.arange(len(geoms_m), dtype=np.int64),
-        "wkb": np.asarray(shapely.to_wkb(geoms_m), dtype=object),
-    })
+    src = pd.DataFrame(
+        {
+            "rid": np.arange(len(geoms_m), dtype=np.int64),
+            "wkb": np.asarray(shapely.to_wkb(geoms_m), dtype=object),
+        }
+    )
     con.register("_gs_regions_src", src)
     try:
         con.execute(
@@ -206,10 +211,17 @@ def check_relation(
         n = len(ids)
         base = {"predicate": pred.value, "layer": info.name}
 
-        def results(holds: Sequence[bool], values: Sequence[Any], unit: str, nearest: Sequence[str | None],
-                    **extra: Any) -> list[RelationResult]:
-            return [RelationResult(ids[i], bool(holds[i]), _f(values[i]), unit, nearest[i], **base, **extra)
-                    for i in range(n)]
+        def results(
+            holds: Sequence[bool],
+            values: Sequence[Any],
+            unit: str,
+            nearest: Sequence[str | None],
+            **extra: Any,
+        ) -> list[RelationResult]:
+            return [
+                RelationResult(ids[i], bool(holds[i]), _f(values[i]), unit, nearest[i], **base, **extra)
+                for i in range(n)
+            ]
 
         if pred in (Predicate.NEAR, Predicate.FAR_FROM, Predicate.INTERSECTS, Predicate.EDGE_OF):
             d = dist or 0.0
@@ -234,10 +246,22 @@ def check_relation(
             out = []
             for i in range(n):
                 v = worst[i] if math.isfinite(worst[i]) else None
-                out.append(RelationResult(
-                    ids[i], bool(worst[i] <= dist), v, "m", ida[i], **base, layer_b=info_b.name,
-                    details={"distance_a_m": _f(da[i]), "distance_b_m": _f(db[i]), "nearest_id_b": idb[i]},
-                ))
+                out.append(
+                    RelationResult(
+                        ids[i],
+                        bool(worst[i] <= dist),
+                        v,
+                        "m",
+                        ida[i],
+                        **base,
+                        layer_b=info_b.name,
+                        details={
+                            "distance_a_m": _f(da[i]),
+                            "distance_b_m": _f(db[i]),
+                            "nearest_id_b": idb[i],
+                        },
+                    )
+                )
             return out
 
         if pred is Predicate.WITHIN:
@@ -285,8 +309,13 @@ def check_relation(
             for rid, s, fid in rows:
                 share[rid] = min(float(s or 0.0), 1.0)
                 nearest[rid] = fid
-            return results(share >= share_min, share, "share", nearest,
-                           details={"threshold": share_min, "mode": along_mode})
+            return results(
+                share >= share_min,
+                share,
+                "share",
+                nearest,
+                details={"threshold": share_min, "mode": along_mode},
+            )
 
         # DENSITY
         d = dist or 0.0
@@ -303,5 +332,10 @@ def check_relation(
             count[rid] = c
         dens = count / areas
         holds = dens >= dens_thr if direction == "above" else dens <= dens_thr
-        return results(holds, dens, "per_km2", [None] * n,
-                       details={"threshold": dens_thr, "direction": direction, "buffer_m": d})
+        return results(
+            holds,
+            dens,
+            "per_km2",
+            [None] * n,
+            details={"threshold": dens_thr, "direction": direction, "buffer_m": d},
+        )

@@ -38,8 +38,11 @@ def compute_priors(
     with open_index(index) as con:
         if not table_exists(con, "tiles"):
             return 0
-        infos = [get_layer(con, n) for n in layers] if layers is not None else [
-            i for i in list_layers(con) if i.role in roles]
+        infos = (
+            [get_layer(con, n) for n in layers]
+            if layers is not None
+            else [i for i in list_layers(con) if i.role in roles]
+        )
         if not infos:
             return 0
         tiles = con.execute("SELECT tile_id, ST_AsWKB(geom_wgs84) FROM tiles ORDER BY tile_id").fetchall()
@@ -62,14 +65,23 @@ def compute_priors(
                 counts[rid] = c
             with np.errstate(divide="ignore", invalid="ignore"):
                 dens = np.where(areas_km2 > 0, counts / areas_km2, np.nan)
-            src = pd.DataFrame({"tile_id": tile_ids, "layer": info.name, "role": info.role,
-                                "distance_m": dist, "density_per_km2": dens})
+            src = pd.DataFrame(
+                {
+                    "tile_id": tile_ids,
+                    "layer": info.name,
+                    "role": info.role,
+                    "distance_m": dist,
+                    "density_per_km2": dens,
+                }
+            )
             with transaction(con, _gs_priors_src=src):
                 con.execute("DELETE FROM tile_priors WHERE layer = ?", [info.name])
-                con.execute("INSERT INTO tile_priors SELECT tile_id, layer, role, "
-                            "CASE WHEN isnan(distance_m) THEN NULL ELSE distance_m END, "
-                            "CASE WHEN isnan(density_per_km2) THEN NULL ELSE density_per_km2 END "
-                            "FROM _gs_priors_src")
+                con.execute(
+                    "INSERT INTO tile_priors SELECT tile_id, layer, role, "
+                    "CASE WHEN isnan(distance_m) THEN NULL ELSE distance_m END, "
+                    "CASE WHEN isnan(density_per_km2) THEN NULL ELSE density_per_km2 END "
+                    "FROM _gs_priors_src"
+                )
             written += len(src)
         return written
 
@@ -104,9 +116,11 @@ def load_priors(index: IndexRef, tile_ids: Sequence[str]) -> dict[str, dict[str,
     for layer, role, tid, d, dens in rows:
         entry = out.get(layer)
         if entry is None:
-            entry = out[layer] = {"distance_m": np.full(len(tile_ids), np.nan),
-                                  "density_per_km2": np.full(len(tile_ids), np.nan),
-                                  "role": role}  # type: ignore[dict-item]
+            entry = out[layer] = {
+                "distance_m": np.full(len(tile_ids), np.nan),
+                "density_per_km2": np.full(len(tile_ids), np.nan),
+                "role": role,
+            }  # type: ignore[dict-item]
         i = pos.get(tid)
         if i is not None:
             entry["distance_m"][i] = np.nan if d is None else d

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    scale: tuple[float, float] = (0.35, 1.0)     # crop area fraction
+    scale: tuple[float, float] = (0.35, 1.0)  # crop area fraction
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio
     dihedral: bool = True
     brightness: float = 0.3
     contrast: float = 0.3
     saturation: float = 0.3
-    hue_shift: float = 0.03                     # small per-channel gain change, a cheap hue jitter
+    hue_shift: float = 0.03  # small per-channel gain change, a cheap hue jitter
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -38,8 +38,9 @@ def to_float(images_u8: torch.Tensor, size: int) -> torch.Tensor:
     return x
 
 
-def augment(images_u8: torch.Tensor, size: int, gen: torch.Generator,
-            cfg: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+def augment(
+    images_u8: torch.Tensor, size: int, gen: torch.Generator, cfg: AugmentConfig = AugmentConfig()
+) -> torch.Tensor:
     """uint8 NHWC batch -> augmented float NCHW in [0, 1] at ``size``; randomness only from ``gen``."""
     n = images_u8.shape[0]
     x = images_u8.permute(0, 3, 1, 2).float().div_(255.0)
@@ -50,7 +51,7 @@ def augment(images_u8: torch.Tensor, size: int, gen: torch.Generator,
     area = u(*cfg.scale)
     log_r = u(math.log(cfg.ratio[0]), math.log(cfg.ratio[1]))
     ratio = torch.exp(log_r)
-    sx = torch.sqrt(area * ratio).clamp(max=1.0)   # half-extent of the crop in normalised coords
+    sx = torch.sqrt(area * ratio).clamp(max=1.0)  # half-extent of the crop in normalised coords
     sy = torch.sqrt(area / ratio).clamp(max=1.0)
     tx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sx)
     ty = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sy)

@@ -92,15 +92,17 @@ def _load_manifest(path: Path, split: str | None) -> Dataset:
 def _load_folder(root: Path, split: str | None) -> Dataset:
     base = root / split if split and (root / split).is_dir() else root
     classes = sorted(p.name for p in base.iterdir() if p.is_dir())
-    records = [Record(f, c) for c in classes for f in sorted((base / c).iterdir())
-               if f.suffix.lower() in IMAGE_EXTS]
+    records = [
+        Record(f, c) for c in classes for f in sorted((base / c).iterdir()) if f.suffix.lower() in IMAGE_EXTS
+    ]
     if not records:
         raise GeoSearchError(f"no images in class folders under {base}")
     return Dataset(records, classes)
 
 
-def decode_images(records: list[Record], size: int, cache_dir: Path | None = None,
-                  workers: int = 2) -> np.ndarray:
+def decode_images(
+    records: list[Record], size: int, cache_dir: Path | None = None, workers: int = 2
+) -> np.ndarray:
     """All images as one uint8 (N, size, size, 3) array (antialiased resize), cached as ``.npy``."""
     key = hashlib.sha256((f"{size}|" + "|".join(str(r.path) for r in records)).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"images_{size}_{key}.npy" if cache_dir else None

@@ -21,8 +21,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def evaluate_embeddings(image_feats: np.ndarray, data: Dataset, encode_text: EncodeText,
-                        ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+def evaluate_embeddings(
+    image_feats: np.ndarray, data: Dataset, encode_text: EncodeText, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
     img = _unit(image_feats)
     labels = data.labels
     n_t = len(TEMPLATES)
@@ -50,11 +51,15 @@ def evaluate_embeddings(image_feats: np.ndarray, data: Dataset, encode_text: Enc
         uniq = list(dict.fromkeys(caps))
         index = {c: i for i, c in enumerate(uniq)}
         tf = _unit(encode_text(uniq))[[index[c] for c in caps]]
-        sim = img @ tf.T                                   # (images, captions)
+        sim = img @ tf.T  # (images, captions)
         # image -> text: rank of the best-ranked own caption
         order = np.argsort(-sim, axis=1, kind="stable")
-        hit_rank = np.array([np.flatnonzero(owner_arr[order[j]] == j)[0] if (owner_arr == j).any() else 10**9
-                             for j in range(len(img))])
+        hit_rank = np.array(
+            [
+                np.flatnonzero(owner_arr[order[j]] == j)[0] if (owner_arr == j).any() else 10**9
+                for j in range(len(img))
+            ]
+        )
         has = np.array([(owner_arr == j).any() for j in range(len(img))])
         # text -> image: rank of the caption's own image
         own_score = sim[owner_arr, np.arange(len(caps))]
@@ -70,7 +75,7 @@ def evaluate_model(model, data: Dataset, images: np.ndarray) -> dict[str, float]
     feats = model.encode_images(images)
 
     def encode_text(texts: list[str]) -> np.ndarray:  # chunks stay below the model's text LRU size
-        return np.concatenate([model.encode_text(texts[i:i + 256]) for i in range(0, len(texts), 256)])
+        return np.concatenate([model.encode_text(texts[i : i + 256]) for i in range(0, len(texts), 256)])
 
     return evaluate_embeddings(feats, data, encode_text)
 

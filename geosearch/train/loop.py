@@ -49,12 +49,12 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_frac: float = 0.05
-    template_prob: float = 0.3   # chance that an image's caption is a class-name prompt instead
+    template_prob: float = 0.3  # chance that an image's caption is a class-name prompt instead
     class_loss_weight: float = 1.0  # image vs. all class-prompt embeddings (no in-batch false negatives)
     seed: int = 0
     threads: int = 2
     device: str = "auto"
-    ckpt_every: int = 20         # steps between checkpoints (plus one at each epoch end)
+    ckpt_every: int = 20  # steps between checkpoints (plus one at each epoch end)
     resume: bool = True
     progress: bool = True
 
@@ -74,8 +74,15 @@ def _step_seed(seed: int, epoch: int, step: int) -> int:
 class TextBank:
     """Frozen text embeddings (unit norm) of a fixed list of strings, cached on disk."""
 
-    def __init__(self, texts: list[str], model: torch.nn.Module, tokenizer, cache_dir: Path,
-                 batch: int = 256, progress: bool = False) -> None:
+    def __init__(
+        self,
+        texts: list[str],
+        model: torch.nn.Module,
+        tokenizer,
+        cache_dir: Path,
+        batch: int = 256,
+        progress: bool = False,
+    ) -> None:
         self.texts = list(dict.fromkeys(texts))
         self.index = {t: i for i, t in enumerate(self.texts)}
         self.model, self.tokenizer = model, tokenizer
@@ -93,7 +100,7 @@ class TextBank:
                 chunks = tqdm(chunks, desc="text embeddings (once)", unit="batch")
             emb = torch.zeros(len(self.texts), 0)
             for i in chunks:
-                part = order[i:i + batch]
+                part = order[i : i + batch]
                 vecs = self._encode([self.texts[j] for j in part])
                 if emb.shape[1] == 0:
                     emb = torch.zeros(len(self.texts), vecs.shape[1])
@@ -128,13 +135,14 @@ def _param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
 
 
 @torch.inference_mode()
-def encode_split(model: torch.nn.Module, images: np.ndarray, size: int, device: torch.device,
-                 batch: int = 256) -> np.ndarray:
+def encode_split(
+    model: torch.nn.Module, images: np.ndarray, size: int, device: torch.device, batch: int = 256
+) -> np.ndarray:
     was_training = model.visual.training
     model.visual.eval()
     out = []
     for i in range(0, len(images), batch):
-        x = to_float(torch.from_numpy(images[i:i + batch]).to(device), size)
+        x = to_float(torch.from_numpy(images[i : i + batch]).to(device), size)
         x = normalize(x, MEAN, STD).contiguous(memory_format=torch.channels_last)
         out.append(F.normalize(model.visual(x).float(), dim=-1).cpu().numpy())
     model.visual.train(was_training)
@@ -167,8 +175,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     t0 = time.time()
     train_imgs = torch.from_numpy(decode_images(train_ds.records, store, cache_dir))
     val_imgs = decode_images(val_ds.records, cfg.image_size, cache_dir) if val_ds else None
-    print(f"decoded {len(train_imgs)} train + {0 if val_imgs is None else len(val_imgs)} val images "
-          f"in {time.time() - t0:.1f}s", flush=True)
+    print(
+        f"decoded {len(train_imgs)} train + {0 if val_imgs is None else len(val_imgs)} val images "
+        f"in {time.time() - t0:.1f}s",
+        flush=True,
+    )
 
     arch_cfg = load_arch_config(cfg.arch, cfg.image_size)
     with torch.random.fork_rng():
@@ -191,7 +202,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     cap_table = torch.full((len(caption_idx), max_caps), -1, dtype=torch.long)
     for i, caps in enumerate(caption_idx):
         if caps:
-            cap_table[i, :len(caps)] = torch.tensor(caps)
+            cap_table[i, : len(caps)] = torch.tensor(caps)
     n_caps = torch.tensor([len(c) for c in caption_idx])
     # The zero-shot classifier: mean prompt embedding per class. Contrasting an image against all
     # classes' prompts has no false negatives, unlike in-batch ClipLoss, where same-class images and
@@ -233,10 +244,18 @@ def train(cfg: TrainConfig) -> TrainResult:
         print(f"resumed from {last_path}: epoch {epoch0 + 1}, step {step0}/{steps_per_epoch}", flush=True)
 
     def save_last(epoch: int, step: int, epoch_losses: list[float]) -> None:
-        ck = {"visual": model.visual.state_dict(), "logit_scale": model.logit_scale.detach().cpu(),
-              "opt": opt.state_dict(), "sched": sched.state_dict(), "history": history,
-              "best_score": best_score, "epoch": epoch, "step": step, "epoch_losses": epoch_losses,
-              "config": asdict(cfg)}
+        ck = {
+            "visual": model.visual.state_dict(),
+            "logit_scale": model.logit_scale.detach().cpu(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "history": history,
+            "best_score": best_score,
+            "epoch": epoch,
+            "step": step,
+            "epoch_losses": epoch_losses,
+            "config": asdict(cfg),
+        }
         with atomic_path(last_path) as tmp:
             torch.save(ck, tmp)
 
@@ -245,17 +264,26 @@ def train(cfg: TrainConfig) -> TrainResult:
         start = step0 if epoch == epoch0 else 0
         losses: list[float] = []
         if start and cfg.resume and last_path.is_file():
-            losses = list(torch.load(last_path, map_location="cpu", weights_only=False).get("epoch_losses", []))
+            losses = list(
+                torch.load(last_path, map_location="cpu", weights_only=False).get("epoch_losses", [])
+            )
         t_epoch = time.time()
-        bar = tqdm(range(start, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=not cfg.progress, mininterval=5.0)
+        bar = tqdm(
+            range(start, steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="step",
+            disable=not cfg.progress,
+            mininterval=5.0,
+        )
         for step in bar:
-            idx = perm[step * bs:(step + 1) * bs]
+            idx = perm[step * bs : (step + 1) * bs]
             gen = torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, step))
             x = augment(train_imgs[idx].to(device), cfg.image_size, gen, aug_cfg)
             x = normalize(x, MEAN, STD).contiguous(memory_format=torch.channels_last)
             use_prompt = (torch.rand(len(idx), generator=gen) < cfg.template_prob) | (n_caps[idx] == 0)
-            pick_p = prompt_idx[labels[idx], torch.randint(0, prompt_idx.shape[1], (len(idx),), generator=gen)]
+            pick_p = prompt_idx[
+                labels[idx], torch.randint(0, prompt_idx.shape[1], (len(idx),), generator=gen)
+            ]
             pick_c = torch.floor(torch.rand(len(idx), generator=gen) * n_caps[idx].clamp(min=1)).long()
             cap = cap_table[idx, pick_c]
             tidx = torch.where(use_prompt, pick_p, cap)
@@ -273,13 +301,18 @@ def train(cfg: TrainConfig) -> TrainResult:
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", T=f"{model.logit_scale.exp().item():.1f}",
-                            refresh=False)
+            bar.set_postfix(
+                loss=f"{np.mean(losses[-20:]):.3f}", T=f"{model.logit_scale.exp().item():.1f}", refresh=False
+            )
             if (step + 1) % cfg.ckpt_every == 0 and step + 1 < steps_per_epoch:
                 save_last(epoch, step + 1, losses)
         bar.close()
-        entry: dict = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-                       "epoch_s": round(time.time() - t_epoch, 1), "lr": opt.param_groups[0]["lr"]}
+        entry: dict = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "epoch_s": round(time.time() - t_epoch, 1),
+            "lr": opt.param_groups[0]["lr"],
+        }
         if val_ds is not None and val_imgs is not None:
             feats = encode_split(model, val_imgs, cfg.image_size, device)
             metrics = evaluate_embeddings(feats, val_ds, bank.lookup)
@@ -293,12 +326,21 @@ def train(cfg: TrainConfig) -> TrainResult:
         history.append(entry)
         if score > best_score:
             best_score = score
-            save_weights(model, best_path, arch_cfg,
-                         {"epoch": str(epoch + 1), "metrics": json.dumps(entry), "train_config": json.dumps(asdict(cfg))})
+            save_weights(
+                model,
+                best_path,
+                arch_cfg,
+                {
+                    "epoch": str(epoch + 1),
+                    "metrics": json.dumps(entry),
+                    "train_config": json.dumps(asdict(cfg)),
+                },
+            )
         with open(out / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(entry) + "\n")
         save_last(epoch + 1, 0, [])
 
     best = max(history, key=lambda h: h["score"]) if history else {}
-    return TrainResult(out=out, best_path=best_path if best_path.is_file() else None,
-                       best_metrics=best, history=history)
+    return TrainResult(
+        out=out, best_path=best_path if best_path.is_file() else None, best_metrics=best, history=history
+    )

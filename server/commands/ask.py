@@ -11,8 +11,13 @@ def register(sub) -> None:
     p.add_argument("index")
     p.add_argument("text")
     p.add_argument("-k", type=int, default=5, help="at most this many regions (1..50)")
-    p.add_argument("--bbox", type=float, nargs=4, metavar=("MINX", "MINY", "MAXX", "MAXY"),
-                   help="restrict to this lon/lat bbox")
+    p.add_argument(
+        "--bbox",
+        type=float,
+        nargs=4,
+        metavar=("MINX", "MINY", "MAXX", "MAXY"),
+        help="restrict to this lon/lat bbox",
+    )
     p.add_argument("--format", choices=["table", "geojson"], default="table")
     p.add_argument("--out", default=None, help="write the GeoJSON answer to this file")
     p.add_argument("--llm", action="store_true", help="let the configured chat model choose the tools")
@@ -41,7 +46,9 @@ def run(args) -> int:
         from geosearch.pipeline import MethodContext
 
         with ws.using(path) as h:
-            ctx = MethodContext(area=parse_area(area), options={"explain": not args.no_explain}, settings=ws.settings)
+            ctx = MethodContext(
+                area=parse_area(area), options={"explain": not args.no_explain}, settings=ws.settings
+            )
             ans = answer(h.index, args.text, args.k, ctx)
     gj = jsonable(ans.geojson())
     gj["properties"]["index"] = path
@@ -56,8 +63,17 @@ def run(args) -> int:
     else:
         rows_src, title = ans.regions, f"{len(ans.regions)} region(s) ({ans.method})"
     print(title)
-    rows = [{"rank": i, "id": r.region_id, "score": r.score, "confidence": r.confidence, "flags": ",".join(r.flags),
-             "bbox_wgs84": [round(v, 6) for v in r.polygon_wgs84.bounds]} for i, r in enumerate(rows_src, start=1)]
+    rows = [
+        {
+            "rank": i,
+            "id": r.region_id,
+            "score": r.score,
+            "confidence": r.confidence,
+            "flags": ",".join(r.flags),
+            "bbox_wgs84": [round(v, 6) for v in r.polygon_wgs84.bounds],
+        }
+        for i, r in enumerate(rows_src, start=1)
+    ]
     print(format_table(rows, ["rank", "id", "score", "confidence", "flags", "bbox_wgs84"]))
     if ans.explanation:
         print("\n" + ans.explanation)

@@ -1,7 +1,7 @@
 """``geosearch bench``: build benchmark folders in the FORMAT.md layout.
 
-    geosearch bench aid-mosaic --split dev OUT_DIR [--grid N] [--seed S] [--leave-out CLASS ...]
-    geosearch bench spacenet-relations OUT_DIR
+geosearch bench aid-mosaic --split dev OUT_DIR [--grid N] [--seed S] [--leave-out CLASS ...]
+geosearch bench spacenet-relations OUT_DIR
 """
 
 from __future__ import annotations
@@ -18,14 +18,21 @@ def register(sub) -> None:
     a.add_argument("--data", default=None, help="aid-rsicd folder (default ../shared/data/aid-rsicd)")
     a.add_argument("--grid", type=int, default=None, help="chips per shelf row (default: square mosaic)")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--leave-out", nargs="+", default=None, metavar="CLASS",
-                   help="AID classes kept out of the mosaic (absent queries); default Airport Port BaseballField")
+    a.add_argument(
+        "--leave-out",
+        nargs="+",
+        default=None,
+        metavar="CLASS",
+        help="AID classes kept out of the mosaic (absent queries); default Airport Port BaseballField",
+    )
     size = a.add_mutually_exclusive_group()
     size.add_argument("--chips", type=int, default=300, help="dev chips in the mosaic (default 300)")
     size.add_argument("--all", action="store_true", help="use every dev chip (997 less the left-out classes)")
     a.add_argument("--max-queries", type=int, default=150)
     a.set_defaults(func=run_aid)
-    s = kinds.add_parser("spacenet-relations", help="relation/attribute benchmarks from SpaceNet Atlanta and Vegas")
+    s = kinds.add_parser(
+        "spacenet-relations", help="relation/attribute benchmarks from SpaceNet Atlanta and Vegas"
+    )
     s.add_argument("out_dir")
     s.add_argument("--data", default=None, help="folder holding spacenet-atlanta/ and spacenet-vegas/")
     s.set_defaults(func=run_spacenet)
@@ -40,9 +47,16 @@ def run_aid(args) -> int:
         raise InputError("only --split dev may be used for a benchmark mosaic (test is for final evaluation)")
     if args.max_queries < 1:
         raise InputError("--max-queries must be at least 1")
-    summary = build_aid_bench(args.out_dir, split=args.split, data_dir=args.data,
-                              n_chips=None if args.all else args.chips, grid=args.grid, seed=args.seed,
-                              leave_out=args.leave_out, max_queries=args.max_queries)
+    summary = build_aid_bench(
+        args.out_dir,
+        split=args.split,
+        data_dir=args.data,
+        n_chips=None if args.all else args.chips,
+        grid=args.grid,
+        seed=args.seed,
+        leave_out=args.leave_out,
+        max_queries=args.max_queries,
+    )
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -16,11 +16,17 @@ def register(sub) -> None:
     ex.add_argument("--bbox", type=float, nargs=4, metavar=("MINX", "MINY", "MAXX", "MAXY"))
     ex.add_argument("--area", help="GeoJSON / vector file with the example polygon")
     p.add_argument("--bbox-crs", default="EPSG:4326")
-    p.add_argument("--text", default=None, help='modification, e.g. "but closer to the river", "without the ships"')
+    p.add_argument(
+        "--text", default=None, help='modification, e.g. "but closer to the river", "without the ships"'
+    )
     p.add_argument("--negative", nargs="+", default=[], metavar="ID", help="tile ids of negative examples")
-    p.add_argument("--lambda", dest="lam", type=float, default=0.5, help="image weight λ in [0, 1] (default 0.5)")
+    p.add_argument(
+        "--lambda", dest="lam", type=float, default=0.5, help="image weight λ in [0, 1] (default 0.5)"
+    )
     p.add_argument("--date", default=None, help="date of a multi-date index (default: the latest)")
-    p.add_argument("--prior", default=None, help="AlphaEarth-format embedding field used as a reranking prior")
+    p.add_argument(
+        "--prior", default=None, help="AlphaEarth-format embedding field used as a reranking prior"
+    )
     p.add_argument("--keep-examples", action="store_true", help="do not drop tiles overlapping the examples")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--format", choices=["table", "geojson", "json"], default="table")
@@ -42,15 +48,32 @@ def run(args) -> int:
         geom, crs = load_area(args.area)
         pos = [Example(geometry=geom, crs=crs, date=args.date)]
     neg = [Example(tile_id=t, date=args.date) for t in args.negative]
-    answer = query_by_example(index, pos, neg, args.text, args.k, lam=args.lam, date=args.date,
-                              exclude_examples=not args.keep_examples, prior=args.prior)
+    answer = query_by_example(
+        index,
+        pos,
+        neg,
+        args.text,
+        args.k,
+        lam=args.lam,
+        date=args.date,
+        exclude_examples=not args.keep_examples,
+        prior=args.prior,
+    )
     if args.format == "geojson":
         print(json.dumps(answer.geojson()))
     elif args.format == "json":
         print(json.dumps(answer.geojson(), indent=2))
     else:
-        rows = [{"rank": i, "score": r.score, "similarity": r.details["similarity"], "scale_m": r.scale_m,
-                 "id": r.region_id, "bbox_wgs84": [round(v, 6) for v in r.polygon_wgs84.bounds]}
-                for i, r in enumerate(answer.regions, start=1)]
+        rows = [
+            {
+                "rank": i,
+                "score": r.score,
+                "similarity": r.details["similarity"],
+                "scale_m": r.scale_m,
+                "id": r.region_id,
+                "bbox_wgs84": [round(v, 6) for v in r.polygon_wgs84.bounds],
+            }
+            for i, r in enumerate(answer.regions, start=1)
+        ]
         print(format_table(rows, ["rank", "score", "similarity", "scale_m", "id", "bbox_wgs84"]))
     return 0

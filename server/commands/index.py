@@ -10,9 +10,17 @@ def register(sub) -> None:
     p.add_argument("mosaic", nargs="+", help="raster files, folders of rasters or a VRT (one CRS)")
     p.add_argument("--out", required=True, help="index file to create or resume (DuckDB)")
     p.add_argument("--model", default=None, help="model name or ARCH:CHECKPOINT (default: the starter model)")
-    p.add_argument("--scales", type=float, nargs="+", default=None, help="tile sizes in metres (default 128 256 512 1024)")
+    p.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="tile sizes in metres (default 128 256 512 1024)",
+    )
     p.add_argument("--overlap", type=float, default=None, help="tile overlap share (default 0.5)")
-    p.add_argument("--bands", type=int, nargs="+", default=None, help="band numbers giving R G B (or one band)")
+    p.add_argument(
+        "--bands", type=int, nargs="+", default=None, help="band numbers giving R G B (or one band)"
+    )
     p.add_argument("--stretch", choices=["auto", "percentile", "minmax", "none"], default="auto")
     p.add_argument("--date", default=None, help="acquisition date of this mosaic (YYYY-MM-DD)")
     p.add_argument("--batch-size", type=int, default=None)
@@ -45,8 +53,16 @@ def run(args) -> int:
     from geosearch.index import build_index
 
     settings = settings_from_args(args)
-    report = build_index(args.mosaic, args.out, model=settings.model, settings=settings, bands=args.bands,
-                         stretch=args.stretch, overwrite=args.overwrite, progress=not args.quiet,
-                         date=args.date)
+    report = build_index(
+        args.mosaic,
+        args.out,
+        model=settings.model,
+        settings=settings,
+        bands=args.bands,
+        stretch=args.stretch,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        date=args.date,
+    )
     print(json.dumps({"index": args.out, **report.as_dict()}, indent=2))
     return 0

@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("index", type=Path)
     add.add_argument("file", type=Path)
     add.add_argument("--name", required=True, help="layer name: lowercase letters, digits, _")
-    add.add_argument("--role", default=None, help="roads | water | buildings | vegetation | other (default: from name)")
+    add.add_argument(
+        "--role", default=None, help="roads | water | buildings | vegetation | other (default: from name)"
+    )
     add.add_argument("--id-column", default=None, help="property holding unique feature ids")
     add.add_argument("--replace", action="store_true", help="overwrite an existing layer of that name")
     add.set_defaults(func=_add)
@@ -34,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     der.add_argument("--blue", type=int, default=1)
     der.add_argument("--swir", type=int, default=None)
     der.add_argument("--threshold", type=float, default=None)
-    der.add_argument("--max-size", type=int, default=1024, help="decimate the raster to this many pixels a side")
+    der.add_argument(
+        "--max-size", type=int, default=1024, help="decimate the raster to this many pixels a side"
+    )
     der.add_argument("--replace", action="store_true")
     der.set_defaults(func=_derive)
 
@@ -62,16 +66,19 @@ def _need_index(path: Path) -> None:
 
 def _print_info(info: object) -> None:
     d = info.as_dict()  # type: ignore[attr-defined]
-    print(f"layer {d['name']}: {d['feature_count']} {d['geometry_type']} feature(s), role {d['role']}, "
-          f"source CRS {d['crs']}, metric CRS {d['metric_crs']}{', derived' if d['derived'] else ''}")
+    print(
+        f"layer {d['name']}: {d['feature_count']} {d['geometry_type']} feature(s), role {d['role']}, "
+        f"source CRS {d['crs']}, metric CRS {d['metric_crs']}{', derived' if d['derived'] else ''}"
+    )
 
 
 def _add(args: argparse.Namespace) -> int:
     from geosearch.relations import register_layer
 
     _need_index(args.index)
-    info = register_layer(args.index, args.file, args.name, role=args.role, replace=args.replace,
-                          id_column=args.id_column)
+    info = register_layer(
+        args.index, args.file, args.name, role=args.role, replace=args.replace, id_column=args.id_column
+    )
     _report_layer(args.index, info)
     return 0
 
@@ -91,9 +98,20 @@ def _derive(args: argparse.Namespace) -> int:
     from geosearch.relations import derive_layer
 
     _need_index(args.index)
-    info = derive_layer(args.index, args.raster, args.kind, args.name, green=args.green, nir=args.nir,
-                        red=args.red, blue=args.blue, swir=args.swir, threshold=args.threshold,
-                        max_size=args.max_size, replace=args.replace)
+    info = derive_layer(
+        args.index,
+        args.raster,
+        args.kind,
+        args.name,
+        green=args.green,
+        nir=args.nir,
+        red=args.red,
+        blue=args.blue,
+        swir=args.swir,
+        threshold=args.threshold,
+        max_size=args.max_size,
+        replace=args.replace,
+    )
     _report_layer(args.index, info)
     return 0
 
@@ -111,8 +129,10 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'name':<20} {'role':<11} {'features':>9} {'type':<22} {'metric_crs':<12} derived  source")
     for i in layers:
-        print(f"{i.name:<20} {i.role:<11} {i.feature_count:>9} {i.geometry_type[:22]:<22} {i.metric_crs[:12]:<12} "
-              f"{'yes' if i.derived else 'no':<8} {i.source}")
+        print(
+            f"{i.name:<20} {i.role:<11} {i.feature_count:>9} {i.geometry_type[:22]:<22} {i.metric_crs[:12]:<12} "
+            f"{'yes' if i.derived else 'no':<8} {i.source}"
+        )
     return 0
 
 

@@ -19,8 +19,12 @@ def register(sub) -> None:
     pe.add_argument("--json", action="store_true")
     pe.set_defaults(func=run_eval)
     pg = msub.add_parser("gallery", help="embed a reference gallery of real scenes for calibrated abstention")
-    pg.add_argument("source", nargs="?", default="../shared/data/aid-rsicd/manifest.jsonl",
-                    help="a captioned manifest (its train split is used) or a folder of class sub-folders")
+    pg.add_argument(
+        "source",
+        nargs="?",
+        default="../shared/data/aid-rsicd/manifest.jsonl",
+        help="a captioned manifest (its train split is used) or a folder of class sub-folders",
+    )
     pg.add_argument("--model", default=None, help="registry name or ARCH:CHECKPOINT (default: settings)")
     pg.add_argument("--split", default="train", help="manifest split (only 'train' is accepted)")
     pg.add_argument("--out", default=None, help="output .npz (default: MODELS_DIR/<model>.gallery.npz)")
@@ -34,9 +38,16 @@ def run_list(args) -> int:
     from server.commands._common import format_table
 
     default = default_model_name()
-    rows = [{"name": s.name, "default": "*" if s.name == default else "", "arch": s.arch,
-             "weights": "present" if weights_present(s.name) else "missing",
-             "description": s.description} for s in model_specs()]
+    rows = [
+        {
+            "name": s.name,
+            "default": "*" if s.name == default else "",
+            "arch": s.arch,
+            "weights": "present" if weights_present(s.name) else "missing",
+            "description": s.description,
+        }
+        for s in model_specs()
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -13,9 +13,10 @@ from geosearch.errors import GeoSearchError
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``relate`` command."""
     p = subparsers.add_parser(
-        "relate", help="check near / far_from / within / along / between / density ... for regions",
+        "relate",
+        help="check near / far_from / within / along / between / density ... for regions",
         description="geosearch relate INDEX REGIONS PREDICATE LAYER [DISTANCE_M]; "
-                    "between: geosearch relate INDEX REGIONS between LAYER_A LAYER_B DISTANCE_M",
+        "between: geosearch relate INDEX REGIONS between LAYER_A LAYER_B DISTANCE_M",
     )
     p.add_argument("index", type=Path)
     p.add_argument("regions", type=Path, help="vector file of candidate regions (GeoJSON...)")
@@ -33,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _split_rest(predicate: str, rest: list[str]) -> tuple[str | None, str | None]:
     if predicate.strip().lower() == "between":
         if len(rest) != 2:
-            raise GeoSearchError("between takes two layers and a distance: between LAYER_A LAYER_B DISTANCE_M")
+            raise GeoSearchError(
+                "between takes two layers and a distance: between LAYER_A LAYER_B DISTANCE_M"
+            )
         return rest[1], rest[0]
     if len(rest) > 1:
         raise GeoSearchError(f"too many arguments after the layer: {' '.join(rest)}")
@@ -71,8 +74,17 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise GeoSearchError(f"invalid threshold {args.threshold!r}") from exc
     regions, gdf = _read_regions(args.regions, args.id_field)
-    results = check_relation(args.index, regions, args.predicate, args.layer, distance, layer_b,
-                             threshold=threshold, direction=args.direction, along_mode=args.along_mode)
+    results = check_relation(
+        args.index,
+        regions,
+        args.predicate,
+        args.layer,
+        distance,
+        layer_b,
+        threshold=threshold,
+        direction=args.direction,
+        along_mode=args.along_mode,
+    )
     if args.format == "json":
         print(json.dumps([r.as_dict() for r in results], indent=2))
     elif args.format == "geojson":
@@ -87,8 +99,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{'region':<16} {'holds':<6} {'value':>14} {'unit':<8} nearest_id")
         for r in results:
             value = "-" if r.value is None else f"{r.value:.3f}"
-            print(f"{r.region_id[:16]:<16} {'yes' if r.holds else 'no':<6} {value:>14} {r.unit:<8} {r.nearest_id or '-'}")
+            print(
+                f"{r.region_id[:16]:<16} {'yes' if r.holds else 'no':<6} {value:>14} {r.unit:<8} {r.nearest_id or '-'}"
+            )
         held = sum(r.holds for r in results)
-        print(f"{held}/{len(results)} region(s) satisfy {args.predicate} {args.layer}"
-              f"{' ' + layer_b if layer_b else ''}{' ' + str(distance) + ' m' if distance is not None else ''}")
+        print(
+            f"{held}/{len(results)} region(s) satisfy {args.predicate} {args.layer}"
+            f"{' ' + layer_b if layer_b else ''}{' ' + str(distance) + ' m' if distance is not None else ''}"
+        )
     return 0

@@ -34,9 +34,17 @@ def parse_area(args):
 def hits_geojson(hits) -> dict:
     from shapely.geometry import mapping
 
-    return {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": mapping(h.polygon_wgs84),
-         "properties": {k: v for k, v in h.as_dict().items() if k != "polygon_wgs84"}} for h in hits]}
+    return {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": mapping(h.polygon_wgs84),
+                "properties": {k: v for k, v in h.as_dict().items() if k != "polygon_wgs84"},
+            }
+            for h in hits
+        ],
+    }
 
 
 def run(args) -> int:
@@ -54,7 +62,15 @@ def run(args) -> int:
     elif args.format == "json":
         print(json.dumps([h.as_dict() for h in hits], indent=2))
     else:
-        rows = [{"rank": h.rank, "score": h.score, "scale_m": h.scale_m, "tile_id": h.tile_id,
-                 "bbox_wgs84": [round(v, 6) for v in h.bbox_wgs84]} for h in hits]
+        rows = [
+            {
+                "rank": h.rank,
+                "score": h.score,
+                "scale_m": h.scale_m,
+                "tile_id": h.tile_id,
+                "bbox_wgs84": [round(v, 6) for v in h.bbox_wgs84],
+            }
+            for h in hits
+        ]
         print(format_table(rows, ["rank", "score", "scale_m", "tile_id", "bbox_wgs84"]))
     return 0

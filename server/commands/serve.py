@@ -6,8 +6,11 @@ from __future__ import annotations
 def register(sub) -> None:
     from server.mcp_server import add_arguments
 
-    p = sub.add_parser("serve", help="run the MCP server (stdio, or streamable HTTP with --http)",
-                       description="Serve GeoSearch tools over MCP. Only indexes under the data roots can be opened.")
+    p = sub.add_parser(
+        "serve",
+        help="run the MCP server (stdio, or streamable HTTP with --http)",
+        description="Serve GeoSearch tools over MCP. Only indexes under the data roots can be opened.",
+    )
     add_arguments(p)
     p.set_defaults(func=run)
 
@@ -15,6 +18,13 @@ def register(sub) -> None:
 def run(args) -> int:
     from server.mcp_server import serve
 
-    serve(args.root, http=args.http, host=args.host, port=args.port, token=args.token,
-          allowed_hosts=args.allowed_host, log_level=args.log_level)
+    serve(
+        args.root,
+        http=args.http,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        allowed_hosts=args.allowed_host,
+        log_level=args.log_level,
+    )
     return 0

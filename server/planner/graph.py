@@ -53,8 +53,9 @@ def _candidates(index, log: list[dict]) -> list:
         if isinstance(res, t_seg.SegmentRegionOutput):
             found["seg"] += [(r.polygon, r.score, r.scale_m, r.evidence_tiles) for r in res.regions]
         elif isinstance(res, t_zoom.ZoomTileOutput):
-            found["zoom"] += [(w.polygon, w.score, w.scale_m, [w.parent_tile] if w.parent_tile else [])
-                              for w in res.windows]
+            found["zoom"] += [
+                (w.polygon, w.score, w.scale_m, [w.parent_tile] if w.parent_tile else []) for w in res.windows
+            ]
         elif isinstance(res, t_coarse.CoarseSearchOutput):
             found["coarse"] += [(t.polygon, t.score, t.scale_m, [t.id]) for t in res.tiles]
     picked = found["seg"] + found["zoom"] or found["coarse"]
@@ -62,12 +63,23 @@ def _candidates(index, log: list[dict]) -> list:
     for poly, score, scale, evidence in picked:
         g84 = shape(poly)
         gm = reproject_geom(g84, WGS84, index.crs)
-        out.append(Candidate(gm, g84, float(score), tuple(gm.bounds), scale_m=scale, evidence_tiles=list(evidence)))
+        out.append(
+            Candidate(gm, g84, float(score), tuple(gm.bounds), scale_m=scale, evidence_tiles=list(evidence))
+        )
     return out
 
 
-def run_llm_planner(text: str, index_ref: str, ws: Workspace, model=None, *, k: int = 5, area: Any = None,
-                    max_steps: int = MAX_STEPS, progress: ProgressFn | None = None) -> Answer:
+def run_llm_planner(
+    text: str,
+    index_ref: str,
+    ws: Workspace,
+    model=None,
+    *,
+    k: int = 5,
+    area: Any = None,
+    max_steps: int = MAX_STEPS,
+    progress: ProgressFn | None = None,
+) -> Answer:
     """A chat model chooses the tools; its regions are calibrated by :func:`geosearch.chain.finish`."""
     from langchain_core.messages import HumanMessage, SystemMessage
     from langgraph.errors import GraphRecursionError
@@ -84,11 +96,12 @@ def run_llm_planner(text: str, index_ref: str, ws: Workspace, model=None, *, k: 
     log: list[dict] = []
     graph = build_graph(model, langchain_tools(ws, log))
     system = render("answer_region_query", index=index_ref, question=text)
-    system += f"\n\nAlways pass index=\"{index_ref}\". Return at most {k} regions."
+    system += f'\n\nAlways pass index="{index_ref}". Return at most {k} regions.'
     final_text = ""
     try:
-        state = graph.invoke({"messages": [SystemMessage(system), HumanMessage(text)]},
-                             {"recursion_limit": 2 * max_steps + 1})
+        state = graph.invoke(
+            {"messages": [SystemMessage(system), HumanMessage(text)]}, {"recursion_limit": 2 * max_steps + 1}
+        )
         last = state["messages"][-1]
         final_text = last.content if isinstance(last.content, str) else str(last.content)
     except GraphRecursionError:
@@ -96,15 +109,19 @@ def run_llm_planner(text: str, index_ref: str, ws: Workspace, model=None, *, k: 
     q = chain.parse(text, k=k, area=parse_area(area))
     with ws.using(index_ref) as h:
         idx = h.index
-        cands = merge_candidates(_candidates(idx, log), iou=0.5)   # one candidate per place
+        cands = merge_candidates(_candidates(idx, log), iou=0.5)  # one candidate per place
         vec = query_vector(idx, [q.look_for])
         if not cands:
             ans = Answer(text, "llm", [], abstained=True, reason="not found: the model returned no region")
         else:
-            ans = chain.finish(idx, q, vec, cands, chain.chain_config(ws.settings), method="llm",
-                               progress=progress)
-    trace = [f"{e['tool']}({', '.join(f'{a}={v!r}'[:60] for a, v in e['args'].items())})"
-             + (" -> error" if "error" in e else "") for e in log]
+            ans = chain.finish(
+                idx, q, vec, cands, chain.chain_config(ws.settings), method="llm", progress=progress
+            )
+    trace = [
+        f"{e['tool']}({', '.join(f'{a}={v!r}'[:60] for a, v in e['args'].items())})"
+        + (" -> error" if "error" in e else "")
+        for e in log
+    ]
     ans.details.update({"planner": "llm", "trace": trace, "model_reply": final_text})
     if ans.explanation is None:
         ans.explanation = final_text

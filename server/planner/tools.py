@@ -19,6 +19,7 @@ def langchain_tools(ws: Workspace, log: list[dict] | None = None) -> list:
 
     out = []
     for spec in PLANNER_TOOLS:
+
         def call(_spec=spec, **kwargs: Any) -> str:
             try:
                 result = _spec.fn(_spec.input_model(**kwargs), ws)
@@ -31,6 +32,9 @@ def langchain_tools(ws: Workspace, log: list[dict] | None = None) -> list:
                 log.append({"tool": _spec.name, "args": kwargs, "result": result})
             return result.model_dump_json(exclude={"preview"})[:MAX_TOOL_REPLY]
 
-        out.append(StructuredTool.from_function(func=call, name=spec.name, description=spec.description,
-                                                args_schema=spec.input_model))
+        out.append(
+            StructuredTool.from_function(
+                func=call, name=spec.name, description=spec.description, args_schema=spec.input_model
+            )
+        )
     return out
