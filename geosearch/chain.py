@@ -116,7 +116,7 @@ def tile_mask(index: TileIndex, q: Query) -> tuple[np.ndarray | None, list[str],
         mask = area_mask(index, q.area, "EPSG:4326")
     t = q.parsed.time
     dates = [d for d in index.date_list if d]
-    if (t.dates or t.since or t.until) and t.change is None:
+    if t.constrains and t.change is None:
         if len(dates) <= 1:
             notes.append(
                 "the index holds one date"
@@ -124,15 +124,7 @@ def tile_mask(index: TileIndex, q: Query) -> tuple[np.ndarray | None, list[str],
                 + ": the query's time is not used to choose tiles"
             )
         else:
-
-            def fits(d: str) -> bool:
-                if t.since and d < t.since:
-                    return False
-                if t.until and d[: len(t.until)] > t.until:
-                    return False
-                return not t.dates or bool(t.since or t.until) or any(d.startswith(x) for x in t.dates)
-
-            chosen = [d for d in dates if fits(d)]
+            chosen = [d for d in dates if t.matches(d)]
             if chosen:
                 dm = np.isin(index.dates, chosen)
                 mask = dm if mask is None else mask & dm

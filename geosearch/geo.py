@@ -171,14 +171,16 @@ def box_ious(boxes: np.ndarray, one: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + (one[2] - one[0]) * (one[3] - one[1]) - inter, 1e-18)
 
 
-def nms_boxes(boxes: np.ndarray, n: int, iou_max: float) -> list[int]:
+def nms_boxes(boxes: np.ndarray, n: int, iou_max: float, *, strict: bool = False) -> list[int]:
     """Greedy non-maximum suppression over boxes already sorted best first: the positions of at
-    most ``n`` boxes, none overlapping a kept one by IoU >= ``iou_max``."""
+    most ``n`` boxes, none overlapping a kept one by IoU >= ``iou_max`` (> with ``strict``)."""
     b = np.asarray(boxes, float).reshape(-1, 4)
     keep: list[int] = []
     for i in range(len(b)):
-        if keep and box_ious(b[keep], b[i]).max() >= iou_max:
-            continue
+        if keep:
+            worst = box_ious(b[keep], b[i]).max()
+            if worst > iou_max or (not strict and worst >= iou_max):
+                continue
         keep.append(i)
         if len(keep) >= n:
             break

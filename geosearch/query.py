@@ -70,6 +70,22 @@ class TimeSpec(BaseModel):
     change: Literal["new", "disappeared", "changed"] | None = None
     phrase: str = ""
 
+    @property
+    def constrains(self) -> bool:
+        """The query names dates or a range (a relative phrase alone does not pick dates)."""
+        return bool(self.dates or self.since or self.until)
+
+    def matches(self, date: str) -> bool:
+        """Does an ISO date (or year) fit: inside ``since`` / ``until``, else one of ``dates`` at
+        its precision ("2020" fits "2020-08-31" both ways)."""
+        if self.since and date < self.since:
+            return False
+        if self.until and date[: len(self.until)] > self.until:
+            return False
+        if self.dates and not (self.since or self.until):
+            return any(date.startswith(d) or d.startswith(date) for d in self.dates)
+        return True
+
 
 class ParsedQuery(BaseModel):
     text: str

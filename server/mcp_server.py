@@ -378,20 +378,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="warning")
 
 
+def serve_from_args(args: argparse.Namespace) -> None:
+    """Serve with the options :func:`add_arguments` defined (``geosearch serve`` and ``python -m``)."""
+    serve(
+        args.root,
+        http=args.http,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        allowed_hosts=args.allowed_host,
+        log_level=args.log_level,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m server.mcp_server", description="GeoSearch MCP server")
     add_arguments(p)
     args = p.parse_args(argv)
     try:
-        serve(
-            args.root,
-            http=args.http,
-            host=args.host,
-            port=args.port,
-            token=args.token,
-            allowed_hosts=args.allowed_host,
-            log_level=args.log_level,
-        )
+        serve_from_args(args)
     except GeoSearchError as exc:
         print(f"geosearch: error: {exc}", file=sys.stderr)
         return 2

@@ -132,3 +132,16 @@ def test_prompt_loader():
         load_prompt("../pyproject")
     with pytest.raises(InputError):
         load_prompt("nope")
+
+
+def test_time_spec_matches_dates_and_ranges():
+    """One date test for tile dates (chain) and layer dates (relation applier)."""
+    from geosearch.relations.apply import _time_mismatch
+
+    t = parse_query("farms in 2020").time
+    assert t.constrains and t.matches("2020-08-31") and not t.matches("2018-07-01")
+    r = parse_query("new houses since 2015").time
+    assert r.matches("2016-01-01") and not r.matches("2014-12-31")
+    assert not parse_query("a lake").time.constrains
+    assert _time_mismatch({"date": "2018-07-01"}, t) and _time_mismatch({"date": "2020-05-01"}, t) is None
+    assert _time_mismatch({}, t) is None

@@ -46,8 +46,14 @@ def run(inp: AnswerInput, ws: Workspace, progress: ProgressFn | None = None) -> 
             area=area, options={"explain": inp.explain}, settings=ws.settings, progress=progress
         )
         ans = answer(h.index, inp.text, inp.k, ctx)
+    return to_output(ans, ws, h.name)
+
+
+def to_output(ans, ws: Workspace, index_name: str) -> AnswerOutput:
+    """An engine :class:`~geosearch.pipeline.Answer` at the tool boundary (converted once; the
+    GeoJSON is cached as a resource)."""
     gj = jsonable(ans.geojson())
-    gj["properties"]["index"] = h.name
+    gj["properties"]["index"] = index_name
     answer_id = ws.put_answer(gj)
     return AnswerOutput(
         answer_id=answer_id,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geosearch.geo import Bounds, iou
+from geosearch.geo import Bounds, nms_boxes
 from geosearch.index import TileIndex
 from geosearch.refine.common import embed_windows, query_vector
 from geosearch.search import top_k
@@ -136,27 +136,19 @@ def coarse_candidates(
     """Top-``n`` coarse tiles (among ``mask``) after greedy non-maximum suppression (distinct places)."""
     s = index.embeddings @ vec
     order = top_k(s, min(pool, len(s)), mask)
-    chosen: list[Window] = []
-    polys = []
-    from shapely.geometry import box
+    keep = nms_boxes(index.bounds[order], n, nms_iou, strict=True)
+    return [tile_window(index, int(order[j]), s) for j in keep]
 
-    for i in order:
-        p = box(*index.bounds[i])
-        if any(iou(p, q) > nms_iou for q in polys):
-            continue
-        polys.append(p)
-        chosen.append(
-            Window(
-                tuple(float(v) for v in index.bounds[i]),
-                float(s[i]),
-                float(index.scales[i]),
-                0,
-                str(index.tile_ids[i]),
-            )
-        )
-        if len(chosen) >= n:
-            break
-    return chosen
+
+def tile_window(index: TileIndex, i: int, scores: np.ndarray) -> Window:
+    """Stored tile ``i`` as a level-0 window with its score."""
+    return Window(
+        tuple(float(v) for v in index.bounds[i]),
+        float(scores[i]),
+        float(index.scales[i]),
+        0,
+        str(index.tile_ids[i]),
+    )
 
 
 def pyramid_search(
@@ -197,15 +189,7 @@ def pyramid_search(
     seen = {w.tile_id for w in explored}
     for i in top_k(s, max(k, top_n) * 2, mask):
         if str(index.tile_ids[i]) not in seen:
-            windows.append(
-                Window(
-                    tuple(float(v) for v in index.bounds[i]),
-                    float(s[i]),
-                    float(index.scales[i]),
-                    0,
-                    str(index.tile_ids[i]),
-                )
-            )
+            windows.append(tile_window(index, int(i), s))
     frontier = list(explored)
     embedded = 0
     finest: float | None = None

@@ -58,19 +58,9 @@ def _label(spec: RelationSpec, layer: str, layer_b: str | None = None) -> str:
 def _time_mismatch(layer_params: dict, time: TimeSpec | None) -> str | None:
     """Why a dated layer does not fit the query's time (None when it fits or nothing is known)."""
     date = str(layer_params.get("date") or "")
-    if not date or time is None:
+    if not date or time is None or time.matches(date):
         return None
-    if (
-        time.dates
-        and not any(date.startswith(d) or d.startswith(date) for d in time.dates)
-        and not (time.since or time.until)
-    ):
-        return f"the layer is from {date}, the query asks for {', '.join(time.dates)}"
-    if time.since and date < time.since:
-        return f"the layer is from {date}, before {time.since}"
-    if time.until and date[: len(time.until)] > time.until:
-        return f"the layer is from {date}, after {time.until}"
-    return None
+    return f"the layer is from {date}, the query asks for {time.phrase or ', '.join(time.dates)}"
 
 
 def apply_relations(
@@ -97,7 +87,7 @@ def apply_relations(
                 why = _time_mismatch(params, time)
                 if why:
                     raise GeoSearchError(why)
-                if time is not None and (time.dates or time.since or time.until) and not params.get("date"):
+                if time is not None and time.constrains and not params.get("date"):
                     report.notes.append(
                         f"layer {name} has no date: the query's time is not checked against it"
                     )

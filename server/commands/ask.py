@@ -26,57 +26,58 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from pydantic import ValidationError
+
     from geosearch.errors import InputError
     from server.commands._common import atomic_write_json, format_table
-    from tools.common import Workspace, jsonable, parse_area
+    from tools import answer as t_answer
+    from tools.common import Workspace, tool_error_message
 
-    if not 1 <= args.k <= 50:
-        raise InputError(f"-k must be between 1 and 50 (got {args.k})")
-    if not args.text.strip():
-        raise InputError("empty query: give some words to search for")
     ws = Workspace([], restrict=False)
     path = str(ws.resolve(args.index))
-    area = list(args.bbox) if args.bbox else None
+    try:
+        inp = t_answer.AnswerInput(
+            text=args.text,
+            index=path,
+            area=list(args.bbox) if args.bbox else None,
+            k=args.k,
+            explain=not args.no_explain,
+        )
+    except ValidationError as exc:
+        raise InputError(tool_error_message(exc)) from exc
+    if not inp.text.strip():
+        raise InputError("empty query: give some words to search for")
     if args.llm:
         from server.planner import run_llm_planner
 
-        ans = run_llm_planner(args.text, path, ws, k=args.k, area=area)
+        out = t_answer.to_output(run_llm_planner(inp.text, path, ws, k=inp.k, area=inp.area), ws, path)
     else:
-        from geosearch.chain import answer
-        from geosearch.pipeline import MethodContext
-
-        with ws.using(path) as h:
-            ctx = MethodContext(
-                area=parse_area(area), options={"explain": not args.no_explain}, settings=ws.settings
-            )
-            ans = answer(h.index, args.text, args.k, ctx)
-    gj = jsonable(ans.geojson())
-    gj["properties"]["index"] = path
+        out = t_answer.run(inp, ws)  # the answering chain, exactly as the MCP answer tool runs it
     if args.out:
-        atomic_write_json(args.out, gj)
+        atomic_write_json(args.out, out.geojson)
     if args.format == "geojson":
-        print(json.dumps(gj))
+        print(json.dumps(out.geojson))
         return 0
-    if ans.abstained:
-        print(ans.reason)
-        rows_src, title = ans.near_misses, "near-misses"
+    if out.abstained:
+        print(out.reason)
+        rows_src, title = out.near_misses, "near-misses"
     else:
-        rows_src, title = ans.regions, f"{len(ans.regions)} region(s) ({ans.method})"
+        rows_src, title = out.regions, f"{len(out.regions)} region(s) ({out.method})"
     print(title)
     rows = [
         {
             "rank": i,
-            "id": r.region_id,
+            "id": r.id,
             "score": r.score,
             "confidence": r.confidence,
             "flags": ",".join(r.flags),
-            "bbox_wgs84": [round(v, 6) for v in r.polygon_wgs84.bounds],
+            "bbox_wgs84": [round(v, 6) for v in r.bbox],
         }
         for i, r in enumerate(rows_src, start=1)
     ]
     print(format_table(rows, ["rank", "id", "score", "confidence", "flags", "bbox_wgs84"]))
-    if ans.explanation:
-        print("\n" + ans.explanation)
+    if out.explanation:
+        print("\n" + out.explanation)
     if args.out:
         print(f"\nGeoJSON written to {args.out}")
     return 0

@@ -16,15 +16,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from server.mcp_server import serve
+    from server.mcp_server import serve_from_args
 
-    serve(
-        args.root,
-        http=args.http,
-        host=args.host,
-        port=args.port,
-        token=args.token,
-        allowed_hosts=args.allowed_host,
-        log_level=args.log_level,
-    )
+    serve_from_args(args)
     return 0
