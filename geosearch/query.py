@@ -99,8 +99,8 @@ class ParsedQuery(BaseModel):
     negative_prompts: list[str] = Field(default_factory=list)
     image_text: str = Field(
         "",
-        description="what the image model looks for: the query without its relation, "
-        "time, place and exclusion clauses",
+        description="what the image model looks for: the query without its time and place "
+        "phrases, exclusions and negated or far_from relations (those are checked on layers only)",
     )
     source: Literal["rules", "llm"] = "rules"
 
@@ -537,8 +537,11 @@ def parse_query(text: str) -> ParsedQuery:
             if kind != "new":  # "new" stays in the target text ("new buildings" is still buildings)
                 work = _cut(work, m.span())
 
-    # Relations (longest / most specific patterns first).
+    # Relations (longest / most specific patterns first). ``image`` is what the image model will
+    # look for: positive relations stay in it ("the house is surrounded by trees" is also a look),
+    # negated and far_from ones and exclusions do not (their words would attract what is excluded).
     lowered = work.lower()
+    image = work
     for pred, pat in _RELATION_PATTERNS:
         for m in list(pat.finditer(lowered)):
             if not m.group(0).strip():
@@ -596,6 +599,8 @@ def parse_query(text: str) -> ParsedQuery:
             relations.append(spec)
             lowered = _cut(lowered, span)
             work = _cut(work, span)
+            if negated or spec.predicate == "far_from":
+                image = _cut(image, span)
 
     # Exclusions.
     for m in list(_EXCLUSION.finditer(work.lower())):
@@ -603,11 +608,12 @@ def parse_query(text: str) -> ParsedQuery:
         if phrase and phrase not in exclusions:
             exclusions.append(phrase)
         work = _cut(work, m.span())
+        image = _cut(image, m.span())
 
     # What is left: the targets.
     rest = _clean_phrase(work)
     rest = FILLER.sub("", rest)
-    image_text = re.sub(r"\s+", " ", rest).strip(" ,;.:-")
+    image_text = re.sub(r"\s+", " ", FILLER.sub("", _clean_phrase(image))).strip(" ,;.:-")
     rest = LEAD_DETERMINERS.sub("", rest)
     rest = re.sub(r"\b(?:that|which|who)\s+(?:are|is)\s*$", "", rest, flags=re.I)
     pieces = [

@@ -145,3 +145,13 @@ def test_time_spec_matches_dates_and_ranges():
     assert not parse_query("a lake").time.constrains
     assert _time_mismatch({"date": "2018-07-01"}, t) and _time_mismatch({"date": "2020-05-01"}, t) is None
     assert _time_mismatch({}, t) is None
+
+
+def test_image_text_keeps_what_can_be_seen():
+    """Positive relations stay in what the image model looks for (they describe the look too);
+    negated / far_from relations, exclusions, time and place phrases do not."""
+    assert parse_query("the house is surrounded by trees").image_text == "the house is surrounded by trees"
+    assert parse_query("red not within water").image_text == "red"
+    assert parse_query("farms far from the road").image_text == "farms"
+    assert parse_query("a park without a pond").image_text == "a park"
+    assert parse_query("solar panels along a river in 2020").image_text == "solar panels along a river"
