@@ -36,7 +36,7 @@ from geosearch.refine import calibrate as cal
 from geosearch.refine.common import query_vector
 from geosearch.refine.flags import add_flags
 from geosearch.refine.heatmap import Candidate
-from geosearch.refine.pyramid import PyramidResult, dense_window_count, pyramid_search
+from geosearch.refine.pyramid import PyramidResult, pyramid_search
 from geosearch.refine.regions import refine_candidates, window_candidates
 from geosearch.refine.rerank import negative_prompts, rerank
 from geosearch.relations.apply import FLAG_NOT_CHECKABLE, RelationReport, apply_relations
@@ -460,23 +460,9 @@ def run_chain(
             "windows_embedded": pr.windows_embedded,
             "finest_scale_m": pr.finest_scale_m,
             "pyramid_full_res_reads": pr.full_res_reads,
-            "dense_windows_at_finest": dense_count(index, pr.finest_scale_m),
         }
     )
     return ans
-
-
-_DENSE: dict[tuple[str, float], int] = {}
-
-
-def dense_count(index: TileIndex, scale_m: float | None) -> int | None:
-    """:func:`dense_window_count` at ``scale_m``, cached per index and scale (the cost baseline)."""
-    if scale_m is None:
-        return None
-    key = (str(index.path), round(float(scale_m), 6))
-    if key not in _DENSE:
-        _DENSE[key] = dense_window_count(index, float(scale_m))
-    return _DENSE[key]
 
 
 def _query(text: str, k: int, ctx: MethodContext) -> Query:

@@ -237,3 +237,17 @@ def dense_window_count(
             return 0
     tiles, _ = tiles_for_mosaic(mosaic, [scale_m], overlap, float(tiling.get("min_valid_fraction", 0.05)))
     return len(tiles)
+
+
+_DENSE: dict[tuple[str, float], int] = {}
+
+
+def dense_count(index: TileIndex, scale_m: float | None) -> int | None:
+    """:func:`dense_window_count` at ``scale_m``, cached per index and scale: the cost baseline of
+    the benchmarks (seconds on a large mosaic, so never computed while answering)."""
+    if scale_m is None:
+        return None
+    key = (str(index.path), round(float(scale_m), 6))
+    if key not in _DENSE:
+        _DENSE[key] = dense_window_count(index, float(scale_m))
+    return _DENSE[key]

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from geosearch.chain import dense_count
 from geosearch.eval.bench_format import load_benchmark
 from geosearch.eval.harness import answer_queries, prepare_index, score_runs
 from geosearch.eval.metrics import aggregate
 from geosearch.fileio import atomic_write_text
 from geosearch.geo import utm_crs_for
 from geosearch.refine import calibrate
+from geosearch.refine.pyramid import dense_count
 from geosearch.settings import get_settings
 
 _INDEX_CACHE: dict = {}
@@ -318,7 +318,7 @@ def final(bench_dir: str, out_dir: str, methods: list[str], wait_calibration_for
                 {
                     "reads": reads,
                     "finest": a.details.get("finest_scale_m"),
-                    "dense": a.details.get("dense_windows_at_finest"),
+                    "dense": dense_count(index, a.details.get("finest_scale_m")),
                 }
             )
         reads = np.array([r["reads"] for r in rows], float)
