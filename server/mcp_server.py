@@ -354,30 +354,6 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--root",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="data root holding indexes (repeatable; default: GEOSEARCH_DATA_ROOTS)",
-    )
-    p.add_argument("--http", action="store_true", help="serve streamable HTTP on /mcp instead of stdio")
-    p.add_argument("--host", default=None, help="HTTP bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8765)")
-    p.add_argument(
-        "--token", default=None, help="bearer token HTTP clients must send (required off loopback)"
-    )
-    p.add_argument(
-        "--allowed-host",
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]",
-        help="extra Host header value accepted (behind a proxy)",
-    )
-    p.add_argument("--log-level", default="warning")
-
-
 def serve_from_args(args: argparse.Namespace) -> None:
     """Serve with the options :func:`add_arguments` defined (``geosearch serve`` and ``python -m``)."""
     serve(
@@ -392,6 +368,8 @@ def serve_from_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from server.commands.serve import add_arguments
+
     p = argparse.ArgumentParser(prog="python -m server.mcp_server", description="GeoSearch MCP server")
     add_arguments(p)
     args = p.parse_args(argv)
