@@ -285,7 +285,7 @@ class _GridRef:
 def _add_mosaic_row(con, date: str | None, mosaic: Mosaic, fingerprint: str) -> None:
     con.execute(
         "INSERT INTO mosaics VALUES (?, ?, ?, ?)",
-        [date, json.dumps([str(p) for p in mosaic.paths]), fingerprint, json.dumps(mosaic.describe())],
+        [date, json.dumps(mosaic.describe()["files"]), fingerprint, json.dumps(mosaic.describe())],
     )
 
 
@@ -509,29 +509,33 @@ class TileIndex:
                     f"dates: {', '.join(self.date_list) or 'none'}"
                 )
             if date not in self._date_mosaics:
-                m = self.mosaics[date]
-                missing = [f for f in m["files"] if not Path(f).exists()]
-                if missing:
-                    raise InputError(f"mosaic file(s) of index {self.path.name} are gone: {missing[:3]}")
-                self._date_mosaics[date] = open_mosaic(
-                    m["files"],
-                    bands=m["rgb_bands"],
-                    stretch=m["stretch"],
-                    stretch_params=[tuple(p) for p in m["stretch_params"]],
-                )
+                self._date_mosaics[date] = self._open_recorded(self.mosaics[date])
             return self._date_mosaics[date]
         if self._mosaic is None:
-            m = self.meta["mosaic"]
-            missing = [f for f in m["files"] if not Path(f).exists()]
-            if missing:
-                raise InputError(f"mosaic file(s) of index {self.path.name} are gone: {missing[:3]}")
-            self._mosaic = open_mosaic(
-                m["files"],
-                bands=m["rgb_bands"],
-                stretch=m["stretch"],
-                stretch_params=[tuple(p) for p in m["stretch_params"]],
-            )
+            self._mosaic = self._open_recorded(self.meta["mosaic"])
         return self._mosaic
+
+    def _open_recorded(self, m: dict) -> Mosaic:
+        """Open a recorded mosaic. Files are stored absolute; a relative one (indexes built before
+        that) is looked for beside the index, then in the current folder."""
+        files, missing = [], []
+        for f in m["files"]:
+            p = Path(f)
+            tries = [p] if p.is_absolute() else [self.path.parent / p, p]
+            found = next((t for t in tries if t.exists()), None)
+            if found is None:
+                missing.append(" or ".join(str(t.absolute()) for t in tries))
+            files.append(found)
+        if missing:
+            raise InputError(
+                f"mosaic file(s) of index {self.path.name} not found; looked for: {'; '.join(missing[:3])}"
+            )
+        return open_mosaic(
+            files,
+            bands=m["rgb_bands"],
+            stretch=m["stretch"],
+            stretch_params=[tuple(p) for p in m["stretch_params"]],
+        )
 
     def model(self, settings: Settings | None = None) -> EmbeddingModel:
         """The model the index was built with (refuses other weights under the same name)."""

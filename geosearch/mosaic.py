@@ -9,6 +9,7 @@ the native resolution are counted as full-resolution window reads (a cost the py
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -201,7 +202,7 @@ class Mosaic:
 
     def describe(self) -> dict:
         return {
-            "files": [str(p) for p in self.paths],
+            "files": [os.path.abspath(p) for p in self.paths],  # absolute: an index opens from anywhere
             "crs": self.crs.to_string(),
             "bounds": list(self.bounds),
             "bounds_wgs84": list(self.bounds_wgs84),

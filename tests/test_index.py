@@ -104,3 +104,21 @@ def test_open_errors(tmp_path):
     bogus.write_bytes(b"garbage" * 100)
     with pytest.raises(InputError):
         TileIndex.open(bogus)
+
+
+def test_index_opens_from_any_folder(tmp_path, tiny_settings, monkeypatch):
+    """Raster paths are stored absolute, so a server started elsewhere (as a desktop MCP client
+    starts it) finds them; a raster that is really gone is named with the path looked for."""
+    work = tmp_path / "work"
+    work.mkdir()
+    write_raster(work / "m.tif", width=128, height=128)
+    monkeypatch.chdir(work)
+    build_index(["m.tif"], "i.duckdb", settings=tiny_settings, progress=False)
+    assert TileIndex.open("i.duckdb").meta["mosaic"]["files"] == [str(work / "m.tif")]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert TileIndex.open(work / "i.duckdb").mosaic().read(TileIndex.open(work / "i.duckdb").bounds[0], 8).rgb.shape
+    (work / "m.tif").rename(work / "moved.tif")
+    with pytest.raises(InputError, match=r"not found; looked for: .*m\.tif"):
+        TileIndex.open(work / "i.duckdb").mosaic()
