@@ -233,36 +233,36 @@ def calibrate(
     """Stage 5: candidates that fail a relation become near-misses; the rest get calibrated
     confidences (gallery reference ``d_ref`` from their own-extent scores); the answer abstains
     when the best confidence is below the fitted threshold, or when nothing survives."""
-    ids = {id(c): _cid(i) for i, c in enumerate(cands)}
-    passed = [c for c in cands if report.holds(ids[id(c)])]
-    failed = [c for c in cands if not report.holds(ids[id(c)])]
-    for c in cands:
-        c.flags = sorted(set(c.flags) | set(report.flags(ids[id(c)])))
+    keyed = [(_cid(i), c) for i, c in enumerate(cands)]  # the ids relate() checked them under
+    for key, c in keyed:
+        c.flags = sorted(set(c.flags) | set(report.flags(key)))
+    passed = [(key, c) for key, c in keyed if report.holds(key)]
+    failed = [(key, c) for key, c in keyed if not report.holds(key)]
     top = passed[: q.k]
     params = cal.load_calibration(index.meta.get("model_name"))
-    s_all = [float(c.features.get("s_region", c.score)) for c in passed if not c.features.get("fill")]
-    gen = [c.features.get("s_generic") for c in top]
+    s_all = [float(c.features.get("s_region", c.score)) for _, c in passed if not c.features.get("fill")]
+    gen = [c.features.get("s_generic") for _, c in top]
     confs, best_feats = cal.region_confidences(
         index,
         vec,
         [
             (float(c.features.get("s_region", c.score)), None if g is None else float(g))
-            for c, g in zip(top, gen)
+            for (_, c), g in zip(top, gen)
         ],
         params,
         all_scores=s_all,
     )
-    regions = []
-    for rank, (c, conf) in enumerate(zip(top, confs), start=1):
-        reg = to_region(index, c, f"{method}-{rank}", conf, cfg["region_shape"])
-        reg.details["relations"] = report.results.get(ids[id(c)], [])
-        regions.append(reg)
+
+    def region(key: str, c: Candidate, region_id: str, conf: float | None) -> Region:
+        reg = to_region(index, c, region_id, conf, cfg["region_shape"])
+        reg.details["relations"] = report.results.get(key, [])
+        return reg
+
+    regions = [region(key, c, f"{method}-{r}", conf) for r, ((key, c), conf) in enumerate(zip(top, confs), 1)]
     near = [
-        to_region(index, c, f"{method}-near-{i}", None, cfg["region_shape"])
-        for i, c in enumerate(failed[: int(cfg["max_near_misses"])], start=1)
+        region(key, c, f"{method}-near-{i}", None)
+        for i, (key, c) in enumerate(failed[: int(cfg["max_near_misses"])], 1)
     ]
-    for reg, c in zip(near, failed):
-        reg.details["relations"] = report.results.get(ids[id(c)], [])
     thr = float(params["threshold"] if threshold is None else threshold)
     details = {
         "calibrated": bool(params.get("calibrated", False)),
