@@ -174,12 +174,10 @@ def test_eval_mcp_and_ask_serve_the_same_chain(chain_root, tmp_path):
     red, red_dry, blue = raw
     sq_a, sq_b = _px_box(*SQUARE_A), _px_box(*SQUARE_B)
     top = _mosaic(shape(red["regions"][0]["polygon"]))
-    # the stored-score heatmap outlines the 128 m square as 128 x 96 m (IoU 0.75): outlines that follow
-    # image boundaries are issue 13's work; the issue-12 target of 0.8 is not met yet
-    assert max(_iou(top, sq_a), _iou(top, sq_b)) >= 0.7
+    assert max(_iou(top, sq_a), _iou(top, sq_b)) >= 0.8
     water = _px_box(*WATER)
     kept = [_mosaic(shape(r["polygon"])) for r in red_dry["regions"]]
-    assert kept and _iou(kept[0], sq_a) >= 0.7
+    assert kept and _iou(kept[0], sq_a) >= 0.8
     # "within" means wholly inside the layer: no kept region is, every dropped one is
     assert all(_inside_share(g, water) < 0.99 for g in kept), "a region inside the water layer was kept"
     assert all(_inside_share(_mosaic(shape(r["polygon"])), water) > 0.99 for r in red_dry["near_misses"])

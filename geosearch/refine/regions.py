@@ -106,7 +106,12 @@ def propose(index: TileIndex, pr: PyramidResult, vec: np.ndarray, cfg: dict) -> 
             c.features["s_source"] = c.score
             cands.append(c)
     if cfg["whole_windows"]:
-        cands += [window_candidate(index, w) for w in nms_windows(pr.windows, int(cfg["whole_windows"]))]
+        wins = nms_windows(pr.windows, int(cfg["whole_windows"]))
+        # the coarse tiles the pyramid zoomed into stay candidates too: a tile that fits the thing
+        # better than any of its (higher-scoring, smaller) children must be able to win the rerank
+        seen = {tuple(w.bounds) for w in wins}
+        wins += [w for w in pr.explored if tuple(w.bounds) not in seen]
+        cands += [window_candidate(index, w) for w in wins]
     return cands
 
 
