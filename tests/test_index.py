@@ -118,7 +118,12 @@ def test_index_opens_from_any_folder(tmp_path, tiny_settings, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert TileIndex.open(work / "i.duckdb").mosaic().read(TileIndex.open(work / "i.duckdb").bounds[0], 8).rgb.shape
+    assert (
+        TileIndex.open(work / "i.duckdb")
+        .mosaic()
+        .read(TileIndex.open(work / "i.duckdb").bounds[0], 8)
+        .rgb.shape
+    )
     (work / "m.tif").rename(work / "moved.tif")
     with pytest.raises(InputError, match=r"not found; looked for: .*m\.tif"):
         TileIndex.open(work / "i.duckdb").mosaic()
