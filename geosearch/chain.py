@@ -365,6 +365,7 @@ def finish(
         ans.details["relations_unchecked"] = [r.phrase or r.predicate for r in q.relations]
     ans.details["look_for"] = q.look_for
     ans.details["negatives"] = q.negatives
+    ans.details["provenance"] = index.provenance()
     if with_explanation:
         _report(progress, 5, "explaining")
         ans.explanation = explain(q, ans)

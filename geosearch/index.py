@@ -485,6 +485,22 @@ class TileIndex:
         """The dates held by the index, oldest first (empty for an undated index)."""
         return sorted({str(d) for d in self.dates if d is not None})
 
+    def provenance(self) -> dict:
+        """Where an answer from this index came from: carried by every exported region."""
+        from datetime import datetime, timezone
+
+        files = [str(f) for f in self.meta.get("mosaic", {}).get("files", [])]
+        for m in (self.mosaics or {}).values():
+            files += [str(f) for f in m.get("files", []) if str(f) not in files]
+        return {
+            "index": str(self.path),
+            "model": self.meta.get("model_id"),
+            "mosaic_files": files,
+            "dates": self.date_list,
+            "crs": self.crs.to_string(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
     def position(self, tile_id: str, date: str | None = None) -> int:
         hits = np.flatnonzero(self.tile_ids == tile_id)
         if date is not None:

@@ -55,6 +55,69 @@ class Answer:
     full_res_reads: int = 0
     details: dict = field(default_factory=dict)
     explanation: str | None = None
+    index: object | None = field(default=None, repr=False, compare=False)  # the TileIndex, for maps
+
+    def __len__(self) -> int:
+        return len(self.regions)
+
+    def __iter__(self):
+        return iter(self.regions)
+
+    def to_geojson(self) -> dict:
+        """The answer as a GeoJSON FeatureCollection (EPSG:4326), near-misses in its properties."""
+        return self.geojson()
+
+    def to_geodataframe(self):
+        """One row per region (then near-misses, ``kind`` column), with provenance, EPSG:4326."""
+        from geosearch.export import answer_frame
+
+        return answer_frame(self.geojson())
+
+    def save(self, path) -> str:
+        """Write to ``path`` as GeoJSON, GeoPackage, FlatGeobuf, GeoParquet or CSV (by extension)."""
+        from geosearch.export import write_answer
+
+        return write_answer(self.geojson(), path)
+
+    def to_html(self) -> str:
+        """A self-contained map page (needs the index the answer came from)."""
+        from geosearch.errors import InputError
+        from geosearch.mapview import answer_map_html
+
+        if self.index is None:
+            raise InputError("this answer does not know its index: use geosearch.open(INDEX).ask(...)")
+        return answer_map_html(self.index, self.geojson())
+
+    def show(self, path=None, *, open_browser: bool = True):
+        """Write the map page (default: a file in the temp folder) and open it in a browser;
+        returns its path."""
+        import tempfile
+        import webbrowser
+        from pathlib import Path
+
+        from geosearch.fileio import atomic_write_text
+
+        if path is None:
+            fd, name = tempfile.mkstemp(prefix="geosearch-answer-", suffix=".html")
+            import os
+
+            os.close(fd)
+            path = name
+        path = Path(path)
+        atomic_write_text(path, self.to_html())
+        if open_browser:
+            try:
+                webbrowser.open(path.resolve().as_uri())
+            except Exception:  # noqa: BLE001 - no browser is not an error: the file is there
+                pass
+        return path
+
+    def _repr_html_(self) -> str | None:  # Jupyter shows the map inline
+        if self.index is None:
+            return None
+        import html
+
+        return f'<iframe srcdoc="{html.escape(self.to_html())}" style="width:100%;height:560px;border:0"></iframe>'
 
     def geojson(self) -> dict:
         """The answer as a GeoJSON FeatureCollection (EPSG:4326), near-misses in its properties."""

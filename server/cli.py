@@ -14,19 +14,19 @@ import sys
 from geosearch.errors import GeoSearchError
 
 COMMAND_MODULES = [
-    "server.commands.index",
-    "server.commands.search",
-    "server.commands.info",
-    "server.commands.models",
-    "server.commands.train",
-    "server.commands.eval",
-    "server.commands.bench",
-    "server.commands.layers",
-    "server.commands.relate",
-    "server.commands.serve",
-    "server.commands.ask",
-    "server.commands.change",
-    "server.commands.example",
+    "geosearch_server.commands.index",
+    "geosearch_server.commands.search",
+    "geosearch_server.commands.info",
+    "geosearch_server.commands.models",
+    "geosearch_server.commands.train",
+    "geosearch_server.commands.eval",
+    "geosearch_server.commands.bench",
+    "geosearch_server.commands.layers",
+    "geosearch_server.commands.relate",
+    "geosearch_server.commands.serve",
+    "geosearch_server.commands.ask",
+    "geosearch_server.commands.change",
+    "geosearch_server.commands.example",
 ]
 
 

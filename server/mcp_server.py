@@ -6,7 +6,7 @@ answering), progress is reported through the request context, and any failure be
 error (``isError``) with a one-line message. Only indexes under the data roots can be opened.
 
 Run: ``geosearch serve --root DIR`` (stdio) or ``geosearch serve --root DIR --http --port 8765``
-(streamable HTTP on ``/mcp``), or ``python -m server.mcp_server --root DIR``.
+(streamable HTTP on ``/mcp``), or ``python -m geosearch_server.mcp_server --root DIR``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from geosearch.errors import GeoSearchError
-from tools.common import Workspace, tool_error_message
-from tools.registry import TOOLS, ToolSpec
+from geosearch_tools.common import Workspace, tool_error_message
+from geosearch_tools.registry import TOOLS, ToolSpec
 
 INSTRUCTIONS = """GeoSearch finds places in indexed Earth-observation mosaics from a description in words.
 Call `answer` for the whole chain, or parse_query -> coarse_search -> zoom_tile / segment_region ->
@@ -212,6 +212,23 @@ def create_server(
         return _res(lambda: json.dumps(ws.get_answer(answer_id)))
 
     @mcp.resource(
+        "geosearch://answers/{answer_id}/map",
+        name="answer-map",
+        title="Answer map (HTML)",
+        mime_type="text/html",
+        description="A self-contained map page of an answer: imagery, regions by confidence, near-misses, evidence",
+    )
+    def answer_map(answer_id: str) -> str:
+        def get() -> str:
+            from geosearch.mapview import answer_map_html
+
+            gj = ws.get_answer(answer_id)
+            with ws.using(str(gj["properties"]["index"])) as h:
+                return answer_map_html(h.index, gj)
+
+        return _res(get)
+
+    @mcp.resource(
         "geosearch://previews/{preview_id}",
         name="preview",
         title="Preview (PNG)",
@@ -244,7 +261,7 @@ def create_server(
         description="How to answer 'where is ...' questions over an index with these tools",
     )
     def answer_region_query(question: str, index: str = "") -> str:
-        from prompts import render
+        from geosearch_prompts import render
 
         return render("answer_region_query", question=question, index=index or "(read geosearch://indexes)")
 
@@ -368,9 +385,11 @@ def serve_from_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from server.commands.serve import add_arguments
+    from geosearch_server.commands.serve import add_arguments
 
-    p = argparse.ArgumentParser(prog="python -m server.mcp_server", description="GeoSearch MCP server")
+    p = argparse.ArgumentParser(
+        prog="python -m geosearch_server.mcp_server", description="GeoSearch MCP server"
+    )
     add_arguments(p)
     args = p.parse_args(argv)
     try:

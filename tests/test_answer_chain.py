@@ -142,7 +142,7 @@ def _ask_answers(root: Path, tmp_path: Path) -> list[dict]:
             [
                 sys.executable,
                 "-m",
-                "server.cli",
+                "geosearch_server.cli",
                 "ask",
                 str(root / "scene.duckdb"),
                 q,

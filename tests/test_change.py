@@ -165,7 +165,7 @@ def test_change_needs_two_dates(tmp_path, kw):
 
 
 def test_cli_change(dated, capsys):
-    from server.cli import main
+    from geosearch_server.cli import main
 
     out = str(dated[3])
     assert main(["change", out, "new buildings", "--from", "2012", "--to", "2020", "-k", "2"]) == 0

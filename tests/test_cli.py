@@ -5,7 +5,7 @@ import json
 import pytest
 from shapely.geometry import box, mapping
 
-from server.cli import main
+from geosearch_server.cli import main
 from tests.fixtures.rasters import write_raster
 
 

@@ -111,7 +111,7 @@ def test_example_errors(index, capsys):
         "by-example", index, "like", 3, MethodContext(options={"example_tile": str(index.tile_ids[2])})
     )
     assert ans.method == "by-example" and len(ans.regions) == 3
-    from server.cli import main
+    from geosearch_server.cli import main
 
     assert main(["like", str(index.path), "--bbox", "0", "0", "1", "1"]) == 2
     assert "outside" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from geosearch.errors import InputError
 from geosearch.eval.harness import evaluate
 from geosearch.pipeline import Answer, MethodContext, hits_to_regions, register_method
 from geosearch.search import search
-from server.cli import main
+from geosearch_server.cli import main
 
 os.environ.setdefault("GEOSEARCH_THREADS", "2")
 SCALES = ["--scales", "128", "256"]

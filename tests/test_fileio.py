@@ -115,7 +115,7 @@ def test_writer_appending_extension_is_an_error_not_an_empty_file(tmp_path):
 
 
 def test_cli_common_reexports():
-    from server.commands import _common
+    from geosearch_server.commands import _common
 
     assert _common.atomic_write_text is atomic_write_text
     assert _common.atomic_write_json is atomic_write_json

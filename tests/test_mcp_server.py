@@ -122,7 +122,7 @@ def http_server(data_root):
         [
             sys.executable,
             "-m",
-            "server.mcp_server",
+            "geosearch_server.mcp_server",
             "--root",
             str(data_root),
             "--http",
@@ -175,7 +175,7 @@ def _stdio_client(root: Path):
 
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "server.mcp_server", "--root", str(root)],
+        args=["-m", "geosearch_server.mcp_server", "--root", str(root)],
         env=_env(),
         cwd=str(REPO),
     )
@@ -411,8 +411,8 @@ def test_http_server_parallel_clients_and_security(data_root, mosaic_bounds, htt
 
 def test_http_refuses_public_bind_without_token():
     from geosearch.errors import GeoSearchError
-    from server.mcp_server import create_server, http_app
-    from tools.common import Workspace
+    from geosearch_server.mcp_server import create_server, http_app
+    from geosearch_tools.common import Workspace
 
     mcp = create_server(workspace=Workspace([str(REPO / "tests")], restrict=True))
     with pytest.raises(GeoSearchError, match="token"):
@@ -422,7 +422,7 @@ def test_http_refuses_public_bind_without_token():
 
 def test_workspace_path_checks(tmp_path):
     from geosearch.errors import InputError
-    from tools.common import Workspace
+    from geosearch_tools.common import Workspace
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.duckdb").write_bytes(b"")

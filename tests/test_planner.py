@@ -13,7 +13,7 @@ from conftest import shared_data
 def vegas_ws(tmp_path_factory, tiny_settings):
     from geosearch.index import build_index
     from geosearch.relations import register_layer
-    from tools.common import Workspace
+    from geosearch_tools.common import Workspace
 
     tif = shared_data("spacenet-vegas", "RGB-PanSharpen_AOI_2_Vegas_img0.tif")
     roads = shared_data("spacenet-vegas", "roads_AOI_2_Vegas_img0.geojson")
@@ -65,7 +65,7 @@ def test_llm_planner_with_fake_model_is_calibrated(vegas_ws):
     from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
     from langchain_core.messages import AIMessage
 
-    from server.planner import run_llm_planner
+    from geosearch_server.planner import run_llm_planner
 
     index = vegas_ws.handle("vegas.duckdb").index
     tile = str(index.tile_ids[0])
@@ -123,9 +123,9 @@ def test_llm_planner_with_fake_model_is_calibrated(vegas_ws):
 
 
 def test_langchain_tools_share_the_registry(tmp_path):
-    from server.planner import langchain_tools
-    from tools.common import Workspace
-    from tools.registry import TOOLS
+    from geosearch_server.planner import langchain_tools
+    from geosearch_tools.common import Workspace
+    from geosearch_tools.registry import TOOLS
 
     tools = langchain_tools(Workspace([tmp_path], restrict=True))
     specs = [s for s in TOOLS if s.name != "answer"]
@@ -139,8 +139,8 @@ def test_langchain_tools_share_the_registry(tmp_path):
 def test_mcp_server_uses_the_same_registry(tmp_path):
     import anyio
 
-    from server.mcp_server import create_server
-    from tools.registry import TOOLS
+    from geosearch_server.mcp_server import create_server
+    from geosearch_tools.registry import TOOLS
 
     server = create_server([str(tmp_path)])
 
@@ -156,7 +156,13 @@ def test_tools_never_import_the_server():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    for folder, banned in (("tools", ("server",)), ("geosearch", ("server", "tools", "mcp"))):
+    generic = {"tools", "server", "prompts"}  # installed as geosearch_tools / _server / _prompts
+    for folder, banned in (
+        ("tools", ("geosearch_server", *generic)),
+        ("server", tuple(generic)),
+        ("prompts", tuple(generic)),
+        ("geosearch", ("geosearch_server", "geosearch_tools", "mcp", *generic)),
+    ):
         for path in (root / folder).rglob("*.py"):
             tree = ast.parse(path.read_text())
             for node in ast.walk(tree):
@@ -174,7 +180,7 @@ def test_tools_never_import_the_server():
 def test_openai_compatible_chat_model(monkeypatch):
     from langchain_core.messages import HumanMessage
 
-    from server import llm
+    from geosearch_server import llm
 
     seen = {}
 
@@ -192,7 +198,7 @@ def test_openai_compatible_chat_model(monkeypatch):
         }
 
     monkeypatch.setattr(llm, "chat_completion", fake)
-    from tools.parse_query import ParseQueryInput
+    from geosearch_tools.parse_query import ParseQueryInput
 
     m = llm.OpenAICompatChat(base_url="http://127.0.0.1:9/v1", model="m").bind_tools([ParseQueryInput])
     msg = m.invoke([HumanMessage("hi")])

@@ -98,7 +98,7 @@ def test_invalid():
 
 
 def test_llm_parse_and_fallback():
-    from tools import parse_query as tool
+    from geosearch_tools import parse_query as tool
 
     good = parse_query("ships near the coast").model_dump()
     good["source"] = "llm"
@@ -123,7 +123,7 @@ def test_llm_parse_and_fallback():
 
 
 def test_prompt_loader():
-    from prompts import load_prompt, render
+    from geosearch_prompts import load_prompt, render
 
     assert "{text}" in load_prompt("query_parser")
     assert "near" in render("query_parser", text="x")

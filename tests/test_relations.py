@@ -300,7 +300,7 @@ def test_tile_priors(buildings_index: Path) -> None:
 
 @needs_data
 def test_cli_layers_and_relate(index: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from server.cli import main
+    from geosearch_server.cli import main
 
     assert main(["layers", "add", str(index), str(ROADS), "--name", "roads", "--role", "roads"]) == 0
     assert main(["layers", "list", str(index)]) == 0

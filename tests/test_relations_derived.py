@@ -97,7 +97,7 @@ def test_water_lines_up_with_the_coast(stacked: Path, index: Path) -> None:
 
 
 def test_vegetation_and_built_up_and_cli(stacked: Path, index: Path) -> None:
-    from server.cli import main
+    from geosearch_server.cli import main
 
     con = connect(index)
     veg = derive_layer(con, stacked, "vegetation", "vegetation", nir=4, red=3)

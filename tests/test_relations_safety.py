@@ -129,7 +129,7 @@ def test_attacks_refused_and_db_unchanged(index: Path, tmp_path: Path) -> None:
 
 
 def test_cli_attacks_exit_2(index: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from server.cli import main
+    from geosearch_server.cli import main
 
     regions = tmp_path / "r.geojson"
     gpd.GeoDataFrame({"id": ["r1"]}, geometry=[REGIONS[0][1]], crs="EPSG:4326").to_file(regions)

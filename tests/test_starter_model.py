@@ -73,7 +73,7 @@ def test_text_tower_checksum_is_enforced(monkeypatch):
 
 
 def test_models_list_cli(capsys):
-    from server.cli import main
+    from geosearch_server.cli import main
 
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tools.common import ProgressFn, RegionOut, Workspace, jsonable, parse_area, region_from_engine
+from geosearch_tools.common import ProgressFn, RegionOut, Workspace, jsonable, parse_area, region_from_engine
 
 
 class AnswerInput(BaseModel):
@@ -25,6 +25,7 @@ class AnswerInput(BaseModel):
 class AnswerOutput(BaseModel):
     answer_id: str
     uri: str = Field(description="resource URI of the cached GeoJSON")
+    map_uri: str = Field(description="resource URI of a self-contained HTML map of the answer")
     abstained: bool
     reason: str | None = None
     method: str
@@ -54,10 +55,16 @@ def to_output(ans, ws: Workspace, index_name: str) -> AnswerOutput:
     GeoJSON is cached as a resource)."""
     gj = jsonable(ans.geojson())
     gj["properties"]["index"] = index_name
+    prov = gj["properties"].get("provenance")
+    if prov:
+        prov["index"] = index_name
+        if ws.restricted:  # a served answer names no server-side paths
+            prov["mosaic_files"] = [f.replace("\\", "/").rsplit("/", 1)[-1] for f in prov["mosaic_files"]]
     answer_id = ws.put_answer(gj)
     return AnswerOutput(
         answer_id=answer_id,
         uri=f"geosearch://answers/{answer_id}",
+        map_uri=f"geosearch://answers/{answer_id}/map",
         abstained=ans.abstained,
         reason=ans.reason,
         method=ans.method,

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from geosearch.errors import GeoSearchError, InputError
-from tools.common import ProgressFn, RegionIn, Workspace, jsonable, report
+from geosearch_tools.common import ProgressFn, RegionIn, Workspace, jsonable, report
 
 PredicateName = Literal[
     "near", "far_from", "within", "intersects", "contains", "along", "between", "density", "edge_of"

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, model_validator
 from geosearch.query import parse_query, query_from_prompts
 from geosearch.refine.common import query_vector
 from geosearch.search import search
-from tools.common import ProgressFn, TileOut, Workspace, parse_area, report
+from geosearch_tools.common import ProgressFn, TileOut, Workspace, parse_area, report
 
 
 class CoarseSearchInput(BaseModel):

@@ -3,7 +3,7 @@ roots, a cache of open indexes (read-only, shared between requests, one lock eac
 and cached answers.
 
 Tools are plain functions ``run(inp, ws, progress=None) -> Output`` over one engine call each; the
-MCP server and the LangChain binding both serve them from :mod:`tools.registry`. Engine results are
+MCP server and the LangChain binding both serve them from :mod:`geosearch_tools.registry`. Engine results are
 converted to the boundary models here, once (:func:`region_from_engine`).
 """
 

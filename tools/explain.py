@@ -13,9 +13,9 @@ from geosearch.errors import GeoSearchError
 from geosearch.geo import WGS84, reproject_bounds
 from geosearch.query import parse_query, query_from_prompts
 from geosearch.refine.common import query_vector
-from tools.check_relation import RelationOut
-from tools.common import ProgressFn, RegionIn, Workspace, report
-from tools.zoom_tile import Preview, preview_for
+from geosearch_tools.check_relation import RelationOut
+from geosearch_tools.common import ProgressFn, RegionIn, Workspace, report
+from geosearch_tools.zoom_tile import Preview, preview_for
 
 
 class ExplainInput(BaseModel):
@@ -214,7 +214,7 @@ def _explanation(
     complete = ws.llm_complete() if inp.use_llm else None
     if complete is None:
         return summary, "template"
-    from prompts import render
+    from geosearch_prompts import render
 
     scores = "\n".join(
         f"- {r.id}: overall {r.score:.3f} (z {r.z_index:+.1f}); "

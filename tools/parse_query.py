@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from geosearch.query import ParsedQuery
 from geosearch.query import parse_query as rules_parse
-from tools.common import ProgressFn, Workspace
+from geosearch_tools.common import ProgressFn, Workspace
 
 CompleteFn = Callable[[str], str]
 
@@ -32,7 +32,7 @@ class ParseQueryOutput(ParsedQuery):
 
 def parse_with_llm(text: str, complete: CompleteFn) -> ParsedQuery:
     """Ask the LLM, validate its JSON against :class:`ParsedQuery` (raises on any problem)."""
-    from prompts import render
+    from geosearch_prompts import render
 
     reply = complete(render("query_parser", text=text))
     m = re.search(r"\{.*\}", reply or "", re.S)

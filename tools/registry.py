@@ -1,6 +1,6 @@
 """The one tool registry: name, title, description (one per tool), input / output models and the
-plain function of every tool. The MCP server (:mod:`server.mcp_server`) and the LangChain binding of
-the LLM planner (:mod:`server.planner.tools`) are both built from :data:`TOOLS`."""
+plain function of every tool. The MCP server (:mod:`geosearch_server.mcp_server`) and the LangChain binding of
+the LLM planner (:mod:`geosearch_server.planner.tools`) are both built from :data:`TOOLS`."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from tools import answer as t_answer
-from tools import check_relation as t_rel
-from tools import coarse_search as t_coarse
-from tools import explain as t_explain
-from tools import parse_query as t_parse
-from tools import segment_region as t_seg
-from tools import zoom_tile as t_zoom
+from geosearch_tools import answer as t_answer
+from geosearch_tools import check_relation as t_rel
+from geosearch_tools import coarse_search as t_coarse
+from geosearch_tools import explain as t_explain
+from geosearch_tools import parse_query as t_parse
+from geosearch_tools import segment_region as t_seg
+from geosearch_tools import zoom_tile as t_zoom
 
 
 @dataclass(frozen=True)

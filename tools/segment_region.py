@@ -6,9 +6,9 @@ from pydantic import BaseModel, Field
 
 from geosearch.geo import to_wgs84
 from geosearch.refine.common import query_vector, window_bounds
-from tools.coarse_search import prompts_of
-from tools.common import ProgressFn, RegionOut, Workspace, jsonable, region_out, report
-from tools.zoom_tile import Preview, WindowRef, preview_for
+from geosearch_tools.coarse_search import prompts_of
+from geosearch_tools.common import ProgressFn, RegionOut, Workspace, jsonable, region_out, report
+from geosearch_tools.zoom_tile import Preview, WindowRef, preview_for
 
 
 class SegmentRegionInput(WindowRef):

@@ -8,8 +8,8 @@ from shapely.geometry import box
 from geosearch.geo import to_wgs84
 from geosearch.refine.common import query_vector, window_bounds
 from geosearch.render import render_png
-from tools.coarse_search import prompts_of
-from tools.common import BBox, ProgressFn, Workspace, _check_bbox, report
+from geosearch_tools.coarse_search import prompts_of
+from geosearch_tools.common import BBox, ProgressFn, Workspace, _check_bbox, report
 
 
 class WindowRef(BaseModel):

@@ -19,7 +19,15 @@ def register(sub) -> None:
         help="restrict to this lon/lat bbox",
     )
     p.add_argument("--format", choices=["table", "geojson"], default="table")
-    p.add_argument("--out", default=None, help="write the GeoJSON answer to this file")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write the answer for GIS: .geojson, .gpkg, .fgb, .parquet or .csv (by extension)",
+    )
+    p.add_argument(
+        "--html", default=None, metavar="FILE", help="write a self-contained map page of the answer"
+    )
     p.add_argument("--llm", action="store_true", help="let the configured chat model choose the tools")
     p.add_argument("--no-explain", action="store_true")
     p.set_defaults(func=run)
@@ -29,10 +37,15 @@ def run(args) -> int:
     from pydantic import ValidationError
 
     from geosearch.errors import InputError
-    from server.commands._common import atomic_write_json, format_table
-    from tools import answer as t_answer
-    from tools.common import Workspace, tool_error_message
+    from geosearch.export import format_for
+    from geosearch_server.commands._common import format_table
+    from geosearch_tools import answer as t_answer
+    from geosearch_tools.common import Workspace, tool_error_message
 
+    if args.out:
+        format_for(args.out)  # refuse an unknown extension before any work
+    if args.html and not args.html.lower().endswith((".html", ".htm")):
+        raise InputError(f"--html {args.html!r}: give a file name ending in .html")
     ws = Workspace([], restrict=False)
     path = str(ws.resolve(args.index))
     try:
@@ -48,13 +61,21 @@ def run(args) -> int:
     if not inp.text.strip():
         raise InputError("empty query: give some words to search for")
     if args.llm:
-        from server.planner import run_llm_planner
+        from geosearch_server.planner import run_llm_planner
 
         out = t_answer.to_output(run_llm_planner(inp.text, path, ws, k=inp.k, area=inp.area), ws, path)
     else:
         out = t_answer.run(inp, ws)  # the answering chain, exactly as the MCP answer tool runs it
     if args.out:
-        atomic_write_json(args.out, out.geojson)
+        from geosearch.export import write_answer
+
+        fmt = write_answer(out.geojson, args.out)
+    if args.html:
+        from geosearch.fileio import atomic_write_text
+        from geosearch.mapview import answer_map_html
+
+        with ws.using(path) as h:
+            atomic_write_text(args.html, answer_map_html(h.index, out.geojson))
     if args.format == "geojson":
         print(json.dumps(out.geojson))
         return 0
@@ -79,5 +100,7 @@ def run(args) -> int:
     if out.explanation:
         print("\n" + out.explanation)
     if args.out:
-        print(f"\nGeoJSON written to {args.out}")
+        print(f"\n{fmt} written to {args.out}")
+    if args.html:
+        print(f"map page written to {args.html}")
     return 0

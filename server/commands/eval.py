@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from server.commands._common import atomic_write_text, format_table
+from geosearch_server.commands._common import atomic_write_text, format_table
 
 
 def register(sub) -> None:

@@ -35,7 +35,7 @@ def register(sub) -> None:
 
 def run_list(args) -> int:
     from geosearch.models import default_model_name, model_specs, weights_present
-    from server.commands._common import format_table
+    from geosearch_server.commands._common import format_table
 
     default = default_model_name()
     rows = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from server.commands._common import format_table
+from geosearch_server.commands._common import format_table
 
 
 def register(sub) -> None:

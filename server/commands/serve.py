@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from server.mcp_server import serve_from_args
+    from geosearch_server.mcp_server import serve_from_args
 
     serve_from_args(args)
     return 0

@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from geosearch.pipeline import Answer
-from server.planner.state import PlannerState
-from server.planner.tools import langchain_tools
-from tools.common import ProgressFn, Workspace, parse_area
+from geosearch_server.planner.state import PlannerState
+from geosearch_server.planner.tools import langchain_tools
+from geosearch_tools.common import ProgressFn, Workspace, parse_area
 
 MAX_STEPS = 12
 
@@ -43,9 +43,9 @@ def _candidates(index, log: list[dict]) -> list:
 
     from geosearch.geo import WGS84, reproject_geom
     from geosearch.refine.heatmap import Candidate
-    from tools import coarse_search as t_coarse
-    from tools import segment_region as t_seg
-    from tools import zoom_tile as t_zoom
+    from geosearch_tools import coarse_search as t_coarse
+    from geosearch_tools import segment_region as t_seg
+    from geosearch_tools import zoom_tile as t_zoom
 
     found: dict[str, list] = {"seg": [], "zoom": [], "coarse": []}
     for entry in log:
@@ -87,10 +87,10 @@ def run_llm_planner(
     from geosearch import chain
     from geosearch.refine.common import query_vector
     from geosearch.refine.merge import merge_candidates
-    from prompts import render
+    from geosearch_prompts import render
 
     if model is None:
-        from server.llm import chat_model_from_settings
+        from geosearch_server.llm import chat_model_from_settings
 
         model = chat_model_from_settings(ws.settings)
     log: list[dict] = []

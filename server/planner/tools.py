@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tools.common import Workspace, tool_error_message
-from tools.registry import TOOLS
+from geosearch_tools.common import Workspace, tool_error_message
+from geosearch_tools.registry import TOOLS
 
 PLANNER_TOOLS = [t for t in TOOLS if t.name != "answer"]
 MAX_TOOL_REPLY = 20_000
