@@ -14,13 +14,14 @@ PREVIEW_SIDE = 512
 def render_png(
     index: TileIndex, bounds: Bounds, max_side: int = PREVIEW_SIDE, outlines: list | None = None
 ) -> bytes:
-    """The window as a PNG (≤ 1 MB), optionally with polygons (mosaic CRS) outlined in yellow."""
+    """The window as a PNG (≤ 1 MB) whose long side is ``max_side`` pixels (read from overviews, or
+    resampled up for a small window, so a client sees a useful picture), optionally with polygons
+    (mosaic CRS) outlined in yellow."""
     from PIL import Image, ImageDraw
 
     w_m, h_m = bounds[2] - bounds[0], bounds[3] - bounds[1]
     mosaic = index.mosaic()
-    native = max(w_m / mosaic.res[0], h_m / mosaic.res[1])
-    side = int(max(16, min(max_side, native)))
+    side = int(max(16, max_side))
     if w_m >= h_m:
         size = (max(1, round(side * h_m / w_m)), side)
     else:

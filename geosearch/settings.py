@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None
     llm_model: str | None = None
     llm_api_key: str | None = None
+    # The LLM planner's chat model, any LangChain one: "provider:model" through langchain's
+    # init_chat_model ("anthropic:claude-sonnet-4-5", "ollama:llama3.1", "openai:gpt-4o"; base URL
+    # and key from llm_base_url / llm_api_key when set), or "package.module:factory" returning a
+    # chat model. Unset: the built-in OpenAI-compatible client over llm_base_url.
+    llm_chat_model: str | None = None
 
     @field_validator("scales_m", "data_roots", "seg_fracs", mode="before")
     @classmethod

@@ -92,11 +92,63 @@ class OpenAICompatChat(BaseChatModel):
 
 
 def chat_model_from_settings(settings: Settings) -> BaseChatModel:
+    """The planner's chat model from one setting, ``GEOSEARCH_LLM_CHAT_MODEL``:
+
+    * ``provider:model`` (``anthropic:claude-sonnet-4-5``, ``ollama:llama3.1``, ``openai:gpt-4o``):
+      LangChain's ``init_chat_model`` (``pip install "geosearch[agent]"`` plus the provider's
+      package), with ``GEOSEARCH_LLM_BASE_URL`` / ``GEOSEARCH_LLM_API_KEY`` passed on when set;
+    * ``package.module:factory``: a callable returning any LangChain chat model;
+    * unset: the built-in client for an OpenAI-compatible endpoint at ``GEOSEARCH_LLM_BASE_URL``.
+    """
+    spec = (settings.llm_chat_model or "").strip()
+    if spec:
+        return _chat_model_from_spec(spec, settings)
     if not settings.llm_base_url:
         raise GeoSearchError(
-            "the LLM planner needs a model: set GEOSEARCH_LLM_BASE_URL and GEOSEARCH_LLM_MODEL "
-            "(an OpenAI-compatible endpoint), or pass a LangChain chat model"
+            "the LLM planner needs a model: set GEOSEARCH_LLM_CHAT_MODEL (e.g. anthropic:claude-sonnet-4-5, "
+            "ollama:llama3.1) or GEOSEARCH_LLM_BASE_URL and GEOSEARCH_LLM_MODEL (an OpenAI-compatible endpoint)"
         )
     return OpenAICompatChat(
         base_url=settings.llm_base_url, model=settings.llm_model or "default", api_key=settings.llm_api_key
     )
+
+
+def _chat_model_from_spec(spec: str, settings: Settings) -> BaseChatModel:
+    import importlib
+
+    left, sep, right = spec.partition(":")
+    if not sep or not left or not right:
+        raise GeoSearchError(
+            f"GEOSEARCH_LLM_CHAT_MODEL={spec!r}: give provider:model (anthropic:claude-sonnet-4-5) "
+            "or package.module:factory"
+        )
+    if "." in left:  # an import path to a factory
+        try:
+            factory = getattr(importlib.import_module(left), right)
+        except (ImportError, AttributeError) as exc:
+            raise GeoSearchError(f"GEOSEARCH_LLM_CHAT_MODEL={spec!r}: cannot import it ({exc})") from exc
+        model = factory()
+    else:
+        try:
+            from langchain.chat_models import init_chat_model
+        except ImportError as exc:
+            raise GeoSearchError(
+                f'GEOSEARCH_LLM_CHAT_MODEL={spec!r} needs LangChain: pip install "geosearch[agent]" '
+                f"(and the provider's package, e.g. langchain-{left.replace('_', '-')})"
+            ) from exc
+        kw = {}
+        if settings.llm_base_url:
+            kw["base_url"] = settings.llm_base_url
+        if settings.llm_api_key:
+            kw["api_key"] = settings.llm_api_key
+        try:
+            model = init_chat_model(right, model_provider=left, temperature=0, **kw)
+        except ImportError as exc:
+            raise GeoSearchError(
+                f"GEOSEARCH_LLM_CHAT_MODEL={spec!r}: install the provider's package ({exc})"
+            ) from exc
+        except ValueError as exc:
+            raise GeoSearchError(f"GEOSEARCH_LLM_CHAT_MODEL={spec!r}: {exc}") from exc
+    if not isinstance(model, BaseChatModel):
+        raise GeoSearchError(f"GEOSEARCH_LLM_CHAT_MODEL={spec!r} did not give a LangChain chat model")
+    return model

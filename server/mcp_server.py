@@ -354,7 +354,17 @@ def serve(
 
     settings = get_settings()
     mcp = create_server(roots or None, settings=settings)
+    ws = mcp.workspace  # type: ignore[attr-defined]
+    n = len(ws.catalogue())
+    where = ", ".join(map(str, ws.roots))
     if not http:
+        # stdout is the protocol: say on stderr what is served, so a terminal user sees it is alive
+        print(
+            f"GeoSearch MCP server {_version()} on stdio: {n} index(es) under {where} "
+            f"(waiting for a client; Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
         mcp.run("stdio")
         return
     import uvicorn
@@ -364,7 +374,7 @@ def serve(
     token = token or settings.bearer_token
     app = http_app(mcp, host, port, token, allowed_hosts)
     print(
-        f"GeoSearch MCP server on http://{host}:{port}/mcp (roots: {', '.join(map(str, mcp.workspace.roots))})",
+        f"GeoSearch MCP server {_version()} on http://{host}:{port}/mcp: {n} index(es) under {where}",
         file=sys.stderr,
         flush=True,
     )

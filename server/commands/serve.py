@@ -38,9 +38,74 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="extra Host header value accepted (behind a proxy)",
     )
     p.add_argument("--log-level", default="warning")
+    p.add_argument(
+        "--print-config",
+        choices=CLIENTS,
+        default=None,
+        metavar="CLIENT",
+        help=f"print a client config that starts this server as given, then exit ({', '.join(CLIENTS)})",
+    )
+
+
+CLIENTS = ("claude", "vscode", "cursor")
+
+
+def client_config(client: str, args) -> dict:
+    """The JSON a client needs to start (stdio) or reach (--http) this server. The command is this
+    Python, by absolute path, running ``-m geosearch_server``: it works for a venv install that is
+    not on the client's PATH, and the roots are absolute, since clients start servers elsewhere."""
+    import sys
+    from pathlib import Path
+
+    roots = [str(Path(r).expanduser().resolve()) for r in args.root] or [str(Path.cwd().resolve())]
+    serve_args = ["-m", "geosearch_server", "serve"]
+    for r in roots:
+        serve_args += ["--root", r]
+    env = {"GEOSEARCH_OFFLINE": "1"}
+    if args.http:
+        host = args.host or "127.0.0.1"
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{args.port or 8765}/mcp"
+        if client == "vscode":
+            entry = {"type": "http", "url": url}
+            out: dict = {"servers": {"geosearch": entry}}
+            if args.token:
+                entry["headers"] = {"Authorization": "Bearer ${input:geosearch-token}"}
+                out["inputs"] = [
+                    {
+                        "type": "promptString",
+                        "id": "geosearch-token",
+                        "description": "GeoSearch bearer token",
+                        "password": True,
+                    }
+                ]
+            return out
+        entry = {"url": url}
+        if args.token:
+            entry["headers"] = {"Authorization": "Bearer YOUR_TOKEN"}
+        if client == "claude":  # Claude Desktop starts stdio servers; bridge HTTP with mcp-remote
+            entry = {"command": "npx", "args": ["-y", "mcp-remote", url]}
+        return {"mcpServers": {"geosearch": entry}}
+    entry = {"command": sys.executable, "args": serve_args, "env": env}
+    if client == "vscode":
+        return {"servers": {"geosearch": {"type": "stdio", **entry}}}
+    return {"mcpServers": {"geosearch": entry}}
+
+
+CONFIG_FILES = {
+    "claude": "claude_desktop_config.json (Settings > Developer > Edit Config)",
+    "vscode": ".vscode/mcp.json in your workspace",
+    "cursor": "~/.cursor/mcp.json (or .cursor/mcp.json in a project)",
+}
 
 
 def run(args) -> int:
+    if args.print_config:
+        import json
+        import sys
+
+        print(json.dumps(client_config(args.print_config, args), indent=2))
+        print(f"# paste into {CONFIG_FILES[args.print_config]}", file=sys.stderr)
+        return 0
     from geosearch_server.mcp_server import serve_from_args
 
     serve_from_args(args)
