@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8765
     bearer_token: str | None = None
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header values the HTTP transport accepts besides loopback (env: comma-separated; "
+        "'*' accepts any host and needs a bearer token), e.g. geo.example.org or geo.example.org:443",
+    )
 
     # Optional LLM (planner / parser / explanation)
     llm_base_url: str | None = None
@@ -102,6 +107,16 @@ class Settings(BaseSettings):
             for sep in seps:
                 text = text.replace(sep, "\n")
             return [part for part in text.split("\n") if part]
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value):
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [h for h in text.replace(",", " ").split() if h]
         return value
 
 

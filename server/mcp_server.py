@@ -331,11 +331,20 @@ def http_app(
         if host not in ("0.0.0.0", "::"):
             hosts.append(f"{host}:*")
             origins.append(f"http://{host}:*")
-    hosts += [h if ":" in h else f"{h}:*" for h in allowed_hosts]
-    origins += list(allowed_origins)
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
-    )
+    extra = [h.strip() for h in allowed_hosts if h.strip()]
+    if "*" in extra:  # behind a proxy or in a container: any Host, but never without a token
+        if not token:
+            raise GeoSearchError("allowing any Host header ('*') needs --token (or GEOSEARCH_BEARER_TOKEN)")
+        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    else:
+        for h in extra:
+            hosts += [h] if ":" in h.rsplit("]", 1)[-1] else [h, f"{h}:*"]  # with a port, or any
+            name = h.split(":")[0] if not h.startswith("[") else h
+            origins += [f"http://{name}:*", f"https://{name}:*", f"http://{name}", f"https://{name}"]
+        origins += list(allowed_origins)
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+        )
     app = mcp.streamable_http_app(transport_security=security, host=host)
     return BearerAuth(app, token) if token else app
 
@@ -372,7 +381,7 @@ def serve(
     host = host or settings.http_host
     port = port or settings.http_port
     token = token or settings.bearer_token
-    app = http_app(mcp, host, port, token, allowed_hosts)
+    app = http_app(mcp, host, port, token, [*allowed_hosts, *settings.allowed_hosts])
     print(
         f"GeoSearch MCP server {_version()} on http://{host}:{port}/mcp: {n} index(es) under {where}",
         file=sys.stderr,

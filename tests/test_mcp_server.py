@@ -436,3 +436,39 @@ def test_workspace_path_checks(tmp_path):
             ws.resolve(ref)
     with pytest.raises(InputError):
         Workspace([], restrict=True)
+
+
+def test_allowed_hosts_setting_for_a_server_behind_a_host_name(tmp_path, monkeypatch):
+    """GEOSEARCH_ALLOWED_HOSTS lets clients reach the HTTP transport by a host name (a container, a
+    proxy); other hosts are still refused, and '*' is only allowed with a token."""
+    from starlette.testclient import TestClient
+
+    from geosearch.errors import GeoSearchError
+    from geosearch.settings import Settings
+    from geosearch_server.mcp_server import create_server, http_app
+
+    monkeypatch.setenv("GEOSEARCH_ALLOWED_HOSTS", "geo.example.org, 10.1.2.3:8765")
+    settings = Settings()
+    assert settings.allowed_hosts == ["geo.example.org", "10.1.2.3:8765"]
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    accept = {"Accept": "application/json, text/event-stream", "Authorization": "Bearer tok"}
+
+    def statuses(allowed, hosts) -> list[int]:
+        app = http_app(create_server([str(tmp_path)]), "0.0.0.0", 8765, "tok", allowed)
+        with TestClient(app) as c:
+            return [c.post("/mcp", json=init, headers={**accept, "Host": h}).status_code for h in hosts]
+
+    hosts = ["geo.example.org", "geo.example.org:443", "10.1.2.3:8765", "evil.example.com", "10.1.2.3"]
+    assert statuses(settings.allowed_hosts, hosts) == [200, 200, 200, 421, 421]
+    assert statuses(["*"], ["whatever.internal:9000"]) == [200]
+    with pytest.raises(GeoSearchError, match="token"):
+        http_app(create_server([str(tmp_path)]), "127.0.0.1", 8765, None, ["*"])

@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="HOST[:PORT]",
-        help="extra Host header value accepted (behind a proxy)",
+        help="extra Host header accepted, e.g. geo.example.org (repeatable; env GEOSEARCH_ALLOWED_HOSTS; "
+        "'*' = any, needs a token)",
     )
     p.add_argument("--log-level", default="warning")
     p.add_argument(
