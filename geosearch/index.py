@@ -544,7 +544,8 @@ class TileIndex:
             files.append(found)
         if missing:
             raise InputError(
-                f"mosaic file(s) of index {self.path.name} not found; looked for: {'; '.join(missing[:3])}"
+                f"mosaic file(s) of index {self.path.name} not found; looked for: {'; '.join(missing[:3])}. "
+                f"Moved them? point the index at the new place: geosearch relocate {self.path} NEW_FOLDER"
             )
         return open_mosaic(
             files,
@@ -593,3 +594,64 @@ class TileIndex:
             "date": m.get("date"),
             "dates": self.date_list,
         }
+
+
+def relocate_index(path: str | Path, locations: Sequence[str | Path]) -> dict:
+    """Point an index at imagery that moved: each recorded raster is looked for by file name under
+    ``locations`` (folders, searched recursively, or files), and the new set must have the content
+    fingerprint the index was built from (same files, bytes and grid), so an index can never be
+    pointed at other imagery. Returns ``{date: [new files]}``; the index is changed in one
+    transaction, or not at all."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"no index at {path}")
+    found: dict[str, list[Path]] = {}
+    for loc in locations:
+        loc = Path(loc).expanduser()
+        if not loc.exists():
+            raise InputError(f"{loc} does not exist")
+        for p in [loc] if loc.is_file() else sorted(loc.rglob("*")):
+            if p.is_file():
+                found.setdefault(p.name, []).append(p.resolve())
+    con = db.connect(path)
+    try:
+        meta = _read_meta(con)
+        if "model_id" not in meta:
+            raise InputError(f"{path} is not a GeoSearch index")
+        rows = _mosaic_rows(con, meta)
+        moved: dict[str | None, tuple[list[str], str, dict]] = {}
+        for date, fingerprint, desc in rows:
+            files = []
+            for f in desc["files"]:
+                name = Path(f).name
+                cands = found.get(name, [])
+                if not cands:
+                    raise InputError(f"no file named {name!r} under {', '.join(map(str, locations))}")
+                if len(cands) > 1:
+                    raise InputError(
+                        f"{name!r} is there more than once: {cands[0]}, {cands[1]}; give the folder"
+                    )
+                files.append(cands[0])
+            mosaic = open_mosaic(files, bands=desc["rgb_bands"], stretch=desc["stretch"])
+            if mosaic.fingerprint() != fingerprint:
+                raise InputError(
+                    f"the rasters found ({', '.join(map(str, files[:3]))}) are not the imagery this index "
+                    "was built from (their content fingerprint differs); build a new index for them"
+                )
+            new_desc = {**desc, "files": [str(p) for p in files]}
+            moved[date] = ([str(p) for p in files], fingerprint, new_desc)
+        with db.transaction(con):
+            for date, (files, _fp, new_desc) in moved.items():
+                con.execute(
+                    "UPDATE mosaics SET files = ?, description = ? WHERE date IS NOT DISTINCT FROM ?",
+                    [json.dumps(files), json.dumps(new_desc), date],
+                )
+                if date == meta.get("date") and meta.get("mosaic"):
+                    con.execute(
+                        "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                        ["mosaic", json.dumps({**meta["mosaic"], "files": files})],
+                    )
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    return {str(d) if d is not None else "": f for d, (f, _, _) in moved.items()}

@@ -127,3 +127,35 @@ def test_index_opens_from_any_folder(tmp_path, tiny_settings, monkeypatch):
     (work / "m.tif").rename(work / "moved.tif")
     with pytest.raises(InputError, match=r"not found; looked for: .*m\.tif"):
         TileIndex.open(work / "i.duckdb").mosaic()
+
+
+def test_relocate_points_an_index_at_moved_imagery(tmp_path, tiny_settings, monkeypatch, capsys):
+    """`geosearch relocate INDEX FOLDER` finds the rasters by name, checks they are the same imagery
+    (content fingerprint) and records the new paths; other imagery of the same name is refused and
+    the index is left as it was."""
+    from geosearch_server.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    write_raster(work / "m.tif", width=128, height=128)
+    build_index([work / "m.tif"], work / "i.duckdb", settings=tiny_settings, progress=False)
+    new = tmp_path / "archive" / "2024"
+    new.mkdir(parents=True)
+    (work / "m.tif").rename(new / "m.tif")
+    with pytest.raises(InputError, match=r"geosearch relocate .*i\.duckdb NEW_FOLDER"):
+        TileIndex.open(work / "i.duckdb").mosaic()
+
+    # a different raster under the same name is not the imagery the index was built from
+    other = tmp_path / "other"
+    other.mkdir()
+    write_raster(other / "m.tif", width=128, height=128, seed=5)
+    assert main(["relocate", str(work / "i.duckdb"), str(other)]) == 2
+    assert "not the imagery this index was built from" in capsys.readouterr().err
+    assert TileIndex.open(work / "i.duckdb").meta["mosaic"]["files"] == [str(work / "m.tif")]
+    assert main(["relocate", str(work / "i.duckdb"), str(tmp_path / "nowhere")]) == 2
+
+    assert main(["relocate", str(work / "i.duckdb"), str(tmp_path / "archive")]) == 0
+    assert "now at" in capsys.readouterr().out
+    idx = TileIndex.open(work / "i.duckdb")
+    assert idx.meta["mosaic"]["files"] == [str(new / "m.tif")]
+    assert idx.mosaic().read(idx.bounds[0], 8).rgb.shape == (8, 8, 3)
