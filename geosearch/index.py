@@ -537,7 +537,7 @@ class TileIndex:
         files, missing = [], []
         for f in m["files"]:
             p = Path(f)
-            tries = [p] if p.is_absolute() else [self.path.parent / p, p]
+            tries = [p] if p.is_absolute() else list(dict.fromkeys([self.path.parent / p, p.absolute()]))
             found = next((t for t in tries if t.exists()), None)
             if found is None:
                 missing.append(" or ".join(str(t.absolute()) for t in tries))

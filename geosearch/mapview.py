@@ -245,7 +245,7 @@ if (M.explanation) h += `<p>${esc(M.explanation)}</p>`;
 h += `<p class="muted">index ${esc(M.index)}<br>model ${esc(M.model)}<br>${esc(M.crs)}${M.created ? "<br>" + esc(M.created) : ""}</p>`;
 for (const it of D.items) {
   const rows = Object.entries(it.features).map(([k, v]) => `<tr><td>${esc(k)}</td><td>${fmt(v)}</td></tr>`).join("");
-  const rels = it.relations.map(r => `<div class="muted">${esc(r.relation || r.kind || "")} ${esc(r.layer || "")}: ${r.satisfied === false || r.holds === false ? "✗" : "✓"}</div>`).join("");
+  const rels = it.relations.map(r => `<div class="muted">${esc(r.negated ? "not " : "")}${esc(r.predicate || r.relation || "")} ${esc(r.layer || "")}${r.value != null ? " (" + fmt(r.value) + " " + esc(r.unit || "") + ")" : ""}: ${(r.satisfied != null ? r.satisfied : r.holds) ? "✓" : "✗"}</div>`).join("");
   h += `<div class="item" data-id="${esc(it.id)}"><span class="sw" style="background:${it.colour}"></span>
     <b>${it.kind === "region" ? "#" + it.rank : "near-miss"} ${esc(it.id)}</b>
     <table class="kv"><tr><td>score</td><td>${fmt(it.score)}</td></tr><tr><td>confidence</td><td>${fmt(it.confidence)}</td></tr>

@@ -382,12 +382,30 @@ def serve(
     port = port or settings.http_port
     token = token or settings.bearer_token
     app = http_app(mcp, host, port, token, [*allowed_hosts, *settings.allowed_hosts])
+    _check_can_bind(host, port)
     print(
         f"GeoSearch MCP server {_version()} on http://{host}:{port}/mcp: {n} index(es) under {where}",
         file=sys.stderr,
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def _check_can_bind(host: str, port: int) -> None:
+    """A port in use or an address not on this machine: one line, not uvicorn's traceback."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, OverflowError) as exc:
+        raise GeoSearchError(f"cannot serve on {host}:{port}: {exc}") from exc
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise GeoSearchError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 def serve_from_args(args: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--http", action="store_true", help="serve streamable HTTP on /mcp instead of stdio")
     p.add_argument("--host", default=None, help="HTTP bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8765)")
+    p.add_argument("--port", type=_port, default=None, help="HTTP port (default 8765)")
     p.add_argument(
         "--token", default=None, help="bearer token HTTP clients must send (required off loopback)"
     )
@@ -51,6 +51,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 CLIENTS = ("claude", "vscode", "cursor")
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535, not {port}")
+    return port
+
+
 def client_config(client: str, args) -> dict:
     """The JSON a client needs to start (stdio) or reach (--http) this server. The command is this
     Python, by absolute path, running ``-m geosearch_server``: it works for a venv install that is
@@ -58,7 +68,12 @@ def client_config(client: str, args) -> dict:
     import sys
     from pathlib import Path
 
+    from geosearch.errors import InputError
+
     roots = [str(Path(r).expanduser().resolve()) for r in args.root] or [str(Path.cwd().resolve())]
+    for r in roots:
+        if not Path(r).is_dir():
+            raise InputError(f"data root is not a folder: {r}")
     serve_args = ["-m", "geosearch_server", "serve"]
     for r in roots:
         serve_args += ["--root", r]
