@@ -226,3 +226,28 @@ def test_installed_names_are_namespaced(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[0] == "[]"
+
+
+def test_mcp_answer_comes_with_a_picture(chain_root):  # noqa: F811
+    import base64
+    import io
+
+    import anyio
+    from mcp import Client
+    from PIL import Image
+
+    from geosearch_server.mcp_server import create_server
+
+    async def go():
+        async with Client(create_server([str(chain_root)])) as client:
+            return await client.call_tool("answer", {"text": "red", "index": "scene.duckdb", "k": 2})
+
+    res = anyio.run(go)
+    images = [c for c in res.content if c.type == "image"]
+    assert len(images) == 1 and images[0].mime_type == "image/png"
+    img = Image.open(io.BytesIO(base64.b64decode(images[0].data)))
+    assert max(img.size) == 512  # a useful size, whatever the window's native pixels
+    px = np.asarray(img.convert("RGB")).astype(int)
+    yellow = (px[..., 0] > 200) & (px[..., 1] > 200) & (px[..., 2] < 80)
+    assert yellow.sum() > 100  # the regions are outlined
+    assert res.structured_content["preview"]["uri"].startswith("geosearch://previews/")

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from geosearch_tools.common import ProgressFn, RegionOut, Workspace, jsonable, parse_area, region_from_engine
+from geosearch_tools.zoom_tile import Preview
 
 
 class AnswerInput(BaseModel):
@@ -20,6 +21,7 @@ class AnswerInput(BaseModel):
     )
     k: int = Field(5, ge=1, le=50, description="at most this many regions")
     explain: bool = Field(True, description="add a short explanation of the answer")
+    preview: bool = Field(True, description="attach a 512 px picture of the regions (or near-misses)")
 
 
 class AnswerOutput(BaseModel):
@@ -35,6 +37,7 @@ class AnswerOutput(BaseModel):
     )
     near_misses: list[RegionOut] = Field(default_factory=list)
     geojson: dict[str, Any] = Field(description="FeatureCollection (EPSG:4326); near-misses in properties")
+    preview: Preview | None = Field(None, description="the regions outlined on the imagery (PNG)")
 
 
 def run(inp: AnswerInput, ws: Workspace, progress: ProgressFn | None = None) -> AnswerOutput:
@@ -47,10 +50,35 @@ def run(inp: AnswerInput, ws: Workspace, progress: ProgressFn | None = None) -> 
             area=area, options={"explain": inp.explain}, settings=ws.settings, progress=progress
         )
         ans = answer(h.index, inp.text, inp.k, ctx)
-    return to_output(ans, ws, h.name)
+        preview = answer_preview(ws, h, ans) if inp.preview else None
+    return to_output(ans, ws, h.name, preview)
 
 
-def to_output(ans, ws: Workspace, index_name: str) -> AnswerOutput:
+def answer_preview(ws: Workspace, h, ans) -> Preview | None:
+    """The answer's regions (else its near-misses) outlined on one picture of the area they span."""
+    from geosearch.geo import reproject_geom
+    from geosearch_tools.zoom_tile import preview_for
+
+    shown = ans.regions or ans.near_misses
+    if not shown:
+        return None
+    idx = h.index
+    geoms = [reproject_geom(r.polygon_wgs84, "EPSG:4326", idx.crs) for r in shown]
+    xs0, ys0, xs1, ys1 = zip(*(g.bounds for g in geoms))
+    x0, y0, x1, y1 = min(xs0), min(ys0), max(xs1), max(ys1)
+    side = max(x1 - x0, y1 - y0) * 1.3 + 1.0
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    mb = idx.mosaic().bounds
+    bounds = (
+        max(mb[0], cx - side / 2),
+        max(mb[1], cy - side / 2),
+        min(mb[2], cx + side / 2),
+        min(mb[3], cy + side / 2),
+    )
+    return preview_for(ws, h, bounds, outlines=geoms, tag=f"answer-{id(ans)}")
+
+
+def to_output(ans, ws: Workspace, index_name: str, preview: Preview | None = None) -> AnswerOutput:
     """An engine :class:`~geosearch.pipeline.Answer` at the tool boundary (converted once; the
     GeoJSON is cached as a resource)."""
     gj = jsonable(ans.geojson())
@@ -72,4 +100,5 @@ def to_output(ans, ws: Workspace, index_name: str) -> AnswerOutput:
         regions=[region_from_engine(r) for r in ans.regions],
         near_misses=[region_from_engine(r) for r in ans.near_misses],
         geojson=gj,
+        preview=preview,
     )

@@ -96,11 +96,13 @@ TOOLS: list[ToolSpec] = [
         "Answer a region query",
         "The whole answering chain (parse, coarse search, pyramid, segmentation, relations, calibrated "
         "abstention, explanation) - the same one `geosearch eval` scores: a GeoJSON FeatureCollection of "
-        "regions with confidence and flags, or an abstention with its reason and the best near-misses.",
+        "regions with confidence and flags, or an abstention with its reason and the best near-misses; "
+        "a 512 px picture of the regions (image content) and an HTML map page at map_uri.",
         t_answer.AnswerInput,
         t_answer.AnswerOutput,
         t_answer.run,
         read_only=False,
+        images=True,
     ),
 ]
 

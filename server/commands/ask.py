@@ -55,6 +55,7 @@ def run(args) -> int:
             area=list(args.bbox) if args.bbox else None,
             k=args.k,
             explain=not args.no_explain,
+            preview=False,  # the CLI writes --html instead
         )
     except ValidationError as exc:
         raise InputError(tool_error_message(exc)) from exc
