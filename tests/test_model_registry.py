@@ -43,3 +43,19 @@ def test_any_arch_plus_checkpoint(tmp_path):
     torch.save({"foo": torch.zeros(3)}, bad)
     with pytest.raises(GeoSearchError, match="does not fit"):
         get_model(f"geosearch-tiny:{bad}")
+
+
+def test_a_missing_preset_fails_fast_when_the_hub_is_unreachable(tmp_path, monkeypatch):
+    """Online mode but no network: one quick connect, then the clear message (not ~30 s of hub
+    retries). The hub endpoint is pointed at a closed port on 127.0.0.1, so nothing leaves the machine."""
+    import huggingface_hub
+
+    from geosearch.models.registry import get_weight
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    called = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: called.append(a))
+    with pytest.raises(WeightsMissingError, match="not reachable"):
+        get_weight("remoteclip-vit-b-32", Settings(offline=False, models_dir=tmp_path))
+    assert not called  # the hub client (and its retries) was never started

@@ -69,6 +69,22 @@ def default_model_name() -> str:
     return "geosearch-starter"
 
 
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """One quick TCP connect before a download: offline, the hub client would retry for ~30 s."""
+    import socket
+
+    try:
+        endpoint = os.environ.get("HF_ENDPOINT", "")
+        if endpoint:
+            from urllib.parse import urlparse
+
+            host = urlparse(endpoint).hostname or host
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def get_weight(name: str, settings: Settings | None = None, *, download: bool = True) -> Path:
     """Local path of a preset's weights; downloads from the hub only when online and allowed."""
     settings = settings or get_settings()
@@ -80,19 +96,23 @@ def get_weight(name: str, settings: Settings | None = None, *, download: bool = 
         if path.is_file():
             return path
     offline = settings.offline or os.environ.get("HF_HUB_OFFLINE") == "1"  # honour the hub's own switch
+    reason = ""
     if download and not offline and spec.hub_repo:
-        try:
-            from huggingface_hub import hf_hub_download
+        if not _hub_reachable():
+            reason = " (the hub is not reachable from here: no network?)"
+        else:
+            try:
+                from huggingface_hub import hf_hub_download
 
-            return Path(
-                hf_hub_download(
-                    spec.hub_repo, spec.hub_filename or spec.weights_file, cache_dir=str(settings.models_dir)
+                return Path(
+                    hf_hub_download(
+                        spec.hub_repo,
+                        spec.hub_filename or spec.weights_file,
+                        cache_dir=str(settings.models_dir),
+                    )
                 )
-            )
-        except Exception as exc:  # noqa: BLE001 - any hub failure becomes the same clear message
-            reason = f" (download failed: {type(exc).__name__})"
-    else:
-        reason = ""
+            except Exception as exc:  # noqa: BLE001 - any hub failure becomes the same clear message
+                reason = f" (download failed: {type(exc).__name__})"
     raise WeightsMissingError(
         f"weights for {name!r} not found: put {spec.weights_file!r} in {settings.models_dir} "
         f"(from https://huggingface.co/{spec.hub_repo}) or pass {spec.arch}:/path/to/checkpoint" + reason
