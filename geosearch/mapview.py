@@ -239,7 +239,7 @@ for (const it of [...D.items].reverse()) {
 }
 const M = D.meta;
 let h = `<h1>${esc(M.query)}</h1>`;
-h += M.abstained ? `<div class="status notfound"><b>Not found.</b> ${esc(M.reason)}</div>`
+h += M.abstained ? `<div class="status notfound"><b>Not found.</b> ${esc(String(M.reason || "").replace(/^not found:\s*/i, ""))}</div>`
   : `<div class="status found"><b>${D.items.filter(i => i.kind === "region").length} region(s)</b> by <code>${esc(M.method)}</code></div>`;
 if (M.explanation) h += `<p>${esc(M.explanation)}</p>`;
 h += `<p class="muted">index ${esc(M.index)}<br>model ${esc(M.model)}<br>${esc(M.crs)}${M.created ? "<br>" + esc(M.created) : ""}</p>`;
