@@ -557,8 +557,9 @@ class TileIndex:
     def model(self, settings: Settings | None = None) -> EmbeddingModel:
         """The model the index was built with (refuses other weights under the same name)."""
         if self._model is None:
-            model = get_model(self.meta["model_name"], settings=settings)
-            self.attach_model(model)
+            from geosearch.models.registry import shared_model
+
+            self.attach_model(shared_model(self.meta["model_name"], settings))
         return self._model  # type: ignore[return-value]
 
     def attach_model(self, model: EmbeddingModel) -> None:

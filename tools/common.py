@@ -202,6 +202,7 @@ class Workspace:
             raise InputError("no data roots configured: pass --root DIR (or set GEOSEARCH_DATA_ROOTS)")
         self._lock = threading.Lock()
         self._indexes: OrderedDict[Path, IndexHandle] = OrderedDict()
+        self._opening: dict[Path, threading.Lock] = {}
         self._cache_size = cache_size
         self.answers: OrderedDict[str, dict] = OrderedDict()
         self.previews: OrderedDict[str, bytes] = OrderedDict()
@@ -255,16 +256,21 @@ class Workspace:
             if h is not None and h.mtime == mtime:
                 self._indexes.move_to_end(path)
                 return h
-        index = TileIndex.open(path)
-        index.model(self.settings)  # load once, outside the request that races for it
-        h = IndexHandle(self.display_name(path), path, index, mtime=mtime)
-        with self._lock:
-            old = self._indexes.get(path)
-            if old is not None and old.mtime == mtime:
-                return old
-            self._indexes[path] = h
-            while len(self._indexes) > self._cache_size:
-                self._indexes.popitem(last=False)
+            opening = self._opening.setdefault(path, threading.Lock())
+        # one thread opens an index and loads its model; a burst of first calls waits for it
+        # instead of loading the model fifty times over
+        with opening:
+            with self._lock:
+                h = self._indexes.get(path)
+                if h is not None and h.mtime == mtime:
+                    return h
+            index = TileIndex.open(path)
+            index.model(self.settings)
+            h = IndexHandle(self.display_name(path), path, index, mtime=mtime)
+            with self._lock:
+                self._indexes[path] = h
+                while len(self._indexes) > self._cache_size:
+                    self._indexes.popitem(last=False)
         return h
 
     @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -45,6 +46,9 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+TEXT_BATCH = 256  # texts per text-tower batch
+
+
 @dataclass
 class EmbeddingModel:
     """A CLIP-family model ready to embed RGB tiles and text into one unit-norm space.
@@ -65,6 +69,7 @@ class EmbeddingModel:
     batch_size: int = 64
     text_cache_size: int = 1024
     _text_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _cache_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.model.eval().to(self.device)
@@ -123,24 +128,32 @@ class EmbeddingModel:
     # -- text -------------------------------------------------------------------------------
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> np.ndarray:
-        """Embed strings; results are cached per string (LRU)."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
-        if missing:
-            tokens = self.tokenizer(missing)
+        """Embed strings; results are cached per string (LRU, thread-safe). Correct for any number
+        of texts: the batch is assembled from what was computed, not from the cache after eviction."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, 1), np.float32)
+        unique = list(dict.fromkeys(texts))
+        with self._cache_lock:
+            got = {t: self._text_cache[t] for t in unique if t in self._text_cache}
+        missing = [t for t in unique if t not in got]
+        for start in range(0, len(missing), TEXT_BATCH):
+            chunk = missing[start : start + TEXT_BATCH]
+            tokens = self.tokenizer(chunk)
             if isinstance(tokens, torch.Tensor):
                 tokens = tokens.to(self.device)
             with torch_threads(
-                1 if self.device.type == "cpu" and len(missing) <= 8 else torch.get_num_threads()
+                1 if self.device.type == "cpu" and len(chunk) <= 8 else torch.get_num_threads()
             ):
                 feats = F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
-            for text, vec in zip(missing, feats):
-                self._text_cache[text] = vec.astype(np.float32)
-                if len(self._text_cache) > self.text_cache_size:
-                    self._text_cache.popitem(last=False)
-        for t in texts:
-            if t in self._text_cache:
+            got.update({t: v.astype(np.float32) for t, v in zip(chunk, feats)})
+        with self._cache_lock:
+            for t in unique:
+                self._text_cache[t] = got[t]
                 self._text_cache.move_to_end(t)
-        return np.stack([self._text_cache[t] for t in texts]) if texts else np.zeros((0, 1), np.float32)
+            while len(self._text_cache) > self.text_cache_size:
+                self._text_cache.popitem(last=False)
+        return np.stack([got[t] for t in texts])
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -9,6 +9,7 @@ or ``ARCH:CHECKPOINT`` for any open_clip architecture plus a local checkpoint fi
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,22 @@ def get_model(
     raise GeoSearchError(f"unknown model {name!r}; known: {known}, or ARCH:/path/to/checkpoint")
 
 
+_SHARED: dict[tuple, EmbeddingModel] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_model(name: str, settings: Settings | None = None) -> EmbeddingModel:
+    """One loaded model per (name, device) in this process, built once under a lock: every index
+    of a server that uses the same weights shares them (read-only inference)."""
+    settings = settings or get_settings()
+    key = (name, str(resolve_device(settings.device)))
+    with _SHARED_LOCK:
+        model = _SHARED.get(key)
+        if model is None:
+            model = _SHARED[key] = get_model(name, settings=settings)
+        return model
+
+
 def _build_open_clip(
     name: str, arch: str, checkpoint: Path | None, device: torch.device, settings: Settings
 ) -> EmbeddingModel:
@@ -225,13 +242,23 @@ def _spec(name: str) -> ModelSpec:
 
 
 _builtin_done = False
+_builtin_lock = threading.RLock()
 
 
 def _ensure_builtin() -> None:
+    """Register the presets once. Marked done only after they are registered, under a lock, so a
+    burst of first calls never sees a half-filled registry."""
     global _builtin_done
     if _builtin_done:
         return
-    _builtin_done = True
+    with _builtin_lock:
+        if _builtin_done:
+            return
+        _register_builtin()
+        _builtin_done = True
+
+
+def _register_builtin() -> None:
     presets = [
         ModelSpec(
             "remoteclip-rn50",
