@@ -47,7 +47,9 @@ def test_registry_is_never_half_filled(monkeypatch):
         t.start()
     for t in threads:
         t.join()
-    assert len(seen) == 16 and all({"geosearch-tiny", "remoteclip-rn50", "geosearch-colour"} <= s for s in seen)
+    assert len(seen) == 16 and all(
+        {"geosearch-tiny", "remoteclip-rn50", "geosearch-colour"} <= s for s in seen
+    )
 
 
 def test_a_burst_of_first_calls_loads_the_model_once(tmp_path, tiny_settings, monkeypatch):
