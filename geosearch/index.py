@@ -22,6 +22,7 @@ tiling than the one it was built with raises :class:`IndexMismatchError` instead
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ from geosearch.errors import GeoSearchError, IndexMismatchError, InputError
 from geosearch.geo import Bounds, as_crs, boxes_to_wgs84, reproject_geom
 from geosearch.models import EmbeddingModel, get_model
 from geosearch.mosaic import Mosaic, open_mosaic
+from geosearch.sandbox import OPEN, FilePolicy, is_virtual
 from geosearch.settings import Settings, get_settings
 from geosearch.tiling import Tile, plan_tiles, tiles_for_mosaic, valid_fractions
 
@@ -421,9 +423,12 @@ class TileIndex:
     _date_mosaics: dict = field(default_factory=dict, repr=False)
     _model: EmbeddingModel | None = field(default=None, repr=False)
     _polys84: list | None = field(default=None, repr=False)
+    policy: FilePolicy = field(default=OPEN, repr=False)
 
     @classmethod
-    def open(cls, path: str | Path) -> TileIndex:
+    def open(cls, path: str | Path, policy: FilePolicy = OPEN) -> TileIndex:
+        """Open an index read-only; ``policy`` decides which rasters it may then open (a server's
+        sandbox; the CLI opens the user's own files)."""
         path = Path(path)
         if not path.is_file():
             raise InputError(f"index not found: {path}")
@@ -459,6 +464,7 @@ class TileIndex:
             embeddings=emb,
             dates=np.array(dates, dtype=object),
             mosaics=mosaics,
+            policy=policy,
         )
 
     def __len__(self) -> int:
@@ -536,12 +542,17 @@ class TileIndex:
         that) is looked for beside the index, then in the current folder."""
         files, missing = [], []
         for f in m["files"]:
+            f = str(f)
+            if is_virtual(f):  # never a local path: the policy allows it or says why not
+                files.append(self.policy.check_raster(f))
+                continue
             p = Path(f)
             tries = [p] if p.is_absolute() else list(dict.fromkeys([self.path.parent / p, p.absolute()]))
-            found = next((t for t in tries if t.exists()), None)
+            found = next((t for t in tries if os.path.lexists(t)), None)
             if found is None:
                 missing.append(" or ".join(str(t.absolute()) for t in tries))
-            files.append(found)
+                continue
+            files.append(self.policy.check_raster(found))
         if missing:
             raise InputError(
                 f"mosaic file(s) of index {self.path.name} not found; looked for: {'; '.join(missing[:3])}. "
@@ -552,7 +563,21 @@ class TileIndex:
             bands=m["rgb_bands"],
             stretch=m["stretch"],
             stretch_params=[tuple(p) for p in m["stretch_params"]],
+            policy=self.policy,
         )
+
+    def check_files(self) -> None:
+        """Check every raster this index refers to (all dates) against its policy, without opening
+        any: a server refuses a crafted index before any work."""
+        if not self.policy.restricted:
+            return
+        for m in [self.meta.get("mosaic") or {}, *self.mosaics.values()]:
+            for f in m.get("files", []):
+                f = str(f)
+                if is_virtual(f) or Path(f).is_absolute():
+                    self.policy.check_raster(f)
+                else:
+                    self.policy.check_raster(self.path.parent / f)
 
     def model(self, settings: Settings | None = None) -> EmbeddingModel:
         """The model the index was built with (refuses other weights under the same name)."""

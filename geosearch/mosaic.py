@@ -25,6 +25,7 @@ from rasterio.windows import from_bounds
 
 from geosearch.errors import InputError
 from geosearch.geo import WGS84, Bounds, as_crs, pixel_size_m, reproject_bounds, transformer
+from geosearch.sandbox import OPEN, FilePolicy
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".geotiff"}
 Stretch = Literal["auto", "percentile", "minmax", "none"]
@@ -61,11 +62,13 @@ class ReadStats:
 class _Source:
     """One raster file; the dataset handle is per thread (rasterio handles are not thread-safe)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, policy: FilePolicy = OPEN):
         self.path = path
+        self.policy = policy
         self._local = threading.local()
         try:
-            with rasterio.open(path) as ds:
+            with rasterio.Env(**policy.gdal_env()), rasterio.open(path) as ds:
+                policy.check_driver(ds.driver, path)
                 self.crs = ds.crs
                 self.transform = ds.transform
                 self.width, self.height = ds.width, ds.height
@@ -86,7 +89,8 @@ class _Source:
     def dataset(self):
         ds = getattr(self._local, "ds", None)
         if ds is None or ds.closed:
-            ds = rasterio.open(self.path)
+            with rasterio.Env(**self.policy.gdal_env()):
+                ds = rasterio.open(self.path)
             self._local.ds = ds
         return ds
 
@@ -121,9 +125,12 @@ class Mosaic:
         stretch: Stretch = "auto",
         stretch_params: list[tuple[float, float]] | None = None,
         percentiles: tuple[float, float] = (2.0, 98.0),
+        policy: FilePolicy = OPEN,
     ):
         self.paths = collect_raster_paths(inputs)
-        self.sources = [_Source(p) for p in self.paths]
+        for p in self.paths:
+            policy.check_raster(p)
+        self.sources = [_Source(p, policy) for p in self.paths]
         first = self.sources[0]
         for src in self.sources[1:]:
             if as_crs(src.crs) != as_crs(first.crs):

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         description="Host header values the HTTP transport accepts besides loopback (env: comma-separated; "
         "'*' accepts any host and needs a bearer token), e.g. geo.example.org or geo.example.org:443",
     )
+    allowed_url_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Remote or virtual raster paths a served index may name (env: comma-separated), e.g. "
+        "/vsicurl/https://data.example.org/cogs/ ; everything else outside the data roots is refused",
+    )
 
     # Optional LLM (planner / parser / explanation)
     llm_base_url: str | None = None
@@ -109,7 +114,7 @@ class Settings(BaseSettings):
             return [part for part in text.split("\n") if part]
         return value
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "allowed_url_prefixes", mode="before")
     @classmethod
     def _split_hosts(cls, value):
         if isinstance(value, str):

@@ -200,9 +200,15 @@ class Workspace:
         self.restricted = bool(self.roots) if restrict is None else restrict
         if self.restricted and not self.roots:
             raise InputError("no data roots configured: pass --root DIR (or set GEOSEARCH_DATA_ROOTS)")
+        from geosearch.sandbox import OPEN, FilePolicy
+
+        self.policy = (
+            FilePolicy.for_roots(self.roots, self.settings.allowed_url_prefixes) if self.restricted else OPEN
+        )
         self._lock = threading.Lock()
         self._indexes: OrderedDict[Path, IndexHandle] = OrderedDict()
         self._opening: dict[Path, threading.Lock] = {}
+        self._refused: dict[Path, tuple[float, InputError]] = {}
         self._cache_size = cache_size
         self.answers: OrderedDict[str, dict] = OrderedDict()
         self.previews: OrderedDict[str, bytes] = OrderedDict()
@@ -264,7 +270,17 @@ class Workspace:
                 h = self._indexes.get(path)
                 if h is not None and h.mtime == mtime:
                     return h
-            index = TileIndex.open(path)
+            refused = self._refused.get(path)
+            if refused is not None and refused[0] == mtime:
+                raise InputError(str(refused[1]))  # refused a moment ago: no second open
+            try:
+                index = TileIndex.open(path, policy=self.policy)
+                index.check_files()  # a crafted index is refused before any work
+            except InputError as exc:
+                self._refused[path] = (mtime, exc)
+                while len(self._refused) > 64:
+                    self._refused.pop(next(iter(self._refused)))
+                raise
             index.model(self.settings)
             h = IndexHandle(self.display_name(path), path, index, mtime=mtime)
             with self._lock:
