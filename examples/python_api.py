@@ -23,13 +23,14 @@ def main(index: str, text: str) -> int:
     else:
         print(f"{len(answer)} region(s)")
     for region in answer.regions or answer.near_misses:
-        print(f"  {region.region_id}: score {region.score:.3f} confidence {region.confidence}")
+        conf = "n/a" if region.confidence is None else f"{region.confidence:.2f}"
+        print(f"  {region.region_id}: score {region.score:.3f}, confidence {conf}")
 
     # into GIS and onto a map
     frame = answer.to_geodataframe()
     print(frame[["rank", "kind", "id", "score", "confidence"]].to_string(index=False))
-    answer.save("answer.gpkg")
-    answer.show("answer.html", open_browser=False)
+    print("wrote", answer.save("answer.gpkg"), "answer.gpkg")
+    print("wrote the map page", answer.show("answer.html", open_browser=False))
 
     # plain tile search, the same result type
     tiles = gs.search(text, k=3)

@@ -255,7 +255,7 @@ def calibrate(
 
     def region(key: str, c: Candidate, region_id: str, conf: float | None) -> Region:
         reg = to_region(index, c, region_id, conf, cfg["region_shape"])
-        reg.details["relations"] = report.results.get(key, [])
+        reg.details["relations"] = [{**r, "region_id": region_id} for r in report.results.get(key, [])]
         return reg
 
     regions = [region(key, c, f"{method}-{r}", conf) for r, ((key, c), conf) in enumerate(zip(top, confs), 1)]

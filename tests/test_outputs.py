@@ -251,3 +251,10 @@ def test_mcp_answer_comes_with_a_picture(chain_root):  # noqa: F811
     yellow = (px[..., 0] > 200) & (px[..., 1] > 200) & (px[..., 2] < 80)
     assert yellow.sum() > 100  # the regions are outlined
     assert res.structured_content["preview"]["uri"].startswith("geosearch://previews/")
+
+
+def test_ask_out_refuses_a_missing_folder(chain_root, tmp_path, capsys):  # noqa: F811
+    missing = tmp_path / "no" / "such" / "a.gpkg"
+    assert _cli("ask", str(chain_root / "scene.duckdb"), "red", "--out", str(missing)) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    assert _cli("ask", str(chain_root / "scene.duckdb"), "red", "--html", str(tmp_path)) == 2

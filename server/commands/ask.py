@@ -34,6 +34,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from pydantic import ValidationError
 
     from geosearch.errors import InputError
@@ -46,6 +48,13 @@ def run(args) -> int:
         format_for(args.out)  # refuse an unknown extension before any work
     if args.html and not args.html.lower().endswith((".html", ".htm")):
         raise InputError(f"--html {args.html!r}: give a file name ending in .html")
+    for flag, target in (("--out", args.out), ("--html", args.html)):
+        if target:
+            folder = Path(target).expanduser().absolute().parent
+            if not folder.is_dir():
+                raise InputError(f"{flag} {target!r}: the folder {folder} does not exist")
+            if Path(target).is_dir():
+                raise InputError(f"{flag} {target!r} is a folder: give a file name")
     ws = Workspace([], restrict=False)
     path = str(ws.resolve(args.index))
     try:
