@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         description="Host header values the HTTP transport accepts besides loopback (env: comma-separated; "
         "'*' accepts any host and needs a bearer token), e.g. geo.example.org or geo.example.org:443",
     )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser Origin values the HTTP transport accepts besides those of the allowed hosts "
+        "(env: comma-separated), e.g. https://app.example.org",
+    )
     allowed_url_prefixes: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Remote or virtual raster paths a served index may name (env: comma-separated), e.g. "
@@ -114,7 +119,7 @@ class Settings(BaseSettings):
             return [part for part in text.split("\n") if part]
         return value
 
-    @field_validator("allowed_hosts", "allowed_url_prefixes", mode="before")
+    @field_validator("allowed_hosts", "allowed_origins", "allowed_url_prefixes", mode="before")
     @classmethod
     def _split_hosts(cls, value):
         if isinstance(value, str):

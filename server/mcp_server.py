@@ -15,7 +15,6 @@ import argparse
 import inspect
 import ipaddress
 import json
-import secrets
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -287,31 +286,6 @@ def is_local_host(host: str) -> bool:
         return False
 
 
-class BearerAuth:
-    """ASGI middleware: every HTTP request needs ``Authorization: Bearer <token>``."""
-
-    def __init__(self, app, token: str):
-        self.app = app
-        self.token = token.encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            headers = dict(scope.get("headers") or [])
-            got = headers.get(b"authorization", b"")
-            if not secrets.compare_digest(got, b"Bearer " + self.token):
-                body = b'{"error": "unauthorized: send Authorization: Bearer <token>"}'
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 401,
-                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
-
-
 def http_app(
     mcp: MCPServer,
     host: str,
@@ -320,32 +294,26 @@ def http_app(
     allowed_hosts: Sequence[str] = (),
     allowed_origins: Sequence[str] = (),
 ):
-    """The streamable-HTTP ASGI app with DNS-rebinding protection (Host/Origin checks) and bearer auth."""
-    hosts = [f"{h}:*" for h in ("127.0.0.1", "localhost", "[::1]")]
-    origins = [f"http://{h}:*" for h in ("127.0.0.1", "localhost", "[::1]")]
-    if not is_local_host(host):
-        if not token:
-            raise GeoSearchError(
-                f"binding to {host} (not loopback) needs --token (or GEOSEARCH_BEARER_TOKEN)"
-            )
-        if host not in ("0.0.0.0", "::"):
-            hosts.append(f"{host}:*")
-            origins.append(f"http://{host}:*")
+    """The streamable-HTTP ASGI app behind exact Host / Origin checks (DNS rebinding) and bearer
+    auth. Loopback names are always served on ``port``; a non-loopback bind needs a token."""
+    from geosearch_server.http_guard import BearerAuth, HostOriginGuard, host_rules
+
+    if not is_local_host(host) and not token:
+        raise GeoSearchError(f"binding to {host} (not loopback) needs --token (or GEOSEARCH_BEARER_TOKEN)")
     extra = [h.strip() for h in allowed_hosts if h.strip()]
-    if "*" in extra:  # behind a proxy or in a container: any Host, but never without a token
-        if not token:
-            raise GeoSearchError("allowing any Host header ('*') needs --token (or GEOSEARCH_BEARER_TOKEN)")
-        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    else:
-        for h in extra:
-            hosts += [h] if ":" in h.rsplit("]", 1)[-1] else [h, f"{h}:*"]  # with a port, or any
-            name = h.split(":")[0] if not h.startswith("[") else h
-            origins += [f"http://{name}:*", f"https://{name}:*", f"http://{name}", f"https://{name}"]
-        origins += list(allowed_origins)
-        security = TransportSecuritySettings(
-            enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
-        )
+    any_host = "*" in extra
+    if any_host and not token:
+        raise GeoSearchError("allowing any Host header ('*') needs --token (or GEOSEARCH_BEARER_TOKEN)")
+    names = [f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]")]
+    if host not in ("0.0.0.0", "::") and not is_local_host(host):
+        names.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    try:
+        rules = host_rules(names + [h for h in extra if h != "*"])
+    except ValueError as exc:
+        raise GeoSearchError(f"--allowed-host: {exc}") from exc
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=False)  # checked exactly below
     app = mcp.streamable_http_app(transport_security=security, host=host)
+    app = HostOriginGuard(app, rules, allowed_origins, any_host=any_host)
     return BearerAuth(app, token) if token else app
 
 
@@ -357,6 +325,7 @@ def serve(
     port: int | None = None,
     token: str | None = None,
     allowed_hosts: Sequence[str] = (),
+    allowed_origins: Sequence[str] = (),
     log_level: str = "warning",
 ) -> None:
     from geosearch.settings import get_settings
@@ -381,7 +350,14 @@ def serve(
     host = host or settings.http_host
     port = port or settings.http_port
     token = token or settings.bearer_token
-    app = http_app(mcp, host, port, token, [*allowed_hosts, *settings.allowed_hosts])
+    app = http_app(
+        mcp,
+        host,
+        port,
+        token,
+        [*allowed_hosts, *settings.allowed_hosts],
+        [*allowed_origins, *settings.allowed_origins],
+    )
     _check_can_bind(host, port)
     print(
         f"GeoSearch MCP server {_version()} on http://{host}:{port}/mcp: {n} index(es) under {where}",
@@ -417,6 +393,7 @@ def serve_from_args(args: argparse.Namespace) -> None:
         port=args.port,
         token=args.token,
         allowed_hosts=args.allowed_host,
+        allowed_origins=args.allowed_origin,
         log_level=args.log_level,
     )
 

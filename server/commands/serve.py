@@ -38,6 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="extra Host header accepted, e.g. geo.example.org (repeatable; env GEOSEARCH_ALLOWED_HOSTS; "
         "'*' = any, needs a token)",
     )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="extra browser Origin accepted, e.g. https://app.example.org (repeatable; env GEOSEARCH_ALLOWED_ORIGINS)",
+    )
     p.add_argument("--log-level", default="warning")
     p.add_argument(
         "--print-config",
