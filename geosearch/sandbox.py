@@ -97,7 +97,10 @@ class FilePolicy:
                 f"raster {_short(str(p))!r} is refused: not a regular file (FIFO, device or folder)"
             )
         if self.roots and not any(real.is_relative_to(r) for r in self.roots):
-            raise InputError(f"raster {_short(str(p))!r} is refused: it is outside the data roots")
+            raise InputError(
+                f"raster {_short(str(p))!r} is refused: it is outside the data roots "
+                "(serve its folder as a root too: --root FOLDER)"
+            )
         return real
 
     def _check_xml(self, p: Path, depth: int) -> None:

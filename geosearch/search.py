@@ -44,6 +44,11 @@ def text_vector(index: TileIndex, texts: str | list[str]) -> np.ndarray:
     texts = [t.strip() for t in texts if t and t.strip()]
     if not texts:
         raise InputError("empty query: give some words to search for")
+    from geosearch.settings import get_settings
+
+    limit = get_settings().max_prompts
+    if len(set(texts)) > limit:
+        raise InputError(f"too many prompts: {len(set(texts))} (at most {limit}, GEOSEARCH_MAX_PROMPTS)")
     vec = index.model().encode_text(texts).mean(axis=0)
     return vec / (np.linalg.norm(vec) + 1e-12)
 

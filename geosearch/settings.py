@@ -71,6 +71,16 @@ class Settings(BaseSettings):
     fill: bool = Field(True, description="pad a short list with the next best (unrefined) windows")
     relation_pool: int = Field(3, ge=1, description="with relations: refine this many times k candidates")
 
+    # Limits on what one request may ask (the server refuses more, in one line, before any work)
+    max_query_chars: int = Field(2000, ge=10, description="characters in a query")
+    max_prompts: int = Field(256, ge=1, description="prompts embedded for one query (parsed or given)")
+    max_prompt_chars: int = Field(300, ge=10, description="characters in one prompt")
+    max_regions: int = Field(500, ge=1, description="regions given to check_relation")
+    max_evidence_ids: int = Field(64, ge=1, description="evidence tile ids given with one region")
+    max_polygon_vertices: int = Field(10_000, ge=4, description="vertices of one given polygon")
+    max_window_deg: float = Field(2.0, gt=0, description="largest side of a zoom / segment window (degrees)")
+    min_window_m: float = Field(1.0, gt=0, description="smallest side of a zoom / segment window (metres)")
+
     # Server
     data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,

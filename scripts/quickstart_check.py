@@ -67,12 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "GEOSEARCH_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     steps = []
+    serve_roots = [str(REPO)]
     for cmd in quickstart_commands(REPO / "README.md"):
         m = re.fullmatch(r"([A-Z_][A-Z0-9_]*)=(\S+)", cmd)
         if m:  # a shell variable the later lines use
             env[m.group(1)] = m.group(2)
             continue
-        if re.fullmatch(r"geosearch serve --root \S+( --http)?", cmd):
+        if re.fullmatch(r"geosearch serve( --root \S+)+( --http)?", cmd):
+            serve_roots = [str((REPO / r).resolve()) for r in re.findall(r"--root (\S+)", cmd)]
             steps.append({"command": cmd, "skipped": "blocks: the Inspector below starts the server"})
             continue
         steps.append(run(cmd, REPO, env))
@@ -86,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         elsewhere = Path(tempfile.mkdtemp(prefix="geosearch-client-"))
-        base = [inspector, "--cli", sys.executable, "-m", "geosearch_server", "serve", "--root", str(REPO)]
+        base = [inspector, "--cli", sys.executable, "-m", "geosearch_server", "serve"]
+        for r in serve_roots:  # the roots the README serves
+            base += ["--root", r]
 
         def call(tool: str, **targs) -> dict:
             cmd = base + ["--method", "tools/call", "--tool-name", tool]

@@ -136,6 +136,21 @@ def _make_tool(spec: ToolSpec, ws: Workspace) -> Callable[..., Any]:
     return tool
 
 
+def _raw_arguments(mcp: MCPServer, name: str) -> None:
+    """The SDK validates a call's arguments with a model built from the tool's signature, which
+    coerces ("5" -> 5, JSON text -> lists) and drops unknown fields, and reports failures over
+    several lines. Hand the arguments through untouched instead: the tool's own strict input model
+    validates them (no coercion, no unknown fields) and a failure is one line."""
+    from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
+
+    class RawArguments(FuncMetadata):
+        def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
+            return dict(arguments_to_validate or {})
+
+    tool = mcp._tool_manager.get_tool(name)  # noqa: SLF001 - no public hook for this
+    tool.fn_metadata = RawArguments.model_construct(**dict(tool.fn_metadata))
+
+
 def create_server(
     roots: Sequence[str] | None = None,
     *,
@@ -155,6 +170,7 @@ def create_server(
             description=spec.description,
             annotations=ToolAnnotations(read_only_hint=spec.read_only, open_world_hint=False),
         )
+        _raw_arguments(mcp, spec.name)
 
     def _res(fn: Callable[[], Any]) -> Any:
         try:

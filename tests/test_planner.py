@@ -22,7 +22,7 @@ def vegas_ws(tmp_path_factory, tiny_settings):
     settings = tiny_settings.model_copy(update={"scales_m": [128.0, 256.0]})
     build_index([tif], out, model="geosearch-tiny", settings=settings, progress=False)
     register_layer(out, roads, "roads", role="roads")
-    return Workspace([root], settings=tiny_settings, restrict=True)
+    return Workspace([root, tif.parent], settings=tiny_settings, restrict=True)  # imagery is a root too
 
 
 @pytest.mark.data

@@ -9,13 +9,22 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from geosearch_tools.common import ProgressFn, RegionOut, Workspace, jsonable, parse_area, region_from_engine
+from geosearch_tools.common import (
+    ProgressFn,
+    QueryText,
+    RegionOut,
+    StrictInput,
+    Workspace,
+    jsonable,
+    parse_area,
+    region_from_engine,
+)
 from geosearch_tools.zoom_tile import Preview
 
 
-class AnswerInput(BaseModel):
-    text: str = Field(min_length=1, max_length=2000, description="the question in words")
-    index: str = Field(min_length=1, description="index path (relative to a data root)")
+class AnswerInput(StrictInput):
+    text: QueryText = Field(min_length=1, description="the question in words")
+    index: str = Field(min_length=1, max_length=1000, description="index path (relative to a data root)")
     area: list[float] | dict[str, Any] | None = Field(
         None, description="bbox [minx, miny, maxx, maxy] in lon/lat, or a GeoJSON geometry (EPSG:4326)"
     )

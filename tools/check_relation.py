@@ -11,16 +11,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from geosearch.errors import GeoSearchError, InputError
-from geosearch_tools.common import ProgressFn, RegionIn, Workspace, jsonable, report
+from geosearch_tools.common import LIMITS, ProgressFn, RegionIn, StrictInput, Workspace, jsonable, report
 
 PredicateName = Literal[
     "near", "far_from", "within", "intersects", "contains", "along", "between", "density", "edge_of"
 ]
 
 
-class CheckRelationInput(BaseModel):
-    index: str = Field(min_length=1, description="index path (relative to a data root); its layers are used")
-    regions: list[RegionIn] = Field(min_length=1, max_length=500)
+class CheckRelationInput(StrictInput):
+    index: str = Field(
+        min_length=1, max_length=1000, description="index path (relative to a data root); its layers are used"
+    )
+    regions: list[RegionIn] = Field(min_length=1, max_length=LIMITS.max_regions)
     predicate: PredicateName
     layer: str = Field(
         min_length=1, max_length=63, description="layer name or role (roads, water, buildings...)"

@@ -10,19 +10,30 @@ from pydantic import BaseModel, Field, model_validator
 from geosearch.query import parse_query, query_from_prompts
 from geosearch.refine.common import query_vector
 from geosearch.search import search
-from geosearch_tools.common import ProgressFn, TileOut, Workspace, parse_area, report
+from geosearch_tools.common import (
+    ProgressFn,
+    Prompts,
+    QueryText,
+    StrictInput,
+    TileOut,
+    Workspace,
+    parse_area,
+    report,
+)
 
 
-class CoarseSearchInput(BaseModel):
-    index: str = Field(min_length=1, description="index path (relative to a data root) or catalogue name")
-    query: str | None = Field(None, max_length=2000, description="query in words (parsed into prompts)")
-    prompts: list[str] | None = Field(None, description="prompts to embed instead of a query")
-    negative_prompts: list[str] | None = Field(None, description="prompts to push away from")
+class CoarseSearchInput(StrictInput):
+    index: str = Field(
+        min_length=1, max_length=1000, description="index path (relative to a data root) or catalogue name"
+    )
+    query: QueryText | None = Field(None, description="query in words (parsed into prompts)")
+    prompts: Prompts | None = Field(None, description="prompts to embed instead of a query")
+    negative_prompts: Prompts | None = Field(None, description="prompts to push away from")
     area: list[float] | dict[str, Any] | None = Field(
         None, description="bbox [minx, miny, maxx, maxy] in lon/lat, or a GeoJSON geometry (EPSG:4326)"
     )
     k: int = Field(10, ge=1, le=500)
-    scales_m: list[float] | None = Field(None, description="restrict to these tile sizes (m)")
+    scales_m: list[float] | None = Field(None, max_length=32, description="restrict to these tile sizes (m)")
 
     @model_validator(mode="after")
     def _one_query(self) -> CoarseSearchInput:

@@ -18,21 +18,49 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import shapely
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from shapely.geometry import box, mapping, shape
 
 from geosearch.errors import GeoSearchError, InputError
+from geosearch.settings import get_settings
 
 ProgressFn = Callable[[float, float | None, str | None], None]
 INDEX_SUFFIXES = {".duckdb", ".db", ".gsidx"}
 
 
 # --- boundary models -----------------------------------------------------------------------
+LIMITS = get_settings()  # the named limits (GEOSEARCH_MAX_*), read once at start
 BBox = list[float]
+Prompt = Annotated[str, StringConstraints(min_length=1, max_length=LIMITS.max_prompt_chars)]
+Prompts = Annotated[list[Prompt], Field(max_length=LIMITS.max_prompts)]
+QueryText = Annotated[str, StringConstraints(max_length=LIMITS.max_query_chars)]
+EvidenceIds = Annotated[
+    list[Annotated[str, StringConstraints(max_length=200)]], Field(max_length=LIMITS.max_evidence_ids)
+]
+
+
+class StrictInput(BaseModel):
+    """A tool's input: no coercion ("5" is not a number, "yes" not a boolean), no unknown fields."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def check_window_bbox(v: list[float] | None) -> list[float] | None:
+    """A zoom / segment window: a valid bbox, neither vanishingly small nor huge."""
+    v = _check_bbox(v)
+    if v is None:
+        return v
+    w, h = v[2] - v[0], v[3] - v[1]
+    if max(w, h) > LIMITS.max_window_deg:
+        raise ValueError(f"window bbox is larger than {LIMITS.max_window_deg:g} degrees a side")
+    lat = np.radians((v[1] + v[3]) / 2)
+    if min(w * 111_320.0 * max(np.cos(lat), 1e-6), h * 110_574.0) < LIMITS.min_window_m:
+        raise ValueError(f"window bbox is smaller than {LIMITS.min_window_m:g} m a side")
+    return v
 
 
 def _check_bbox(v: list[float] | None) -> list[float] | None:
@@ -57,14 +85,14 @@ class TileOut(BaseModel):
     date: str | None = None
 
 
-class RegionIn(BaseModel):
+class RegionIn(StrictInput):
     """A region given to a tool: an id and a GeoJSON geometry (EPSG:4326) or a bbox."""
 
     id: str = Field(min_length=1, max_length=200)
     polygon: dict[str, Any] | None = Field(None, description="GeoJSON geometry in EPSG:4326")
     bbox: list[float] | None = Field(None, description="[minx, miny, maxx, maxy] in EPSG:4326")
     score: float | None = None
-    evidence_tiles: list[str] = Field(default_factory=list)
+    evidence_tiles: EvidenceIds = Field(default_factory=list)
 
     _v_bbox = field_validator("bbox")(classmethod(lambda cls, v: _check_bbox(v)))
 
@@ -84,6 +112,11 @@ class RegionIn(BaseModel):
             raise InputError(f"region {self.id!r} needs a polygon or a bbox")
         if geom.is_empty:
             raise InputError(f"region {self.id!r} has an empty geometry")
+        if shapely.get_num_coordinates(geom) > LIMITS.max_polygon_vertices:
+            raise InputError(
+                f"region {self.id!r} has more than {LIMITS.max_polygon_vertices} vertices "
+                "(GEOSEARCH_MAX_POLYGON_VERTICES)"
+            )
         minx, miny, maxx, maxy = geom.bounds
         if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
             raise InputError(f"region {self.id!r}: coordinates are not lon/lat (EPSG:4326)")

@@ -14,15 +14,15 @@ from geosearch.geo import WGS84, reproject_bounds
 from geosearch.query import parse_query, query_from_prompts
 from geosearch.refine.common import query_vector
 from geosearch_tools.check_relation import RelationOut
-from geosearch_tools.common import ProgressFn, RegionIn, Workspace, report
+from geosearch_tools.common import ProgressFn, Prompts, QueryText, RegionIn, StrictInput, Workspace, report
 from geosearch_tools.zoom_tile import Preview, preview_for
 
 
-class ExplainInput(BaseModel):
-    index: str = Field(min_length=1)
+class ExplainInput(StrictInput):
+    index: str = Field(min_length=1, max_length=1000)
     regions: list[RegionIn] = Field(min_length=1, max_length=20)
-    query: str = Field(min_length=1, max_length=2000)
-    prompts: list[str] | None = Field(None, description="prompts to score (default: parsed from the query)")
+    query: QueryText = Field(min_length=1)
+    prompts: Prompts | None = Field(None, description="prompts to score (default: parsed from the query)")
     check_relations: bool = Field(
         True, description="evaluate the relations named in the query (when layers exist)"
     )

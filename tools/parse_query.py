@@ -12,17 +12,17 @@ import json
 import re
 from collections.abc import Callable
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from geosearch.query import ParsedQuery
 from geosearch.query import parse_query as rules_parse
-from geosearch_tools.common import ProgressFn, Workspace
+from geosearch_tools.common import ProgressFn, QueryText, StrictInput, Workspace
 
 CompleteFn = Callable[[str], str]
 
 
-class ParseQueryInput(BaseModel):
-    text: str = Field(min_length=1, max_length=2000, description="the query in words")
+class ParseQueryInput(StrictInput):
+    text: QueryText = Field(min_length=1, description="the query in words")
     use_llm: bool = Field(True, description="ask an LLM when one is available (falls back to rules)")
 
 

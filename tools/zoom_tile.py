@@ -9,22 +9,31 @@ from geosearch.geo import to_wgs84
 from geosearch.refine.common import query_vector, window_bounds
 from geosearch.render import render_png
 from geosearch_tools.coarse_search import prompts_of
-from geosearch_tools.common import BBox, ProgressFn, Workspace, _check_bbox, report
+from geosearch_tools.common import (
+    BBox,
+    ProgressFn,
+    Prompts,
+    QueryText,
+    StrictInput,
+    Workspace,
+    check_window_bbox,
+    report,
+)
 
 
-class WindowRef(BaseModel):
-    index: str = Field(min_length=1, description="index path (relative to a data root)")
-    tile: str | None = Field(None, description="a tile id from coarse_search")
+class WindowRef(StrictInput):
+    index: str = Field(min_length=1, max_length=1000, description="index path (relative to a data root)")
+    tile: str | None = Field(None, max_length=200, description="a tile id from coarse_search")
     bbox: BBox | None = Field(None, description="[minx, miny, maxx, maxy] in lon/lat (instead of tile)")
-    query: str | None = Field(None, max_length=2000, description="query in words (parsed into prompts)")
-    prompts: list[str] | None = Field(None, description="prompts to embed")
-    negative_prompts: list[str] | None = None
+    query: QueryText | None = Field(None, description="query in words (parsed into prompts)")
+    prompts: Prompts | None = Field(None, description="prompts to embed")
+    negative_prompts: Prompts | None = None
 
     @model_validator(mode="after")
     def _check(self):
         if (self.tile is None) == (self.bbox is None):
             raise ValueError("give exactly one of tile or bbox")
-        _check_bbox(self.bbox)
+        check_window_bbox(self.bbox)
         if not (self.query and self.query.strip()) and not self.prompts:
             raise ValueError("give a query (words) or prompts")
         return self
