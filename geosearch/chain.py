@@ -42,6 +42,8 @@ from geosearch.refine.rerank import negative_prompts, rerank
 from geosearch.relations.apply import FLAG_NOT_CHECKABLE, RelationReport, apply_relations
 from geosearch.settings import CHAIN_FIELDS, Settings, get_settings
 
+FLAG_INCOMPLETE = "index_incomplete"
+
 STAGES = ("parse", "retrieve", "refine", "relate", "calibrate", "explain")
 ProgressFn = Callable[[float, float | None, str | None], None]
 
@@ -366,6 +368,11 @@ def finish(
     ans.details["look_for"] = q.look_for
     ans.details["negatives"] = q.negatives
     ans.details["provenance"] = index.provenance()
+    if not index.complete:  # a build that was stopped: never served as if it were whole
+        for reg in ans.regions + ans.near_misses:
+            if FLAG_INCOMPLETE not in reg.flags:
+                reg.flags.append(FLAG_INCOMPLETE)
+        ans.details["notes"] = [*ans.details.get("notes", []), index.incomplete_note()]
     if with_explanation:
         _report(progress, 5, "explaining")
         ans.explanation = explain(q, ans)

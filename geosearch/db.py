@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 
-from geosearch.errors import GeoSearchError
+from geosearch.errors import DatabaseDamagedError, DatabaseLockedError, GeoSearchError, InputError
 
 
 def spatial_extension_path() -> Path:
@@ -37,15 +37,74 @@ def _find_extension_file(root: Path) -> Path | None:
 
 
 def connect(path: str | Path | None = None, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open ``path`` (or an in-memory database) with the spatial extension loaded."""
+    """Open ``path`` (or an in-memory database) with the spatial extension loaded. A read-only
+    connection to a file may read nothing but that file (``enable_external_access`` off), so a
+    crafted index cannot read other files through views. Failures name what is wrong: locked by a
+    writer, damaged, not a database, not a regular file."""
     config = {"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}
     database = ":memory:" if path is None else str(path)
+    if path is not None:
+        check_regular_file(Path(path), "index", must_exist=read_only)
     try:
         con = duckdb.connect(database, read_only=read_only, config=config)
     except duckdb.Error as exc:
-        raise GeoSearchError(f"cannot open DuckDB database {database}: {exc}") from exc
-    load_spatial(con)
+        raise describe_error(exc, database) from exc
+    try:
+        load_spatial(con)
+        if read_only and path is not None:
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+    except duckdb.Error as exc:
+        con.close()
+        raise describe_error(exc, database) from exc
     return con
+
+
+def describe_error(exc: Exception, database: str) -> GeoSearchError:
+    """A DuckDB failure as one clear line."""
+    text = str(exc)
+    low = text.lower()
+    name = Path(database).name
+    if "could not set lock" in low or "conflicting lock" in low:
+        return DatabaseLockedError(
+            f"index {name} is being written by another process (it holds the lock); "
+            "try again when that build or layer change has finished"
+        )
+    if "no space left" in low:
+        return GeoSearchError(
+            f"no space left on device while writing {name}: free some space and rerun the same "
+            "command to resume (the index is not corrupted)"
+        )
+    if "not a valid duckdb database" in low or "the file is not a valid" in low:
+        return DatabaseDamagedError(f"{name} is not a GeoSearch index (not a DuckDB database file)")
+    if any(w in low for w in ("corrupt", "checksum", "ioexception", "io error", "serialization error")):
+        first = text.splitlines()[0][:200]
+        return DatabaseDamagedError(
+            f"index {name} is damaged ({first}); rebuild it with geosearch index ... --overwrite"
+        )
+    return GeoSearchError(f"cannot open DuckDB database {name}: {text.splitlines()[0][:300]}")
+
+
+def check_regular_file(path: Path, what: str, *, must_exist: bool = True) -> None:
+    """Refuse a FIFO, device, folder or symlink loop before anything reads it (a FIFO would hang)."""
+    import os
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if must_exist:
+            raise InputError(f"{what} not found: {path}") from None
+        return
+    except OSError as exc:
+        why = "a symlink loop" if exc.errno == 40 else (exc.strerror or str(exc))
+        raise InputError(f"{what} {path} cannot be opened: {why}") from None
+    except RuntimeError:
+        raise InputError(f"{what} {path} cannot be opened: a symlink loop") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{what} path is a folder: {path}")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{what} {path} is not a regular file (a FIFO or device)")
 
 
 def load_spatial(con: duckdb.DuckDBPyConnection) -> None:
@@ -67,9 +126,25 @@ def transaction(con: duckdb.DuckDBPyConnection, **frames) -> Iterator[duckdb.Duc
     try:
         yield con
         con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
+    except BaseException as exc:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:  # the failed COMMIT already ended it: keep the real error
+            pass
+        if isinstance(exc, duckdb.Error):
+            raise describe_error(exc, _database_name(con)) from exc
         raise
     finally:
         for name in frames:
-            con.unregister(name)
+            try:
+                con.unregister(name)
+            except duckdb.Error:
+                pass
+
+
+def _database_name(con) -> str:
+    try:
+        row = con.execute("SELECT path FROM duckdb_databases() WHERE NOT internal LIMIT 1").fetchone()
+        return str(row[0]) if row and row[0] else "the index"
+    except duckdb.Error:
+        return "the index"

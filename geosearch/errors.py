@@ -19,3 +19,11 @@ class IndexMismatchError(GeoSearchError):
 
 class WeightsMissingError(GeoSearchError):
     """Model weights are not on disk and cannot be downloaded."""
+
+
+class DatabaseLockedError(GeoSearchError):
+    """An index another process is writing (DuckDB's file lock)."""
+
+
+class DatabaseDamagedError(InputError):
+    """An index file that is damaged or not an index at all."""

@@ -29,13 +29,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import shapely
 from shapely.geometry import box
 
 from geosearch import db
-from geosearch.errors import GeoSearchError, IndexMismatchError, InputError
+from geosearch.errors import (
+    DatabaseDamagedError,
+    DatabaseLockedError,
+    GeoSearchError,
+    IndexMismatchError,
+    InputError,
+)
 from geosearch.geo import Bounds, as_crs, boxes_to_wgs84, reproject_geom
 from geosearch.models import EmbeddingModel, get_model
 from geosearch.mosaic import Mosaic, open_mosaic
@@ -116,6 +123,7 @@ def build_index(
     emb_model = model if isinstance(model, EmbeddingModel) else get_model(model, settings=settings)
     out = Path(out)
     if out.exists() and overwrite:
+        _check_overwritable(out, mosaic)
         out.unlink()
         Path(str(out) + ".wal").unlink(missing_ok=True)
     if out.exists() and out.is_dir():
@@ -210,8 +218,13 @@ def build_index(
             },
         )
         con.execute("CHECKPOINT")
+    except duckdb.Error as exc:  # a full disk, a damaged file...: named, and the build resumes
+        raise db.describe_error(exc, str(out)) from exc
     finally:
-        con.close()
+        try:
+            con.close()
+        except duckdb.Error:
+            pass
     return report
 
 
@@ -257,6 +270,18 @@ def _insert_tiles(
         con.execute("""INSERT INTO tiles SELECT tile_id, scale_m, "row", col, x0, y0, x1, y1,
                        ST_GeomFromWKB(wkb), ST_GeomFromWKB(wkb84), valid_fraction, date, embedding
                        FROM new_tiles""")
+
+
+def _check_overwritable(out: Path, mosaic: Mosaic) -> None:
+    """--overwrite deletes only an index: never an input raster, never another kind of file."""
+    real = out.resolve()
+    if any(Path(p).resolve() == real for p in mosaic.paths):
+        raise InputError(f"--out {out} is one of the input rasters: --overwrite would delete it")
+    db.check_regular_file(out, "index")
+    with open(out, "rb") as fh:
+        head = fh.read(16)
+    if b"DUCK" not in head and head[8:12] != b"DUCK":
+        raise InputError(f"refusing to overwrite {out}: it is not a GeoSearch index")
 
 
 def _read_meta(con) -> dict:
@@ -434,12 +459,20 @@ class TileIndex:
             raise InputError(f"index not found: {path}")
         try:
             con = db.connect(path, read_only=True)
+        except (DatabaseLockedError, DatabaseDamagedError, InputError):
+            raise
         except GeoSearchError as exc:
             raise InputError(f"not a GeoSearch index: {path}") from exc
         try:
             meta = _read_meta(con)
             if not meta or "model_id" not in meta:
                 raise InputError(f"not a GeoSearch index (no meta table): {path}")
+            version = int(meta.get("format_version", 1))
+            if version > FORMAT_VERSION:
+                raise InputError(
+                    f"index {path.name} was written by a newer GeoSearch (format {version}, this one reads "
+                    f"{FORMAT_VERSION}): upgrade geosearch"
+                )
             rows = con.execute("""SELECT tile_id, scale_m, x0, y0, x1, y1, date, embedding FROM tiles
                                   ORDER BY scale_m, tile_id, date NULLS FIRST""").fetchall()
             try:
@@ -447,8 +480,10 @@ class TileIndex:
                     d: json.loads(desc)
                     for d, desc in con.execute("SELECT date, description FROM mosaics").fetchall()
                 }
-            except Exception:  # noqa: BLE001 - index from before multi-date support
+            except duckdb.CatalogException:  # index from before multi-date support
                 mosaics = {}
+        except duckdb.Error as exc:
+            raise db.describe_error(exc, str(path)) from exc
         finally:
             con.close()
         if not rows:
@@ -477,6 +512,12 @@ class TileIndex:
     @property
     def complete(self) -> bool:
         return self.meta.get("status") == "complete"
+
+    def incomplete_note(self) -> str:
+        return (
+            f"index {self.path.name} is only partly built ({len(self)} tiles so far): its build was "
+            "stopped; rerun the same geosearch index command to finish it"
+        )
 
     @property
     def bounds_wgs84(self) -> Bounds:

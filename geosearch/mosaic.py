@@ -107,7 +107,10 @@ def collect_raster_paths(inputs: Sequence[str | Path]) -> list[Path]:
             if not found:
                 raise InputError(f"no raster files (.tif/.vrt/...) in folder {p}")
             paths.extend(found)
-        elif p.is_file():
+        elif p.exists() or p.is_symlink():
+            from geosearch.db import check_regular_file
+
+            check_regular_file(p, "mosaic file")  # FIFO, device, symlink loop: refused before a read
             paths.append(p)
         else:
             raise InputError(f"mosaic file not found: {p}")

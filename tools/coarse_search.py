@@ -48,6 +48,7 @@ class CoarseSearchOutput(BaseModel):
     negative_prompts: list[str]
     tiles: list[TileOut]
     score_stats: dict[str, float] = Field(description="mean / std / max of all tile scores for these prompts")
+    warnings: list[str] = Field(default_factory=list, description="e.g. the index is only partly built")
 
 
 def prompts_of(
@@ -92,4 +93,7 @@ def run(inp: CoarseSearchInput, ws: Workspace, progress: ProgressFn | None = Non
         )
         for x in hits
     ]
-    return CoarseSearchOutput(index=h.name, prompts=pos, negative_prompts=neg, tiles=tiles, score_stats=stats)
+    warnings = [] if h.index.complete else [h.index.incomplete_note()]
+    return CoarseSearchOutput(
+        index=h.name, prompts=pos, negative_prompts=neg, tiles=tiles, score_stats=stats, warnings=warnings
+    )

@@ -154,7 +154,7 @@ _INFO_COLS = "name, source, crs, geometry_type, feature_count, derived, metric_c
 
 def list_layers(index: IndexRef) -> list[LayerInfo]:
     """All registered layers (empty when the index has none)."""
-    with open_index(index) as con:
+    with open_index(index, read_only=True) as con:
         if not table_exists(con, "layers"):
             return []
         rows = con.execute(f"SELECT {_INFO_COLS} FROM layers ORDER BY name").fetchall()
@@ -261,8 +261,12 @@ def choose_metric_crs(con: duckdb.DuckDBPyConnection, bounds_wgs84: tuple[float,
 def read_vector(path: str | Path) -> gpd.GeoDataFrame:
     """Read any supported vector file into a GeoDataFrame with a CRS."""
     p = Path(path)
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         raise GeoSearchError(f"vector file not found: {p}")
+    if not p.is_dir():  # a FIFO would block the reader forever; a loop or device is no file
+        from geosearch.db import check_regular_file
+
+        check_regular_file(p, "vector file")
     suffix = p.suffix.lower()
     if suffix not in VECTOR_SUFFIXES and not p.is_dir():
         raise GeoSearchError(

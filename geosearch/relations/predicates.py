@@ -201,7 +201,7 @@ def check_relation(
     ids, geoms = _validate_regions(regions)
     if not ids:
         return []
-    with open_index(index) as con:
+    with open_index(index, read_only=True) as con:
         info = get_layer(con, layer)
         info_b = get_layer(con, layer_b) if layer_b is not None else None
         if pred in (Predicate.WITHIN, Predicate.EDGE_OF):

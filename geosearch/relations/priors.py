@@ -104,7 +104,7 @@ def load_priors(index: IndexRef, tile_ids: Sequence[str]) -> dict[str, dict[str,
     Missing values are NaN. Empty dict when the index has no priors.
     """
     out: dict[str, dict[str, np.ndarray]] = {}
-    with open_index(index) as con:
+    with open_index(index, read_only=True) as con:
         if not table_exists(con, "tile_priors"):
             return out
         rows = con.execute(

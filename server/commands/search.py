@@ -55,6 +55,10 @@ def run(args) -> int:
     if not args.text.strip():
         raise InputError("empty query: give some words to search for")
     index = TileIndex.open(args.index)
+    if not index.complete:
+        import sys
+
+        print(f"warning: {index.incomplete_note()}", file=sys.stderr)
     area, crs = parse_area(args)
     hits = search(index, args.text, args.k, area=area, area_crs=crs, scales=args.scales)
     if args.format == "geojson":
