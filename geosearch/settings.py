@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     min_window_m: float = Field(1.0, gt=0, description="smallest side of a zoom / segment window (metres)")
 
     # Server
+    serve_workers: int = Field(2, ge=1, description="requests the MCP server works on at once (threads)")
+    serve_queue: int = Field(64, ge=0, description="requests that may wait beyond those; more get 'busy'")
     data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Folders the MCP server may open (env: os.pathsep-separated or JSON list).",

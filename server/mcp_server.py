@@ -15,6 +15,7 @@ import argparse
 import inspect
 import ipaddress
 import json
+import logging
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -69,7 +70,31 @@ def _sampling_complete(ctx: Context) -> Callable[[str], str] | None:
     return complete
 
 
-def _make_tool(spec: ToolSpec, ws: Workspace) -> Callable[..., Any]:
+log = logging.getLogger("geosearch.server")
+
+
+class Admission:
+    """Bounded serving: at most ``workers`` requests run (in worker threads, so the event loop keeps
+    answering), at most ``queue`` more wait; beyond that a request is told "busy" at once."""
+
+    def __init__(self, workers: int, queue: int):
+        self.limiter = anyio.CapacityLimiter(max(1, workers))
+        self.capacity = max(1, workers) + max(0, queue)
+        self.active = 0
+
+    async def run(self, fn: Callable[[], Any], what: str) -> Any:
+        if self.active >= self.capacity:
+            raise GeoSearchError(
+                f"busy: {self.active} requests are running or waiting; retry in a few seconds"
+            )
+        self.active += 1
+        try:
+            return await anyio.to_thread.run_sync(fn, limiter=self.limiter)
+        finally:
+            self.active -= 1
+
+
+def _make_tool(spec: ToolSpec, ws: Workspace, admission: Admission) -> Callable[..., Any]:
     model = spec.input_model
 
     async def tool(ctx: Context, **kwargs: Any) -> Any:
@@ -91,10 +116,11 @@ def _make_tool(spec: ToolSpec, ws: Workspace) -> Callable[..., Any]:
             return spec.fn(inp, ws, progress, **extra)
 
         try:
-            out = await anyio.to_thread.run_sync(work)
+            out = await admission.run(work, spec.name)
         except (GeoSearchError, ValidationError, ValueError, OSError) as exc:
             raise ToolError(tool_error_message(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - a bug must still come back as a tool error
+            log.warning("tool %s failed: %s: %s", spec.name, type(exc).__name__, str(exc)[:200])
             raise ToolError(f"internal error: {tool_error_message(exc)}") from exc
         if not spec.images:
             return out
@@ -162,9 +188,12 @@ def create_server(
     ws = workspace or Workspace(roots, settings=settings, restrict=True)
     mcp = MCPServer(name, title="GeoSearch", instructions=INSTRUCTIONS, version=_version())
     mcp.workspace = ws  # type: ignore[attr-defined]
+    settings = ws.settings
+    admission = Admission(settings.serve_workers, settings.serve_queue)
+    mcp.admission = admission  # type: ignore[attr-defined]
     for spec in TOOLS:
         mcp.add_tool(
-            _make_tool(spec, ws),
+            _make_tool(spec, ws, admission),
             name=spec.name,
             title=spec.title,
             description=spec.description,
@@ -172,11 +201,17 @@ def create_server(
         )
         _raw_arguments(mcp, spec.name)
 
-    def _res(fn: Callable[[], Any]) -> Any:
+    async def _res(fn: Callable[[], Any], what: str = "resource") -> Any:
+        """Resource work off the event loop, bounded like tools; any failure is one short line."""
         try:
-            return fn()
-        except GeoSearchError as exc:
-            raise ResourceError(str(exc)) from exc
+            return await admission.run(fn, what)
+        except ResourceError:
+            raise
+        except (GeoSearchError, OSError) as exc:
+            raise ResourceError(tool_error_message(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - never a 650-line traceback in the log
+            log.warning("resource %s failed: %s: %s", what, type(exc).__name__, str(exc)[:200])
+            raise ResourceError(f"internal error: {type(exc).__name__}") from None
 
     @mcp.resource(
         "geosearch://indexes",
@@ -185,8 +220,11 @@ def create_server(
         mime_type="application/json",
         description="GeoSearch indexes under the server's data roots",
     )
-    def catalogue() -> str:
-        return json.dumps({"roots": [str(r) for r in ws.roots], "indexes": ws.catalogue()}, indent=2)
+    async def catalogue() -> str:
+        return await _res(
+            lambda: json.dumps({"roots": [str(r) for r in ws.roots], "indexes": ws.catalogue()}, indent=2),
+            "indexes",
+        )
 
     @mcp.resource(
         "geosearch://indexes/{+name}",
@@ -195,7 +233,7 @@ def create_server(
         mime_type="application/json",
         description="Model, tiles per scale, mosaic, bounds and layers",
     )
-    def index_info(name: str) -> str:
+    async def index_info(name: str) -> str:
         def get() -> str:
             h = ws.handle(name)
             info = h.index.info()
@@ -214,7 +252,7 @@ def create_server(
                 pass
             return json.dumps(info, indent=2, default=str)
 
-        return _res(get)
+        return await _res(get, "index-info")
 
     @mcp.resource(
         "geosearch://answers/{answer_id}",
@@ -223,8 +261,8 @@ def create_server(
         mime_type="application/geo+json",
         description="An answer returned by the answer tool",
     )
-    def cached_answer(answer_id: str) -> str:
-        return _res(lambda: json.dumps(ws.get_answer(answer_id)))
+    async def cached_answer(answer_id: str) -> str:
+        return await _res(lambda: json.dumps(ws.get_answer(answer_id)), "answer")
 
     @mcp.resource(
         "geosearch://answers/{answer_id}/map",
@@ -233,7 +271,7 @@ def create_server(
         mime_type="text/html",
         description="A self-contained map page of an answer: imagery, regions by confidence, near-misses, evidence",
     )
-    def answer_map(answer_id: str) -> str:
+    async def answer_map(answer_id: str) -> str:
         def get() -> str:
             from geosearch.mapview import answer_map_html
 
@@ -241,7 +279,7 @@ def create_server(
             with ws.using(str(gj["properties"]["index"])) as h:
                 return answer_map_html(h.index, gj)
 
-        return _res(get)
+        return await _res(get, "answer-map")
 
     @mcp.resource(
         "geosearch://previews/{preview_id}",
@@ -250,8 +288,8 @@ def create_server(
         mime_type="image/png",
         description="A PNG preview made by zoom_tile / segment_region / explain",
     )
-    def preview(preview_id: str) -> bytes:
-        return _res(lambda: ws.get_preview(preview_id))
+    async def preview(preview_id: str) -> bytes:
+        return await _res(lambda: ws.get_preview(preview_id), "preview")
 
     @mcp.resource(
         "geosearch://tile-previews/{tile_id}/{+name}",
@@ -260,7 +298,7 @@ def create_server(
         mime_type="image/png",
         description="A PNG of one tile of an index",
     )
-    def tile_preview(tile_id: str, name: str) -> bytes:
+    async def tile_preview(tile_id: str, name: str) -> bytes:
         def get() -> bytes:
             from geosearch.render import render_png
 
@@ -268,7 +306,7 @@ def create_server(
                 i = h.index.position(tile_id)
                 return render_png(h.index, tuple(float(v) for v in h.index.bounds[i]))
 
-        return _res(get)
+        return await _res(get, "tile-preview")
 
     @mcp.prompt(
         name="answer_region_query",
