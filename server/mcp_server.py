@@ -175,6 +175,28 @@ def _raw_arguments(mcp: MCPServer, name: str) -> None:
 
     tool = mcp._tool_manager.get_tool(name)  # noqa: SLF001 - no public hook for this
     tool.fn_metadata = RawArguments.model_construct(**dict(tool.fn_metadata))
+    tool.parameters = _plain_optionals(tool.parameters)
+
+
+def _plain_optionals(schema: dict) -> dict:
+    """Publish an optional scalar ``X | None = None`` as plain ``{"type": X}``: clients that fill
+    in arguments from the schema (the MCP Inspector CLI turns ``--tool-arg k=5`` into a number only
+    when the property has a ``type``) then send the right type; an explicit null is still accepted."""
+    props = schema.get("properties") or {}
+    for name, prop in list(props.items()):
+        options = prop.get("anyOf")
+        if not options or prop.get("default", "unset") is not None:
+            continue
+        kinds = [o for o in options if o.get("type") != "null"]
+        if (
+            len(kinds) == 1
+            and len(options) == 2
+            and kinds[0].get("type") in ("number", "integer", "boolean", "string")
+        ):
+            new = {k: v for k, v in prop.items() if k != "anyOf"}
+            new.update(kinds[0])
+            props[name] = new
+    return schema
 
 
 def create_server(

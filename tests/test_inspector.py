@@ -79,8 +79,9 @@ def test_inspector_cli_calls_all_seven_tools(chain_root, tmp_path):  # noqa: F81
         "check_relation",
         index=idx,
         regions=region,
-        predicate="within",
+        predicate="near",
         layer="water",
+        distance_m=50,  # an optional number: typed by the published schema, sent as a number
     )
     assert cr["results"][0]["region_id"] == "r1" and isinstance(cr["results"][0]["holds"], bool)
     ex = _call(root, tmp_path, "tools/call", "explain", index=idx, regions=region, query="red", use_llm=False)
