@@ -79,6 +79,7 @@ class CheckRelationOutput(BaseModel):
 def run(inp: CheckRelationInput, ws: Workspace, progress: ProgressFn | None = None) -> CheckRelationOutput:
     from geosearch.query import RelationSpec
     from geosearch.relations.apply import apply_relations, layers_connection
+    from geosearch.relations.predicates import validate_params
 
     regions = [(r.id, r.geometry()) for r in inp.regions]
     if len({rid for rid, _ in regions}) != len(regions):
@@ -91,6 +92,8 @@ def run(inp: CheckRelationInput, ws: Workspace, progress: ProgressFn | None = No
         threshold=inp.threshold,
         negated=inp.negated,
     )
+    # everything that needs no index is checked first: a bad relation is refused at once
+    validate_params(inp.predicate, inp.layer, inp.distance_m, inp.layer_b, threshold=inp.threshold)
     report(progress, 0, 1, "checking relation")
     with ws.using(inp.index) as h, layers_connection(h.path) as con:
         rep = apply_relations(con, regions, [spec])

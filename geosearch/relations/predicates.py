@@ -154,9 +154,7 @@ def _f(v: float) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def check_relation(
-    index: IndexRef,
-    regions: Iterable[Region],
+def validate_params(
     predicate: str,
     layer: str,
     distance_m: float | str | None = None,
@@ -165,16 +163,10 @@ def check_relation(
     threshold: float | None = None,
     direction: str = "above",
     along_mode: str = "boundary",
-) -> list[RelationResult]:
-    """Evaluate ``predicate`` for each ``(id, geometry_wgs84)`` region against ``layer``.
-
-    ``near``/``far_from``/``edge_of``/``intersects`` report metres to the nearest feature (or boundary);
-    ``within`` the share of the region covered by the layer; ``contains`` the number of features inside;
-    ``along`` the share of the region's boundary (or area, ``along_mode='area'``) within ``distance_m``
-    of the layer (holds when >= ``threshold``, default 0.3); ``between`` the larger of the distances to
-    ``layer`` and ``layer_b``; ``density`` features per km² in the region buffered by ``distance_m``
-    (holds when above/below ``threshold``).
-    """
+) -> tuple[Predicate, float | None, float | None, float | None]:
+    """Everything about a relation that can be checked without opening the index (cheap refusals
+    first): (predicate, distance, along share, density threshold)."""
+    share_min = dens_thr = None
     pred = validate_predicate(predicate)
     if pred in NEEDS_DISTANCE and distance_m is None:
         raise GeoSearchError(f"{pred.value} needs a distance in metres")
@@ -198,6 +190,33 @@ def check_relation(
     validate_layer_name(layer)
     if layer_b is not None:
         validate_layer_name(layer_b)
+    return pred, dist, share_min, dens_thr
+
+
+def check_relation(
+    index: IndexRef,
+    regions: Iterable[Region],
+    predicate: str,
+    layer: str,
+    distance_m: float | str | None = None,
+    layer_b: str | None = None,
+    *,
+    threshold: float | None = None,
+    direction: str = "above",
+    along_mode: str = "boundary",
+) -> list[RelationResult]:
+    """Evaluate ``predicate`` for each ``(id, geometry_wgs84)`` region against ``layer``.
+
+    ``near``/``far_from``/``edge_of``/``intersects`` report metres to the nearest feature (or boundary);
+    ``within`` the share of the region covered by the layer; ``contains`` the number of features inside;
+    ``along`` the share of the region's boundary (or area, ``along_mode='area'``) within ``distance_m``
+    of the layer (holds when >= ``threshold``, default 0.3); ``between`` the larger of the distances to
+    ``layer`` and ``layer_b``; ``density`` features per km² in the region buffered by ``distance_m``
+    (holds when above/below ``threshold``).
+    """
+    pred, dist, share_min, dens_thr = validate_params(
+        predicate, layer, distance_m, layer_b, threshold=threshold, direction=direction, along_mode=along_mode
+    )
     ids, geoms = _validate_regions(regions)
     if not ids:
         return []

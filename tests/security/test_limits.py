@@ -119,3 +119,27 @@ def test_a_query_that_parses_into_thousands_of_prompts_is_refused_cleanly(chain_
     with pytest.raises(InputError, match="too many prompts"):
         search(idx, words, 3)
     assert len(search(idx, words[:200], 3)) == 3  # under the limit it works
+
+
+def test_a_bad_relation_is_refused_before_the_index_is_opened(chain_root, monkeypatch):  # noqa: F811
+    from geosearch.errors import GeoSearchError
+    from geosearch.relations import apply
+    from geosearch_tools import check_relation as t_rel
+    from geosearch_tools.common import Workspace
+
+    def never(*a, **k):
+        raise AssertionError("the index was opened for a relation that was invalid anyway")
+
+    monkeypatch.setattr(apply, "layers_connection", never)
+    ws = Workspace([chain_root])
+    region = [{"id": "r", "bbox": [15, 36, 15.001, 36.001]}]
+    for bad in (
+        {"predicate": "density", "layer": "water"},  # no threshold
+        {"predicate": "near", "layer": "water"},  # no distance
+        {"predicate": "within", "layer": "water", "threshold": 3.0},
+        {"predicate": "between", "layer": "water"},
+        {"predicate": "near", "layer": "Bad Name!", "distance_m": 5.0},
+    ):
+        inp = t_rel.CheckRelationInput(index="scene.duckdb", regions=region, **bad)
+        with pytest.raises(GeoSearchError):
+            t_rel.run(inp, ws)
