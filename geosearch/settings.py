@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     max_polygon_vertices: int = Field(10_000, ge=4, description="vertices of one given polygon")
     max_window_deg: float = Field(2.0, gt=0, description="largest side of a zoom / segment window (degrees)")
     min_window_m: float = Field(1.0, gt=0, description="smallest side of a zoom / segment window (metres)")
+    max_request_bytes: int = Field(4_000_000, ge=10_000, description="body of one HTTP request to the server")
 
     # Server
     serve_workers: int = Field(2, ge=1, description="requests the MCP server works on at once (threads)")

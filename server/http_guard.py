@@ -94,6 +94,46 @@ class HostOriginGuard:
         await self.app(scope, receive, send)
 
 
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes (413), declared or streamed, before the app
+    reads it: the body is buffered up to the limit and replayed."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await _reply(send, 413, b'{"error": "request body too large"}')
+            return
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                break
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                await _reply(send, 413, b'{"error": "request body too large"}')
+                return
+            chunks.append(body)
+            more = msg.get("more_body", False)
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replayed():
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
+
+
 class BearerAuth:
     """Every HTTP request needs ``Authorization: Bearer <token>`` (scheme case-insensitive)."""
 

@@ -372,7 +372,8 @@ def http_app(
 ):
     """The streamable-HTTP ASGI app behind exact Host / Origin checks (DNS rebinding) and bearer
     auth. Loopback names are always served on ``port``; a non-loopback bind needs a token."""
-    from geosearch_server.http_guard import BearerAuth, HostOriginGuard, host_rules
+    from geosearch.settings import get_settings
+    from geosearch_server.http_guard import BearerAuth, BodyLimit, HostOriginGuard, host_rules
 
     if not is_local_host(host) and not token:
         raise GeoSearchError(f"binding to {host} (not loopback) needs --token (or GEOSEARCH_BEARER_TOKEN)")
@@ -389,6 +390,7 @@ def http_app(
         raise GeoSearchError(f"--allowed-host: {exc}") from exc
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False)  # checked exactly below
     app = mcp.streamable_http_app(transport_security=security, host=host)
+    app = BodyLimit(app, get_settings().max_request_bytes)
     app = HostOriginGuard(app, rules, allowed_origins, any_host=any_host)
     return BearerAuth(app, token) if token else app
 

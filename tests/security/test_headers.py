@@ -125,3 +125,16 @@ def test_bad_allowed_host_values_are_refused_at_start(tmp_path):
 
     with pytest.raises(GeoSearchError, match="allowed-host"):
         http_app(create_server([str(tmp_path)]), "127.0.0.1", PORT, None, ["geo.example.org/x"])
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(client):
+    big = b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"x": "' + b"y" * 5_000_000 + b'"}}'
+    h = {**ACCEPT, "Authorization": "Bearer tok", "Host": f"127.0.0.1:{PORT}"}
+    assert client.post("/mcp", content=big, headers=h).status_code == 413
+
+    def chunks():
+        for _ in range(50):
+            yield b"y" * 100_000
+
+    assert client.post("/mcp", content=chunks(), headers=h).status_code == 413
+    assert _post(client) == 200  # and the server still answers
