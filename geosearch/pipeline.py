@@ -60,6 +60,9 @@ class Answer:
     def __len__(self) -> int:
         return len(self.regions)
 
+    def __bool__(self) -> bool:  # an abstention (no regions) is still an answer: `if answer:` holds
+        return True
+
     def __iter__(self):
         return iter(self.regions)
 

@@ -270,3 +270,20 @@ def test_spacenet_relation_builder(tmp_path):
     assert "attribute" in atl.query_types and "relation" in veg.query_types
     assert veg.layers_dir is not None and (veg.layers_dir / "roads.geojson").is_file()
     assert atl.layers_dir is None
+
+
+def test_an_abstention_with_no_regions_is_scored_as_an_abstention(bench, results):
+    """An abstained answer holds no regions: it must still count as an abstention (an Answer is
+    never falsy, whatever its length)."""
+
+    @register_method("abstain-test", "abstains on every query")
+    def never(index, text, k, ctx):
+        return Answer(text, "abstain-test", [], abstained=True, reason="not found: test")
+
+    assert Answer("q", "m", [], abstained=True) and len(Answer("q", "m", [])) == 0
+    r = evaluate(
+        bench, "abstain-test", k=10, index_path=results["coarse"].parent / "spy.duckdb", settings=_settings()
+    )
+    assert all(q["abstained"] and q["reason"] == "not found: test" for q in r["per_query"])
+    if r["metrics"]["n_absent"]:
+        assert r["metrics"]["abstain_recall"] == 1.0
