@@ -39,6 +39,7 @@ from geosearch.refine.heatmap import Candidate
 from geosearch.refine.pyramid import PyramidResult, pyramid_search
 from geosearch.refine.regions import refine_candidates, window_candidates
 from geosearch.refine.rerank import negative_prompts, rerank
+from geosearch.refine.vocabulary import check_vocabulary
 from geosearch.relations.apply import FLAG_NOT_CHECKABLE, RelationReport, apply_relations
 from geosearch.settings import CHAIN_FIELDS, Settings, get_settings
 
@@ -276,8 +277,14 @@ def calibrate(
     if not abstain:
         return ans
     details["abstain_threshold"] = thr
+    vocab = check_vocabulary(index, q.look_for)
+    if vocab is not None:
+        details["vocabulary"] = vocab.as_dict()
     best = regions[0].confidence if regions else None
-    if not regions:
+    if vocab is not None and vocab.unknown:  # nothing like it in what the model knows
+        ans.abstained = True
+        ans.reason = vocab.reason(q.look_for)
+    elif not regions:
         ans.abstained = True
         ans.reason = (
             "not found: no candidate satisfies the query's relations (" + "; ".join(report.checked) + ")"

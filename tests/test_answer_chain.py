@@ -227,3 +227,46 @@ def test_chain_settings_are_recorded_and_overridable(chain_root):
     index = TileIndex.open(chain_root / "scene.duckdb")
     a = run_method("answer", index, "red", 3, MethodContext(options={"pyramid_budget": 0}))
     assert a.details["windows_embedded"] == 0
+
+
+def test_a_word_the_model_never_saw_gets_a_vocabulary_reason(chain_root, tmp_path, monkeypatch):
+    """With a labelled reference gallery the chain knows what the model knows: a query like
+    nothing the model was trained on is "not found" with a reason that says so, not confident
+    regions; a known word is still answered."""
+    from geosearch.chain import answer
+    from geosearch.index import TileIndex
+    from geosearch.pipeline import MethodContext
+    from geosearch.refine import gallery, vocabulary
+    from geosearch.settings import get_settings
+
+    idx = TileIndex.open(chain_root / "scene.duckdb")
+    model = idx.model()
+    chips = np.zeros((6, 16, 16, 3), np.uint8)
+    chips[:2] = (210, 40, 40)  # red
+    chips[2:4] = (50, 160, 60)  # green
+    chips[4:] = (40, 60, 200)  # blue
+    emb = model.encode_images(chips)
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    gallery.save_gallery(
+        models_dir / gallery.gallery_filename(idx.meta["model_name"]),
+        emb,
+        ["Red", "Red", "Green", "Green", "Blue", "Blue"],
+        idx.meta["model_id"],
+        "test chips",
+    )
+    monkeypatch.setenv("GEOSEARCH_MODELS_DIR", str(models_dir))
+    get_settings.cache_clear()
+    monkeypatch.setattr(gallery, "_LOADED", {})
+    monkeypatch.setattr(vocabulary, "_FLOORS", {})
+    try:
+        ctx = MethodContext(options={"explain": False})
+        unknown = answer(idx, "asdkjh qwe", 3, ctx)
+        assert unknown.abstained and not unknown.regions
+        assert unknown.reason.startswith("not found: the model knows nothing like 'asdkjh qwe'")
+        assert unknown.details["vocabulary"]["unknown"]
+        known = answer(idx, "red", 3, ctx)
+        assert not known.details["vocabulary"]["unknown"]
+        assert known.details["vocabulary"]["known_floor"] > 0.5
+    finally:
+        get_settings.cache_clear()
