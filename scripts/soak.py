@@ -127,12 +127,27 @@ def _stats(records: list[tuple[str, float, bool, str]]) -> dict:
     }
 
 
-async def _session(url: str, body, deadline: float) -> None:
+async def _session(url: str, body, deadline: float, records: list) -> None:
+    """One client session running ``body``; a session that fails is recorded as an error."""
     from mcp import Client
 
-    with anyio.fail_after(max(5.0, deadline - time.perf_counter() + 120)):
-        async with Client(url, read_timeout_seconds=300) as client:
-            await body(client)
+    try:
+        with anyio.fail_after(max(5.0, deadline - time.perf_counter() + 120)):
+            async with Client(url, read_timeout_seconds=300) as client:
+                await body(client)
+    except Exception as exc:  # noqa: BLE001
+        records.append(("session", 0.0, False, f"{type(exc).__name__}: {exc}"))
+
+
+async def _timed_call(client, tool: str, args: dict, records: list) -> None:
+    """(tool, seconds, ok, error text) for one call."""
+    t0 = time.perf_counter()
+    try:
+        res = await client.call_tool(tool, args)
+        err = res.content[0].text if res.is_error else ""
+        records.append((tool, time.perf_counter() - t0, not res.is_error, err))
+    except Exception as exc:  # noqa: BLE001
+        records.append((tool, time.perf_counter() - t0, False, f"{type(exc).__name__}: {exc}"))
 
 
 async def _cold_burst(url: str, index: str, n: int) -> list:
@@ -142,25 +157,9 @@ async def _cold_burst(url: str, index: str, n: int) -> list:
     async def one(i: int):
         async def body(client):
             await gate.wait()
-            tool, args = _calls(index)[1 + i % 4]
-            t0 = time.perf_counter()
-            try:
-                res = await client.call_tool(tool, args)
-                records.append(
-                    (
-                        tool,
-                        time.perf_counter() - t0,
-                        not res.is_error,
-                        res.content[0].text if res.is_error else "",
-                    )
-                )
-            except Exception as exc:  # noqa: BLE001
-                records.append((tool, time.perf_counter() - t0, False, f"{type(exc).__name__}: {exc}"))
+            await _timed_call(client, *_calls(index)[1 + i % 4], records)
 
-        try:
-            await _session(url, body, time.perf_counter() + 300)
-        except Exception as exc:  # noqa: BLE001
-            records.append(("session", 0.0, False, f"{type(exc).__name__}: {exc}"))
+        await _session(url, body, time.perf_counter() + 300, records)
 
     async with anyio.create_task_group() as tg:
         for i in range(n):
@@ -178,25 +177,9 @@ async def _warm(url: str, index: str, n: int, seconds: float) -> list:
     async def one(i: int):
         async def body(client):
             while time.perf_counter() < stop_at:
-                tool, args = rng.choice(_calls(index))
-                t0 = time.perf_counter()
-                try:
-                    res = await client.call_tool(tool, args)
-                    records.append(
-                        (
-                            tool,
-                            time.perf_counter() - t0,
-                            not res.is_error,
-                            res.content[0].text if res.is_error else "",
-                        )
-                    )
-                except Exception as exc:  # noqa: BLE001
-                    records.append((tool, time.perf_counter() - t0, False, f"{type(exc).__name__}: {exc}"))
+                await _timed_call(client, *rng.choice(_calls(index)), records)
 
-        try:
-            await _session(url, body, stop_at)
-        except Exception as exc:  # noqa: BLE001
-            records.append(("session", 0.0, False, f"{type(exc).__name__}: {exc}"))
+        await _session(url, body, stop_at, records)
 
     async with anyio.create_task_group() as tg:
         for i in range(n):
