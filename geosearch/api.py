@@ -90,9 +90,8 @@ class GeoSearch:
         density / edge_of) against one of the index's layers, for each region of an answer (or for
         ``(id, shapely geometry in EPSG:4326)`` pairs): ``{region_id: result}``, where a result has
         ``holds``, ``satisfied`` (as asked, honouring ``negated``), ``value`` and ``unit``."""
-        from geosearch.errors import GeoSearchError
         from geosearch.query import RelationSpec
-        from geosearch.relations.apply import apply_relations, layers_connection
+        from geosearch.relations.apply import check_regions
 
         pairs = (
             [(r.region_id, r.polygon_wgs84) for r in regions.regions + regions.near_misses]
@@ -107,11 +106,8 @@ class GeoSearch:
             threshold=threshold,
             negated=negated,
         )
-        with layers_connection(self.index.path) as con:
-            rep = apply_relations(con, pairs, [spec])
-        if rep.unchecked:
-            raise GeoSearchError(rep.unchecked[0].split(": ", 1)[-1])
-        return {rid: rep.results[rid][0] for rid, _ in pairs if rep.results.get(rid)}
+        results = check_regions(self.index.path, pairs, spec)
+        return {rid: results[rid][0] for rid, _ in pairs if results.get(rid)}
 
 
 def _area(bbox, area):

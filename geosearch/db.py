@@ -12,7 +12,8 @@ from pathlib import Path
 
 import duckdb
 
-from geosearch.errors import DatabaseDamagedError, DatabaseLockedError, GeoSearchError, InputError
+from geosearch.errors import DatabaseDamagedError, DatabaseLockedError, GeoSearchError
+from geosearch.fileio import check_regular_file
 
 
 def spatial_extension_path() -> Path:
@@ -44,7 +45,7 @@ def connect(path: str | Path | None = None, *, read_only: bool = False) -> duckd
     config = {"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}
     database = ":memory:" if path is None else str(path)
     if path is not None:
-        check_regular_file(Path(path), "index", must_exist=read_only)
+        check_regular_file(Path(path), "index", must_exist=read_only)  # a FIFO would hang
     try:
         con = duckdb.connect(database, read_only=read_only, config=config)
     except duckdb.Error as exc:
@@ -83,28 +84,6 @@ def describe_error(exc: Exception, database: str) -> GeoSearchError:
             f"index {name} is damaged ({first}); rebuild it with geosearch index ... --overwrite"
         )
     return GeoSearchError(f"cannot open DuckDB database {name}: {text.splitlines()[0][:300]}")
-
-
-def check_regular_file(path: Path, what: str, *, must_exist: bool = True) -> None:
-    """Refuse a FIFO, device, folder or symlink loop before anything reads it (a FIFO would hang)."""
-    import os
-    import stat
-
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if must_exist:
-            raise InputError(f"{what} not found: {path}") from None
-        return
-    except OSError as exc:
-        why = "a symlink loop" if exc.errno == 40 else (exc.strerror or str(exc))
-        raise InputError(f"{what} {path} cannot be opened: {why}") from None
-    except RuntimeError:
-        raise InputError(f"{what} {path} cannot be opened: a symlink loop") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{what} path is a folder: {path}")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{what} {path} is not a regular file (a FIFO or device)")
 
 
 def load_spatial(con: duckdb.DuckDBPyConnection) -> None:

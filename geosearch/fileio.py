@@ -14,11 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+
+from geosearch.errors import InputError
 
 
 def _default_mode() -> int:
@@ -103,3 +106,23 @@ def atomic_write_json(path: str | os.PathLike, data, **json_kwargs) -> None:
     """Write ``data`` as JSON (``indent=2, default=str`` unless overridden) plus a newline, atomically."""
     json_kwargs = {"indent": 2, "default": str, **json_kwargs}
     atomic_write_text(path, json.dumps(data, **json_kwargs) + "\n")
+
+
+def check_regular_file(path: Path, what: str, *, must_exist: bool = True) -> os.stat_result | None:
+    """Refuse a FIFO, device, folder or symlink loop before anything reads it (a FIFO would hang)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if must_exist:
+            raise InputError(f"{what} not found: {path}") from None
+        return None
+    except OSError as exc:
+        why = "a symlink loop" if exc.errno == 40 else (exc.strerror or str(exc))
+        raise InputError(f"{what} {path} cannot be opened: {why}") from None
+    except RuntimeError:
+        raise InputError(f"{what} {path} cannot be opened: a symlink loop") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{what} {path} is refused: it is a folder")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{what} {path} is refused: not a regular file (a FIFO or device)")
+    return st

@@ -43,6 +43,7 @@ from geosearch.errors import (
     IndexMismatchError,
     InputError,
 )
+from geosearch.fileio import check_regular_file
 from geosearch.geo import Bounds, as_crs, boxes_to_wgs84, reproject_geom
 from geosearch.models import EmbeddingModel, get_model
 from geosearch.mosaic import Mosaic, open_mosaic
@@ -277,7 +278,7 @@ def _check_overwritable(out: Path, mosaic: Mosaic) -> None:
     real = out.resolve()
     if any(Path(p).resolve() == real for p in mosaic.paths):
         raise InputError(f"--out {out} is one of the input rasters: --overwrite would delete it")
-    db.check_regular_file(out, "index")
+    check_regular_file(out, "index")
     with open(out, "rb") as fh:
         head = fh.read(16)
     if b"DUCK" not in head and head[8:12] != b"DUCK":

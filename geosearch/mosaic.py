@@ -108,7 +108,7 @@ def collect_raster_paths(inputs: Sequence[str | Path]) -> list[Path]:
                 raise InputError(f"no raster files (.tif/.vrt/...) in folder {p}")
             paths.extend(found)
         elif p.exists() or p.is_symlink():
-            from geosearch.db import check_regular_file
+            from geosearch.fileio import check_regular_file
 
             check_regular_file(p, "mosaic file")  # FIFO, device, symlink loop: refused before a read
             paths.append(p)

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from geosearch.errors import InputError
+from geosearch.fileio import check_regular_file
 
 FILE_DRIVERS = ("GTiff", "COG", "VRT", "PNG", "JPEG", "JP2OpenJPEG", "HFA", "ENVI")
 SIDECARS = (".ovr", ".aux.xml", ".msk", ".aux")
@@ -84,18 +84,8 @@ class FilePolicy:
         return p
 
     def _check_local(self, p: Path) -> Path:
-        try:
-            st = os.stat(p)  # follows symlinks; a loop raises ELOOP
-            real = p.resolve(strict=True)
-        except RuntimeError as exc:  # pathlib's own symlink-loop error
-            raise InputError(f"raster {_short(str(p))!r} is refused: a symlink loop") from exc
-        except OSError as exc:
-            why = "a symlink loop" if exc.errno == 40 else (exc.strerror or str(exc))
-            raise InputError(f"raster {_short(str(p))!r} cannot be opened: {why}") from exc
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(
-                f"raster {_short(str(p))!r} is refused: not a regular file (FIFO, device or folder)"
-            )
+        check_regular_file(p, "raster")  # FIFO, device, folder, symlink loop: before any read
+        real = p.resolve(strict=True)
         if self.roots and not any(real.is_relative_to(r) for r in self.roots):
             raise InputError(
                 f"raster {_short(str(p))!r} is refused: it is outside the data roots "

@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from geosearch.errors import GeoSearchError, InputError
 from geosearch_tools.common import LIMITS, ProgressFn, RegionIn, StrictInput, Workspace, jsonable, report
 
 PredicateName = Literal[
@@ -78,12 +77,9 @@ class CheckRelationOutput(BaseModel):
 
 def run(inp: CheckRelationInput, ws: Workspace, progress: ProgressFn | None = None) -> CheckRelationOutput:
     from geosearch.query import RelationSpec
-    from geosearch.relations.apply import apply_relations, layers_connection
-    from geosearch.relations.predicates import validate_params
+    from geosearch.relations.apply import check_regions
 
     regions = [(r.id, r.geometry()) for r in inp.regions]
-    if len({rid for rid, _ in regions}) != len(regions):
-        raise InputError("region ids must be unique")
     spec = RelationSpec(
         predicate=inp.predicate,
         layer=inp.layer,
@@ -92,18 +88,14 @@ def run(inp: CheckRelationInput, ws: Workspace, progress: ProgressFn | None = No
         threshold=inp.threshold,
         negated=inp.negated,
     )
-    # everything that needs no index is checked first: a bad relation is refused at once
-    validate_params(inp.predicate, inp.layer, inp.distance_m, inp.layer_b, threshold=inp.threshold)
+    path = ws.resolve(inp.index)  # sandboxed; only the index's layers are read (read-only), no model
     report(progress, 0, 1, "checking relation")
-    with ws.using(inp.index) as h, layers_connection(h.path) as con:
-        rep = apply_relations(con, regions, [spec])
-    if rep.unchecked:
-        raise GeoSearchError(rep.unchecked[0].split(": ", 1)[-1])
+    results = check_regions(path, regions, spec)
     report(progress, 1, 1, "done")
-    out = [RelationOut.from_engine(d) for rid, _ in regions for d in rep.results[rid]]
+    out = [RelationOut.from_engine(d) for rid, _ in regions for d in results[rid]]
     first = out[0] if out else None
     return CheckRelationOutput(
-        index=h.name,
+        index=ws.display_name(path),
         predicate=inp.predicate,
         layer=first.layer if first else inp.layer,
         layer_b=first.layer_b if first else inp.layer_b,

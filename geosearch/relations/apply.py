@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geosearch.errors import GeoSearchError
+from geosearch.errors import GeoSearchError, InputError
 from geosearch.query import RelationSpec, TimeSpec
 
 FLAG_FAILED = "relation_failed"
@@ -105,6 +105,25 @@ def apply_relations(
             if not satisfied:
                 report.failed.add(str(r.region_id))
     return report
+
+
+def check_regions(
+    index_path, regions: Sequence[tuple[str, Any]], spec: RelationSpec
+) -> dict[str, list[dict]]:
+    """One relation for ``(id, geometry in EPSG:4326)`` regions on an index's layers:
+    ``{region_id: [result]}`` with ``holds``, ``satisfied`` (negation applied), ``value``, ``unit``.
+    Everything that needs no index is checked before the index file is opened; a relation that
+    cannot be checked (no such layer...) is an error here, not a flag."""
+    from geosearch.relations.predicates import validate_params
+
+    if len({rid for rid, _ in regions}) != len(regions):
+        raise InputError("region ids must be unique")
+    validate_params(spec.predicate, spec.layer, spec.distance_m, spec.layer_b, threshold=spec.threshold)
+    with layers_connection(index_path) as con:
+        rep = apply_relations(con, regions, [spec])
+    if rep.unchecked:
+        raise GeoSearchError(rep.unchecked[0].split(": ", 1)[-1])
+    return rep.results
 
 
 LAYER_SUFFIXES = {".geojson", ".json", ".gpkg", ".parquet", ".geoparquet", ".shp", ".fgb", ".pbf"}

@@ -264,7 +264,7 @@ def read_vector(path: str | Path) -> gpd.GeoDataFrame:
     if not p.exists() and not p.is_symlink():
         raise GeoSearchError(f"vector file not found: {p}")
     if not p.is_dir():  # a FIFO would block the reader forever; a loop or device is no file
-        from geosearch.db import check_regular_file
+        from geosearch.fileio import check_regular_file
 
         check_regular_file(p, "vector file")
     suffix = p.suffix.lower()
