@@ -17,9 +17,10 @@ import json
 from typing import Any
 
 import numpy as np
+import shapely
 from shapely.geometry import box, shape
 
-from geosearch.geo import WGS84, transformer
+from geosearch.geo import WGS84, reproject_geom, transformer
 from geosearch.index import TileIndex
 from geosearch.render import render_png
 
@@ -63,16 +64,15 @@ def answer_map_html(index: TileIndex, geojson: dict[str, Any], *, title: str | N
     """The page for one answer (a FeatureCollection as :meth:`Answer.geojson` makes it, EPSG:4326)."""
     mosaic = index.mosaic()
     mb = mosaic.bounds
-    to_map = transformer(WGS84, mosaic.crs)
     props = geojson.get("properties") or {}
     feats = [("region", f) for f in geojson.get("features") or []]
     feats += [("near", f) for f in props.get("near_misses") or []]
 
     # basemap extent: the whole mosaic, unless it is far larger than what the answer covers
-    geoms_map = [_map_geom(shape(f["geometry"]), to_map) for _, f in feats]
+    geoms_map = [reproject_geom(shape(f["geometry"]), WGS84, mosaic.crs) for _, f in feats]
     extent = mb
     if geoms_map:
-        ax0, ay0, ax1, ay1 = unary_bounds(geoms_map)
+        ax0, ay0, ax1, ay1 = (float(v) for v in shapely.total_bounds(geoms_map))
         side = max(ax1 - ax0, ay1 - ay0, 1e-9)
         if max(mb[2] - mb[0], mb[3] - mb[1]) > 20 * side:
             pad = 2.0 * side
@@ -148,19 +148,8 @@ def answer_map_html(index: TileIndex, geojson: dict[str, Any], *, title: str | N
     return _PAGE.replace("__TITLE__", html.escape(page_title)).replace("__DATA__", payload)
 
 
-def _map_geom(g, to_map):
-    from shapely.ops import transform
-
-    return transform(lambda x, y, z=None: to_map.transform(x, y), g)
-
-
 def _polygons(g) -> list:
     return [p for p in getattr(g, "geoms", [g]) if hasattr(p, "exterior")]
-
-
-def unary_bounds(geoms) -> tuple[float, float, float, float]:
-    b = np.array([g.bounds for g in geoms])
-    return float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
 
 
 def _extent_wgs84(extent, crs) -> tuple[float, float, float, float]:

@@ -73,8 +73,9 @@ def answer_preview(ws: Workspace, h, ans) -> Preview | None:
         return None
     idx = h.index
     geoms = [reproject_geom(r.polygon_wgs84, "EPSG:4326", idx.crs) for r in shown]
-    xs0, ys0, xs1, ys1 = zip(*(g.bounds for g in geoms))
-    x0, y0, x1, y1 = min(xs0), min(ys0), max(xs1), max(ys1)
+    import shapely
+
+    x0, y0, x1, y1 = (float(v) for v in shapely.total_bounds(geoms))
     side = max(x1 - x0, y1 - y0) * 1.3 + 1.0
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     mb = idx.mosaic().bounds
