@@ -490,7 +490,7 @@ def build_aid_bench(
         bench["gap_px"] = gap_px
         bench["background"] = {
             "source": bg.source,
-            "files": sorted({str(f) for f, _ in bg.bands}),
+            "files": list(dict.fromkeys(str(f) for f, _ in bg.bands)),  # red, green, blue order
             "bands": [b for _, b in bg.bands] if bg.source != "sentinel2" else list(S2_BANDS),
             "stretch": "2-98 %" if bg.stretch else None,
         }
