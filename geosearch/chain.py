@@ -36,6 +36,7 @@ from geosearch.refine import calibrate as cal
 from geosearch.refine.common import query_vector
 from geosearch.refine.flags import add_flags
 from geosearch.refine.heatmap import Candidate
+from geosearch.refine.proposed import proposal_candidates
 from geosearch.refine.pyramid import PyramidResult, pyramid_search
 from geosearch.refine.regions import refine_candidates, window_candidates
 from geosearch.refine.rerank import negative_prompts, rerank
@@ -105,6 +106,7 @@ class Retrieval:
     pyramid: PyramidResult
     notes: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)  # flags for every region (e.g. time_not_matched)
+    dates: list[str] | None = None  # the dates the query may answer from (None: all)
 
 
 def tile_mask(index: TileIndex, q: Query) -> tuple[np.ndarray | None, list[str], list[str]]:
@@ -145,17 +147,24 @@ def retrieve(index: TileIndex, q: Query, cfg: dict) -> Retrieval:
     distinct tiles (restricted to the query's area and dates)."""
     vec = query_vector(index, [q.look_for])
     mask, notes, flags = tile_mask(index, q)
+    zoom = not _from_proposals(index, cfg) or bool(cfg["proposal_pyramid"])
     pr = pyramid_search(
         index,
         vec,
         _pool_size(q, cfg),
         top_n=int(cfg["pyramid_top_n"]),
-        depth=int(cfg["pyramid_depth"]),
-        budget=int(cfg["pyramid_budget"]),
+        depth=int(cfg["pyramid_depth"]) if zoom else 0,
+        budget=int(cfg["pyramid_budget"]) if zoom else 0,
         keep=int(cfg["pyramid_keep"]),
         mask=mask,
     )
-    return Retrieval(vec, pr, notes, flags)
+    dates = sorted({str(d) for d in index.dates[mask]}) if mask is not None and index.date_list else None
+    return Retrieval(vec, pr, notes, flags, dates)
+
+
+def _from_proposals(index: TileIndex, cfg: dict) -> bool:
+    """Whether refinement ranks the index's stored region proposals (built with them, and on)."""
+    return bool(cfg["use_proposals"]) and index.proposals() is not None
 
 
 def _pool_size(q: Query, cfg: dict) -> int:
@@ -165,16 +174,35 @@ def _pool_size(q: Query, cfg: dict) -> int:
 
 # --- refine -----------------------------------------------------------------------------------
 def refine(index: TileIndex, q: Query, r: Retrieval, cfg: dict, *, segment: bool = True) -> list[Candidate]:
-    """Stage 3: region candidates at their own extent (segmentation, rescoring, merging), best
-    first; with ``segment=False`` the pyramid's best windows (the ``pyramid`` ablation)."""
+    """Stage 3: region candidates at their own extent, best first: the index's region proposals
+    over the whole mosaic (one per thing), and/or segmentation inside the pyramid's windows with
+    rescoring and merging; with ``segment=False`` the pyramid's best windows (the ``pyramid``
+    ablation)."""
     n = _pool_size(q, cfg)
-    if segment:
-        cands = refine_candidates(index, r.pyramid, r.vector, q.negatives, n, cfg)
-    else:
+    if not segment:
         cands = window_candidates(index, r.pyramid, n)
+    elif _from_proposals(index, cfg):
+        cands = proposal_candidates(index, r.vector, q.negatives, cfg, area=q.area, dates=r.dates)
+        if cfg["proposal_pyramid"]:
+            cands = _merge_sources(
+                cands, refine_candidates(index, r.pyramid, r.vector, q.negatives, n, cfg), cfg
+            )
+    else:
+        cands = refine_candidates(index, r.pyramid, r.vector, q.negatives, n, cfg)
     if q.area is not None:
         cands = [c for c in cands if c.polygon_wgs84.intersects(q.area)]
     return cands
+
+
+def _merge_sources(a: list[Candidate], b: list[Candidate], cfg: dict) -> list[Candidate]:
+    """Two candidate lists as one, best first, one region per thing (box NMS)."""
+    from geosearch.geo import nms_boxes
+
+    both = sorted(a + b, key=lambda c: -c.score)
+    keep = nms_boxes(
+        np.array([c.bbox_map for c in both], float).reshape(-1, 4), len(both), float(cfg["proposal_nms_iou"])
+    )
+    return [both[i] for i in keep]
 
 
 # --- relate -----------------------------------------------------------------------------------

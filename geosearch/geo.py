@@ -187,6 +187,33 @@ def nms_boxes(boxes: np.ndarray, n: int, iou_max: float, *, strict: bool = False
     return keep
 
 
+def square_around(bounds: Bounds, pad: float = 0.0) -> Bounds:
+    """The square centred on ``bounds`` whose side is their longer side, times ``1 + pad``."""
+    x0, y0, x1, y1 = bounds
+    side = max(x1 - x0, y1 - y0) * (1 + pad)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+
+
+def shift_inside(b: Bounds, outer: Bounds) -> Bounds:
+    """``b`` moved (not resized) to lie inside ``outer`` along each axis where it fits."""
+    x0, y0, x1, y1 = b
+    if x1 - x0 <= outer[2] - outer[0]:
+        dx = max(0.0, outer[0] - x0) - max(0.0, x1 - outer[2])
+        x0, x1 = x0 + dx, x1 + dx
+    if y1 - y0 <= outer[3] - outer[1]:
+        dy = max(0.0, outer[1] - y0) - max(0.0, y1 - outer[3])
+        y0, y1 = y0 + dy, y1 + dy
+    return (x0, y0, x1, y1)
+
+
+def own_extent_window(bounds: Bounds, mosaic_bounds: Bounds, pad: float = 0.0) -> Bounds:
+    """The window a region is embedded in "at its own extent": the square around its bbox
+    (``pad``: extra share of the side, 1.0 = twice the side), shifted inside the mosaic. The
+    reranker, the index's region proposals and the calibration all use this one framing."""
+    return shift_inside(square_around(bounds, pad), mosaic_bounds)
+
+
 def to_wgs84(geom, crs):
     """A geometry in ``crs`` as EPSG:4326, with its edges densified (a quarter of its larger side)
     so that edges that curve in lon/lat stay close."""

@@ -7,6 +7,9 @@ Tables
                            and geometry in the mosaic CRS and in EPSG:4326, valid share, date and
                            the embedding (float32 little-endian BLOB).
     ``mosaics``            one row per date: date, files, fingerprint, description (JSON).
+    ``proposals``          region proposals (:mod:`geosearch.proposals`) per date: box and outline
+                           (WKB) in the mosaic CRS, grouping level, and the embedding of the region
+                           at its own extent (:func:`geosearch.geo.own_extent_window`).
 
 Multi-date indexes: ``build_index(new_mosaic, out, date=...)`` on an existing index whose first
 mosaic has a date adds that date. Its tiles are planned on the *first* date's grid, so the same grid
@@ -67,6 +70,15 @@ CREATE TABLE IF NOT EXISTS tiles (
     embedding BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS mosaics (date VARCHAR, files VARCHAR, fingerprint VARCHAR, description VARCHAR);
+CREATE TABLE IF NOT EXISTS proposals (
+    prop_id INTEGER NOT NULL,
+    date VARCHAR,
+    level INTEGER,
+    n_segments INTEGER,
+    x0 DOUBLE, y0 DOUBLE, x1 DOUBLE, y1 DOUBLE,
+    outline BLOB,
+    embedding BLOB NOT NULL
+);
 """
 
 
@@ -204,6 +216,10 @@ def build_index(
                 if on_batch:
                     on_batch(len(done) + report.tiles_embedded, planned_total)
         bar.close()
+        if settings.proposals:
+            p_model, p_read = _build_proposals(con, mosaic, emb_model, settings, date, progress)
+            model_seconds += p_model
+            read_seconds += p_read
         report.seconds = time.perf_counter() - t_start
         report.model_seconds, report.read_seconds = model_seconds, read_seconds
         meta = _read_meta(con)
@@ -229,19 +245,95 @@ def build_index(
     return report
 
 
+def _build_proposals(
+    con, mosaic: Mosaic, emb_model: EmbeddingModel, settings: Settings, date: str | None, progress: bool
+) -> tuple[float, float]:
+    """Find the mosaic's region proposals and embed each at its own extent (resumable: the
+    proposals are deterministic, and those already stored for this date are skipped). Returns
+    (model seconds, read seconds)."""
+    from geosearch.geo import own_extent_window
+    from geosearch.proposals import ProposalSettings, propose_mosaic
+
+    ps = ProposalSettings()
+    key = "proposals" if date is None else f"proposals@{date}"
+    meta = _read_meta(con)
+    recorded = meta.get(key) or {}
+    if recorded.get("settings") not in (None, ps.as_dict()):  # found with other settings: redo them
+        with db.transaction(con):
+            con.execute("DELETE FROM proposals WHERE date IS NOT DISTINCT FROM ?", [date])
+            con.execute("DELETE FROM meta WHERE key = ?", [key])
+    elif recorded.get("status") == "complete":
+        return 0.0, 0.0
+    t0 = time.perf_counter()
+    props = propose_mosaic(mosaic, ps)
+    seg_seconds = time.perf_counter() - t0
+    done = {
+        r[0]
+        for r in con.execute(
+            "SELECT prop_id FROM proposals WHERE date IS NOT DISTINCT FROM ?", [date]
+        ).fetchall()
+    }
+    todo = [(i, p) for i, p in enumerate(props) if i not in done]
+    _write_meta(con, {key: {"status": "building", "settings": ps.as_dict(), "count": len(props)}})
+    bar = _progress(len(props), len(done), progress, "proposals")
+    model_seconds = read_seconds = 0.0
+    size = emb_model.image_size
+    batch = max(1, settings.batch_size)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            t1 = time.perf_counter()
+            wins = [own_extent_window(p.bounds, mosaic.bounds) for _, p in chunk]
+            images = list(pool.map(lambda b: mosaic.read(b, size).rgb, wins))
+            t2 = time.perf_counter()
+            emb = emb_model.encode_images(np.stack(images))
+            t3 = time.perf_counter()
+            read_seconds += t2 - t1
+            model_seconds += t3 - t2
+            frame = pd.DataFrame(
+                {
+                    "prop_id": [i for i, _ in chunk],
+                    "date": [date] * len(chunk),
+                    "level": [p.level for _, p in chunk],
+                    "n_segments": [p.n_segments for _, p in chunk],
+                    "x0": [p.bounds[0] for _, p in chunk],
+                    "y0": [p.bounds[1] for _, p in chunk],
+                    "x1": [p.bounds[2] for _, p in chunk],
+                    "y1": [p.bounds[3] for _, p in chunk],
+                    "outline": [shapely.to_wkb(p.polygon) for _, p in chunk],
+                    "embedding": [e.astype("<f4").tobytes() for e in emb],
+                }
+            )
+            with db.transaction(con, new_props=frame):
+                con.execute("INSERT INTO proposals SELECT * FROM new_props")
+            bar.update(len(chunk))
+    bar.close()
+    _write_meta(
+        con,
+        {
+            key: {
+                "status": "complete",
+                "count": len(props),
+                "settings": ps.as_dict(),
+                "segment_seconds": round(seg_seconds, 2),
+                "embed_seconds": round(model_seconds + read_seconds, 2),
+            }
+        },
+    )
+    return model_seconds, read_seconds + seg_seconds
+
+
 class _NoBar:
     def update(self, n: int) -> None: ...
     def close(self) -> None: ...
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def _progress(total: int, initial: int, enabled: bool, desc: str = "embedding"):
     if not enabled:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(
-        total=total, initial=initial, unit="tile", desc="embedding", dynamic_ncols=True, smoothing=0.1
-    )
+    return tqdm(total=total, initial=initial, unit="tile", desc=desc, dynamic_ncols=True, smoothing=0.1)
 
 
 def _insert_tiles(
@@ -434,6 +526,24 @@ def _check_compatible(meta: dict, model_id: str, fingerprint: str, tiling: dict,
 
 
 @dataclass
+class ProposalSet:
+    """The index's region proposals (all dates), loaded on first use."""
+
+    prop_ids: np.ndarray
+    dates: np.ndarray
+    levels: np.ndarray
+    bounds: np.ndarray  # (N, 4) mosaic CRS
+    embeddings: np.ndarray  # (N, D) float32, unit norm
+    outlines: list  # WKB per proposal (mosaic CRS)
+
+    def __len__(self) -> int:
+        return len(self.prop_ids)
+
+    def outline(self, i: int):
+        return shapely.from_wkb(self.outlines[i])
+
+
+@dataclass
 class TileIndex:
     """An index loaded for search: tile arrays and the embedding matrix in memory (read-only)."""
 
@@ -449,6 +559,7 @@ class TileIndex:
     _date_mosaics: dict = field(default_factory=dict, repr=False)
     _model: EmbeddingModel | None = field(default=None, repr=False)
     _polys84: list | None = field(default=None, repr=False)
+    _proposals: ProposalSet | None = field(default=None, repr=False)
     policy: FilePolicy = field(default=OPEN, repr=False)
 
     @classmethod
@@ -558,6 +669,39 @@ class TileIndex:
             raise InputError(f"no tile {tile_id!r}{at} in index {self.path.name}")
         return int(hits[0])
 
+    def proposals(self) -> ProposalSet | None:
+        """The region proposals stored by the build (None for an index built without them, or
+        whose proposal step did not finish for every date)."""
+        if self._proposals is not None:
+            return self._proposals if len(self._proposals) else None
+        dates = [d for d in {self.meta.get("date"), *self.mosaics} if d is not None] or [None]
+        keys = ["proposals" if d is None else f"proposals@{d}" for d in dates]
+        if not all((self.meta.get(k) or {}).get("status") == "complete" for k in keys):
+            self._proposals = ProposalSet(*(np.zeros(0),) * 5, [])
+            return None
+        con = db.connect(self.path, read_only=True)
+        try:
+            rows = con.execute("""SELECT prop_id, date, level, x0, y0, x1, y1, outline, embedding
+                                  FROM proposals ORDER BY date NULLS FIRST, prop_id""").fetchall()
+        except duckdb.Error as exc:
+            raise db.describe_error(exc, str(self.path)) from exc
+        finally:
+            con.close()
+        if not rows:
+            self._proposals = ProposalSet(*(np.zeros(0),) * 5, [])
+            return None
+        ids, dts, lv, x0, y0, x1, y1, outl, embs = zip(*rows)
+        emb = np.frombuffer(b"".join(embs), dtype="<f4").reshape(len(rows), -1).astype(np.float32)
+        self._proposals = ProposalSet(
+            prop_ids=np.array(ids, dtype=np.int64),
+            dates=np.array(dts, dtype=object),
+            levels=np.array(lv, dtype=np.int64),
+            bounds=np.column_stack([x0, y0, x1, y1]).astype(np.float64),
+            embeddings=emb,
+            outlines=list(outl),
+        )
+        return self._proposals
+
     def polygons_wgs84(self) -> list:
         if self._polys84 is None:
             self._polys84 = boxes_to_wgs84(self.bounds, self.crs)
@@ -661,6 +805,7 @@ class TileIndex:
             "created": m.get("created"),
             "date": m.get("date"),
             "dates": self.date_list,
+            "proposals": {k: v for k, v in m.items() if k.startswith("proposals")},
         }
 
 

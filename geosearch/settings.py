@@ -37,6 +37,10 @@ class Settings(BaseSettings):
         0.05, ge=0.0, le=1.0, description="Tiles with less valid (non-nodata) area are skipped."
     )
 
+    # Region proposals (geosearch.proposals): segments that follow image boundaries, found and
+    # embedded at their own extent when the index is built, scored over the whole mosaic per query
+    proposals: bool = Field(True, description="find and embed region proposals when indexing")
+
     # Search
     text_cache_size: int = 1024
 
@@ -70,6 +74,13 @@ class Settings(BaseSettings):
     max_near_misses: int = Field(3, ge=0, description="near-misses returned with an abstention")
     fill: bool = Field(True, description="pad a short list with the next best (unrefined) windows")
     relation_pool: int = Field(3, ge=1, description="with relations: refine this many times k candidates")
+    use_proposals: bool = Field(True, description="rank the index's region proposals (whole mosaic)")
+    proposal_pool: int = Field(300, ge=1, description="best-scoring proposals considered per query")
+    proposal_nms_iou: float = Field(0.5, gt=0, le=1, description="one region per thing: box IoU in metres")
+    proposal_grow: float = Field(
+        0.02, ge=0, description="a proposal gives way to the largest one holding it that scores within this"
+    )
+    proposal_pyramid: bool = Field(False, description="also refine the pyramid's windows (reads, slower)")
 
     # Limits on what one request may ask (the server refuses more, in one line, before any work)
     max_query_chars: int = Field(2000, ge=10, description="characters in a query")
@@ -167,4 +178,9 @@ CHAIN_FIELDS = (
     "max_near_misses",
     "fill",
     "relation_pool",
+    "use_proposals",
+    "proposal_pool",
+    "proposal_nms_iou",
+    "proposal_grow",
+    "proposal_pyramid",
 )

@@ -182,8 +182,8 @@ def test_eval_mcp_and_ask_serve_the_same_chain(chain_root, tmp_path):
     assert all(_inside_share(g, water) < 0.99 for g in kept), "a region inside the water layer was kept"
     assert all(_inside_share(_mosaic(shape(r["polygon"])), water) > 0.99 for r in red_dry["near_misses"])
     near = red_dry["near_misses"]
-    assert near and all(_inside_share(_mosaic(shape(r["polygon"])), sq_b) > 0.9 for r in near), (
-        "the red square in the water comes back as near-misses"
+    assert near and _iou(_mosaic(shape(near[0]["polygon"])), sq_b) >= 0.8, (
+        "the red square in the water comes back as the first near-miss"
     )
     assert all("relation_failed" in r["flags"] for r in near)
     rel = red_dry["regions"][0]["details"]["relations"][0]

@@ -210,9 +210,11 @@ def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
     monkeypatch.setattr(G, "_LOADED", {})
     present = run_method("segment", index, "red", 5).details["calibration_features"]
     absent = run_method("segment", index, "blue", 5).details["calibration_features"]
-    assert "d_ref" in present and "d_ref" in absent
-    assert present["d_ref"] > -0.1 and absent["d_ref"] < present["d_ref"] - 0.3
-    params = {"features": ["d_ref"], "coef": [20.0], "intercept": 2.0, "threshold": 0.5, "calibrated": True}
+    assert "d_ref" in present and "d_ref1" in absent
+    # one region per thing: the one red square reaches the reference; blue falls far short
+    assert present["d_ref1"] > -0.1 and absent["d_ref1"] < present["d_ref1"] - 0.3
+    assert present["d_ref"] <= present["d_ref1"]  # the mean of the best three, one of them the square
+    params = {"features": ["d_ref1"], "coef": [20.0], "intercept": 2.0, "threshold": 0.5, "calibrated": True}
     monkeypatch.setattr(calibrate, "load_calibration", lambda *a, **k: params)
     ans = run_method("answer", index, "a blue lake", 5)
     assert ans.abstained and "reference gallery" in ans.reason

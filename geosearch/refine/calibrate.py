@@ -207,13 +207,13 @@ REGION_SLOPE = 10.0  # confidence of lower regions: logit shifted by 10 x their 
 REF_REGIONS = 3  # d_ref compares the mean own-extent score of this many best regions to the gallery
 
 
-def reference_gap(s_regions: list[float], query_feats: dict) -> float | None:
-    """``d_ref``: mean own-extent score of the best :data:`REF_REGIONS` regions minus the gallery
-    reference of the query (``None`` without a gallery or regions)."""
+def reference_gap(s_regions: list[float], query_feats: dict, n: int = REF_REGIONS) -> float | None:
+    """``d_ref``: mean own-extent score of the best ``n`` regions minus the gallery reference of
+    the query (``None`` without a gallery or regions); ``d_ref1`` is the same for the best one."""
     ref = query_feats.get("ref_top")
     if ref is None or not s_regions:
         return None
-    best = sorted(s_regions, reverse=True)[:REF_REGIONS]
+    best = sorted(s_regions, reverse=True)[:n]
     return float(np.mean(best) - ref)
 
 
@@ -231,9 +231,11 @@ def region_confidences(
     shifted by :data:`REGION_SLOPE` times each region's score gap to the first region. Returns the
     confidences and the features of the first region (query-level + region-level)."""
     qf = dict(query_feats) if query_feats is not None else query_features(index, vec)
-    d_ref = reference_gap(list(all_scores) if all_scores is not None else [r[0] for r in regions], qf)
+    scores = list(all_scores) if all_scores is not None else [r[0] for r in regions]
+    d_ref = reference_gap(scores, qf)
     if d_ref is not None:
         qf["d_ref"] = d_ref
+        qf["d_ref1"] = reference_gap(scores, qf, 1)
     if not regions:
         return [], qf
     s_top = float(regions[0][0])

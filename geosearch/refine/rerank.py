@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geosearch.geo import Bounds
+from geosearch.geo import own_extent_window
 from geosearch.index import TileIndex
 from geosearch.refine.common import embed_windows, query_vector
 from geosearch.refine.heatmap import Candidate
@@ -120,36 +120,12 @@ def negative_prompts(look_for: str, exclusions: Sequence[str] = ()) -> list[str]
     return list(dict.fromkeys(negs))
 
 
-def square_around(bounds: Bounds, pad: float = 0.0) -> Bounds:
-    x0, y0, x1, y1 = bounds
-    side = max(x1 - x0, y1 - y0) * (1 + pad)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-
-
 def region_embeddings(index: TileIndex, cands: Sequence[Candidate], pad: float = 0.0) -> np.ndarray:
-    # pad: extra share of the side around the square crop (1.0 = twice the side)
-    """Embeddings of the candidates' own extents (square crops around their bboxes, clipped to the
-    mosaic; one counted read each)."""
+    """Embeddings of the candidates' own extents (:func:`geosearch.geo.own_extent_window`; one
+    counted read each)."""
     mb = index.mosaic().bounds
-    crops = []
-    for c in cands:
-        b = square_around(c.bbox_map, pad)
-        crops.append(_shift_inside(b, mb))
-    emb, _ = embed_windows(index, crops)
+    emb, _ = embed_windows(index, [own_extent_window(c.bbox_map, mb, pad) for c in cands])
     return emb
-
-
-def _shift_inside(b: Bounds, mb: Bounds) -> Bounds:
-    x0, y0, x1, y1 = b
-    w, h = x1 - x0, y1 - y0
-    if w <= mb[2] - mb[0]:
-        dx = max(0.0, mb[0] - x0) - max(0.0, x1 - mb[2])
-        x0, x1 = x0 + dx, x1 + dx
-    if h <= mb[3] - mb[1]:
-        dy = max(0.0, mb[1] - y0) - max(0.0, y1 - mb[3])
-        y0, y1 = y0 + dy, y1 + dy
-    return (x0, y0, x1, y1)
 
 
 def rerank(
@@ -161,14 +137,21 @@ def rerank(
     weights: RerankWeights | None = None,
     extra_features: Sequence[dict] | None = None,
     reembed: bool = True,
+    embeddings: np.ndarray | None = None,
+    context: np.ndarray | None = None,
 ) -> list[Candidate]:
-    """Score candidates with the weighted features above; returns them best first (in place)."""
+    """Score candidates with the weighted features above; returns them best first (in place).
+    ``embeddings`` / ``context``: their own-extent embeddings and ``s_context`` scores when already
+    known (the index's region proposals and stored tiles), so nothing is read."""
     w = weights or RerankWeights()
     if not cands:
         return cands
     vec = query_vector(index, prompts)
     model = index.model()
-    if reembed:
+    if embeddings is not None:
+        emb = embeddings
+        s_region = emb @ vec
+    elif reembed:
         emb = region_embeddings(index, cands)
         s_region = emb @ vec
     else:
@@ -181,7 +164,9 @@ def rerank(
             s_neg = (emb @ model.encode_text(list(negatives)).T).max(axis=1)
         s_gen = (emb @ model.encode_text(GENERIC_PROMPTS).T).max(axis=1)
     s_ctx = s_region
-    if emb is not None and w.context != 0:
+    if context is not None:
+        s_ctx = np.asarray(context, float)
+    elif emb is not None and w.context != 0:
         s_ctx = region_embeddings(index, cands, pad=1.0) @ vec
     for i, c in enumerate(cands):
         if extra_features is not None and i < len(extra_features):

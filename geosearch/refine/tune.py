@@ -126,24 +126,16 @@ def fit(
     ``absent``), choose the threshold (false-abstain rate <= ``max_false``) and save it."""
     dirs = bench_dirs.split(",") if isinstance(bench_dirs, str) else list(bench_dirs)
     features = features or list(calibrate.FEATURES)
-    feats, labels, index, notes = [], [], None, []
+    parts, notes = [bench_features(d, features, options) for d in dirs], []
     for d in dirs:
-        r = run_bench(d, "segment", options)
-        index = r["index"]
-        for run, sc in zip(r["runs"], r["scores"]):
-            f = (run.answer.details.get("calibration_features") if run.answer else None) or {}
-            missing = [n for n in features if n not in f]
-            if missing:
-                raise SystemExit(
-                    f"feature(s) {missing} not computed for {d} (is the model's gallery present?)"
-                )
-            feats.append([f[n] for n in features])
-            labels.append(1.0 if sc.answerable else 0.0)
         meta = json.loads((Path(d) / "bench.json").read_text())
         notes.append(
-            f"{Path(d).name} (seed {meta.get('seed')}, left out {'/'.join(meta.get('left_out_classes', []))})"
+            f"{Path(d).name} (seed {meta.get('seed')}, {meta.get('layout', 'shelf')}"
+            f"{' on ' + str(meta['background'].get('source')) if meta.get('background') else ''}, "
+            f"left out {'/'.join(meta.get('left_out_classes', []))})"
         )
-    x, y = np.array(feats), np.array(labels)
+    index = _INDEX_CACHE[str(Path(dirs[-1]).resolve())]
+    x, y = np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     params, p = fit_and_save(
         index,
         features,
@@ -155,6 +147,66 @@ def fit(
     )
     curve = calibrate.tradeoff(p[y == 1], p[y == 0])
     return {"params": params, "curve": curve}
+
+
+def bench_features(
+    bench_dir: str, features: list[str], options: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The calibration features of the served chain's best region for every query of a bench
+    (the ``segment`` ablation: the chain without abstention), and the labels (1 = answerable)."""
+    r = run_bench(bench_dir, "segment", options)
+    x, y = [], []
+    for run, sc in zip(r["runs"], r["scores"]):
+        f = (run.answer.details.get("calibration_features") if run.answer else None) or {}
+        missing = [n for n in features if n not in f]
+        if missing:
+            raise SystemExit(
+                f"feature(s) {missing} not computed for {bench_dir} (is the model's gallery present?)"
+            )
+        x.append([f[n] for n in features])
+        y.append(1.0 if sc.answerable else 0.0)
+    return np.array(x, float), np.array(y, float)
+
+
+def cross_validate(
+    bench_dirs: list[str], feature_sets: list[list[str]], max_false: float = 0.1, options: dict | None = None
+) -> dict:
+    """Leave one bench out: fit the confidence and choose the threshold (false-abstain rate <=
+    ``max_false``) on the other benches, then measure abstain_recall and false_abstain_rate on the
+    bench left out. Returns, per feature set, every fold and the mean and worst fold."""
+    names = sorted({f for fs in feature_sets for f in fs})
+    data = {d: bench_features(d, names, options) for d in bench_dirs}
+    out = {}
+    for fs in feature_sets:
+        cols = [names.index(f) for f in fs]
+        folds = []
+        for held in bench_dirs:
+            xs = np.vstack([data[d][0][:, cols] for d in bench_dirs if d != held])
+            ys = np.concatenate([data[d][1] for d in bench_dirs if d != held])
+            coef, b = calibrate.fit_logistic(xs, ys)
+            p = 1 / (1 + np.exp(-(xs @ coef + b)))
+            thr = calibrate.choose_threshold(p[ys == 1], p[ys == 0], max_false)
+            xt, yt = data[held][0][:, cols], data[held][1]
+            pt = 1 / (1 + np.exp(-(xt @ coef + b)))
+            folds.append(
+                {
+                    "held_out": Path(held).name,
+                    "abstain_recall": round(float(np.mean(pt[yt == 0] < thr)), 4),
+                    "false_abstain_rate": round(float(np.mean(pt[yt == 1] < thr)), 4),
+                    "threshold": round(float(thr), 4),
+                }
+            )
+        ar = [f["abstain_recall"] for f in folds]
+        fa = [f["false_abstain_rate"] for f in folds]
+        out["+".join(fs)] = {
+            "features": fs,
+            "folds": folds,
+            "mean_abstain_recall": round(float(np.mean(ar)), 4),
+            "mean_false_abstain_rate": round(float(np.mean(fa)), 4),
+            "worst_abstain_recall": round(float(np.min(ar)), 4),
+            "worst_false_abstain_rate": round(float(np.max(fa)), 4),
+        }
+    return out
 
 
 def fit_query_level(bench_dir: str, features: list[str] | None = None, max_false: float = 0.15) -> dict:
@@ -367,6 +419,11 @@ if __name__ == "__main__":
     elif cmd == "fit":
         feats = arg.pop("features", None)
         fit(bench_dir, arg, features=feats)
+    elif cmd == "cv":  # tune cv DIR1,DIR2,... '{"features": [["d_ref"], ["d_ref1"]], "max_false": 0.1}'
+        res = cross_validate(
+            bench_dir.split(","), arg.pop("features", [["d_ref"]]), float(arg.pop("max_false", 0.1)), arg
+        )
+        print(json.dumps(res, indent=1))
     elif cmd == "fitq":
         fit_query_level(bench_dir, arg.get("features"))
     elif cmd == "final":

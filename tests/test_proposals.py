@@ -1,0 +1,167 @@
+"""Region proposals that follow image boundaries (geosearch.proposals), stored by the index and
+ranked over the whole mosaic by the answering chain (geosearch.refine.proposed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from shapely.geometry import box
+
+from geosearch.chain import answer
+from geosearch.geo import WGS84, reproject_geom
+from geosearch.index import TileIndex, build_index
+from geosearch.mosaic import open_mosaic
+from geosearch.pipeline import MethodContext
+from geosearch.proposals import hierarchical_grouping, propose_mosaic
+from geosearch.refine.testing import colour_model
+from geosearch.settings import Settings
+
+RES = 2.0
+ORIGIN = (500_000.0, 4_000_000.0)
+
+
+def _write(path, img: np.ndarray) -> None:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=img.shape[2],
+        height=img.shape[1],
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(*ORIGIN, RES, RES),
+    ) as dst:
+        dst.write(img)
+
+
+def _bounds(c0: int, r0: int, c1: int, r1: int) -> tuple:
+    return (ORIGIN[0] + c0 * RES, ORIGIN[1] - r1 * RES, ORIGIN[0] + c1 * RES, ORIGIN[1] - r0 * RES)
+
+
+def _index(tmp_path, img: np.ndarray) -> TileIndex:
+    _write(tmp_path / "scene.tif", img)
+    model = colour_model(32)
+    settings = Settings(scales_m=[128.0, 256.0], overlap=0.5, batch_size=64)
+    build_index(
+        [tmp_path / "scene.tif"], tmp_path / "scene.duckdb", model=model, settings=settings, progress=False
+    )
+    index = TileIndex.open(tmp_path / "scene.duckdb")
+    index.attach_model(model)
+    return index
+
+
+def _iou(a, b) -> float:
+    return a.intersection(b).area / a.union(b).area
+
+
+def _ask(index: TileIndex, text: str, k: int = 10):
+    ans = answer(index, text, k, MethodContext(options={"abstain_threshold": 0.0}))
+    return [reproject_geom(r.polygon_wgs84, WGS84, index.crs) for r in ans.regions]
+
+
+@pytest.fixture(scope="module")
+def two_fields(tmp_path_factory):
+    """A 400 x 300 px (800 x 600 m) scene: a reddish field of fine stripes beside a bluish field of
+    coarse noise (300 m squares), each on its own side of one straight boundary, in a grey margin."""
+    rng = np.random.default_rng(1)
+    img = np.zeros((3, 300, 400), np.uint8)
+    img[:] = rng.integers(110, 130, (3, 300, 400))
+    a, b = (50, 75, 200, 225), (200, 75, 350, 225)  # (c0, r0, c1, r1)
+    rows = np.arange(a[1], a[3])[:, None]
+    stripes = ((rows // 3) % 2).astype(int) * 40
+    img[0, a[1] : a[3], a[0] : a[2]] = 180 + stripes
+    img[1, a[1] : a[3], a[0] : a[2]] = 60 + stripes // 2
+    img[2, a[1] : a[3], a[0] : a[2]] = 50
+    coarse = np.kron(rng.integers(0, 60, (19, 19)), np.ones((8, 8), int))[: b[3] - b[1], : b[2] - b[0]]
+    img[0, b[1] : b[3], b[0] : b[2]] = 40
+    img[1, b[1] : b[3], b[0] : b[2]] = 70 + coarse // 2
+    img[2, b[1] : b[3], b[0] : b[2]] = 170 + coarse
+    tmp = tmp_path_factory.mktemp("fields")
+    return _index(tmp, img), box(*_bounds(*a)), box(*_bounds(*b))
+
+
+def test_grouping_reports_every_level():
+    labels = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[..., 0] = labels * 60
+    regions = hierarchical_grouping(img, labels)
+    assert len(regions) == 4 + 3  # four superpixels, three merges up to the whole image
+    assert max(r["level"] for r in regions) >= 2
+    assert any(r["members"] == frozenset({0, 1, 2, 3}) and r["bbox"] == (0, 0, 4, 4) for r in regions)
+    # a region that outgrows max_side_px is reported and merges no further
+    capped = hierarchical_grouping(img, labels, max_side_px=3)
+    assert not any(len(r["members"]) == 4 for r in capped)
+
+
+def test_two_adjacent_fields_come_back_as_two_regions(two_fields):
+    index, field_a, field_b = two_fields
+    ps = index.proposals()
+    assert ps is not None and len(ps) > 2
+    assert index.info()["proposals"]["proposals"]["status"] == "complete"
+    # each field is one proposal, following its boundary
+    props = [box(*b) for b in ps.bounds]
+    assert max(_iou(p, field_a) for p in props) >= 0.8
+    assert max(_iou(p, field_b) for p in props) >= 0.8
+    # and the chain answers each field with that field, not the two together
+    red = _ask(index, "red")
+    blue = _ask(index, "blue")
+    assert _iou(red[0], field_a) >= 0.8, _iou(red[0], field_a)
+    assert _iou(blue[0], field_b) >= 0.8, _iou(blue[0], field_b)
+
+
+def test_ten_copies_come_back_as_separate_regions(tmp_path):
+    """Ten red squares (60 m) scattered on a green field: the top 10 hold at least nine of them,
+    each its own region (one region per thing)."""
+    rng = np.random.default_rng(3)
+    img = np.zeros((3, 500, 500), np.uint8)
+    img[0], img[1], img[2] = 60, 150, 60
+    img = np.clip(img.astype(int) + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
+    squares = []
+    for r in range(2):
+        for c in range(5):
+            c0, r0 = 30 + c * 95, 60 + r * 220 + (c % 2) * 40
+            img[0, r0 : r0 + 30, c0 : c0 + 30] = 210
+            img[1, r0 : r0 + 30, c0 : c0 + 30] = 50
+            img[2, r0 : r0 + 30, c0 : c0 + 30] = 40
+            squares.append(box(*_bounds(c0, r0, c0 + 30, r0 + 30)))
+    index = _index(tmp_path, img)
+    regions = _ask(index, "red", 10)
+    found = {
+        max(range(10), key=lambda i: _iou(g, squares[i]))
+        for g in regions
+        if max(_iou(g, s) for s in squares) >= 0.5
+    }
+    assert len(found) >= 9, found
+
+
+def test_proposals_follow_outlines_and_resume(tmp_path):
+    """An L-shaped red field comes back with an outline that follows the L (not its box), and a
+    rebuild with the proposals already stored embeds nothing again."""
+    img = np.zeros((3, 400, 400), np.uint8)
+    img[0], img[1], img[2] = 60, 150, 60
+    img[0, 80:320, 80:160] = 220
+    img[0, 240:320, 80:320] = 220
+    img[1:, 80:320, 80:160] = 40
+    img[1:, 240:320, 80:320] = 40
+    _write(tmp_path / "l.tif", img)
+    props = propose_mosaic(open_mosaic([tmp_path / "l.tif"]))
+    ell = box(*_bounds(80, 80, 160, 320)).union(box(*_bounds(80, 240, 320, 320)))
+    best = max(props, key=lambda p: _iou(p.polygon, ell))
+    assert _iou(best.polygon, ell) >= 0.8
+    assert _iou(box(*best.bounds), ell) < 0.6  # the outline, not the box, is what fits
+    model = colour_model(32)
+    settings = Settings(scales_m=[128.0], overlap=0.5)
+    build_index([tmp_path / "l.tif"], tmp_path / "l.duckdb", model=model, settings=settings, progress=False)
+    calls = []
+    orig = model.encode_images
+    model.encode_images = lambda x: calls.append(len(x)) or orig(x)
+    build_index([tmp_path / "l.tif"], tmp_path / "l.duckdb", model=model, settings=settings, progress=False)
+    assert calls == []
+    off = Settings(scales_m=[128.0], overlap=0.5, proposals=False)
+    build_index([tmp_path / "l.tif"], tmp_path / "plain.duckdb", model=model, settings=off, progress=False)
+    plain = TileIndex.open(tmp_path / "plain.duckdb")
+    assert plain.proposals() is None  # the chain then refines the pyramid's windows instead
