@@ -45,6 +45,7 @@ from geosearch.relations.apply import FLAG_NOT_CHECKABLE, RelationReport, apply_
 from geosearch.settings import CHAIN_FIELDS, Settings, get_settings
 
 FLAG_INCOMPLETE = "index_incomplete"
+FIND_ALL_K = 100  # regions considered for a "find all" query (those above the threshold are kept)
 
 STAGES = ("parse", "retrieve", "refine", "relate", "calibrate", "explain")
 ProgressFn = Callable[[float, float | None, str | None], None]
@@ -87,6 +88,8 @@ def parse(
     if not 1 <= int(k) <= 100:
         raise InputError(f"k must be between 1 and 100 (got {k})")
     parsed = parsed or parse_query(text)
+    if parsed.find_all:  # every instance above the abstention threshold, not only the best k
+        k = FIND_ALL_K
     look = parsed.look_for()
     exclusions = list(dict.fromkeys([*parsed.exclusions, *exclude]))
     return Query(
@@ -325,6 +328,9 @@ def calibrate(
     if ans.abstained:
         ans.near_misses = (regions + near)[: max(int(cfg["max_near_misses"]), len(near))]
         ans.regions = []
+    elif q.parsed.find_all:  # every instance: the regions the calibration would answer with
+        ans.regions = [r for r in regions if r.confidence is not None and r.confidence >= thr]
+        details["find_all"] = len(ans.regions)
     return ans
 
 

@@ -103,6 +103,11 @@ class ParsedQuery(BaseModel):
         "phrases, exclusions and negated or far_from relations (those are checked on layers only)",
     )
     source: Literal["rules", "llm"] = "rules"
+    find_all: bool = Field(
+        False,
+        description="the query asks for every instance ('all the quarries', 'every parking lot'): "
+        "every region above the abstention threshold is returned, ranked",
+    )
 
     def look_for(self) -> str:
         """The text to embed for the image model (``image_text``, else the targets, else the query)."""
@@ -267,7 +272,7 @@ ATTRIBUTE_WORDS = {
     "flooded",
 }
 FILLER = re.compile(
-    r"^(?:please\s+)?(?:find|show|show me|search for|search|look for|locate|where are|where is|where|"
+    r"^(?:please\s+)?(?:find|show me|show|search for|search|look for|locate|where are|where is|where|"
     r"are there|is there|give me|get|list|i want|i need|i'm looking for|i am looking for|which|what|"
     r"identify|detect|highlight|map)\b\s*",
     re.I,
@@ -277,6 +282,7 @@ LEAD_DETERMINERS = re.compile(
     r"areas? of|places? where|regions? of|spots? with)\s+",
     re.I,
 )
+FIND_ALL = re.compile(r"^(?:(?:all|every|each)(?:\s+(?:of\s+)?the)?|how many)\b\s*", re.I)
 UNIT_M = {
     "m": 1.0,
     "meter": 1.0,
@@ -614,6 +620,10 @@ def parse_query(text: str) -> ParsedQuery:
     rest = _clean_phrase(work)
     rest = FILLER.sub("", rest)
     image_text = re.sub(r"\s+", " ", FILLER.sub("", _clean_phrase(image))).strip(" ,;.:-")
+    find_all = bool(FIND_ALL.match(rest))
+    if find_all:  # "all the", "every", "how many" say how many, not what to look for
+        rest = FIND_ALL.sub("", rest)
+        image_text = FIND_ALL.sub("", image_text)
     rest = LEAD_DETERMINERS.sub("", rest)
     rest = re.sub(r"\b(?:that|which|who)\s+(?:are|is)\s*$", "", rest, flags=re.I)
     pieces = [
@@ -649,6 +659,7 @@ def parse_query(text: str) -> ParsedQuery:
         positive_prompts=positive,
         negative_prompts=negative,
         image_text=image_text or " and ".join(t.text for t in targets),
+        find_all=find_all,
     )
 
 

@@ -113,9 +113,9 @@ def test_two_adjacent_fields_come_back_as_two_regions(two_fields):
     assert _iou(blue[0], field_b) >= 0.8, _iou(blue[0], field_b)
 
 
-def test_ten_copies_come_back_as_separate_regions(tmp_path):
-    """Ten red squares (60 m) scattered on a green field: the top 10 hold at least nine of them,
-    each its own region (one region per thing)."""
+@pytest.fixture(scope="module")
+def ten_copies(tmp_path_factory):
+    """Ten red squares (60 m) scattered on a green field."""
     rng = np.random.default_rng(3)
     img = np.zeros((3, 500, 500), np.uint8)
     img[0], img[1], img[2] = 60, 150, 60
@@ -128,14 +128,42 @@ def test_ten_copies_come_back_as_separate_regions(tmp_path):
             img[1, r0 : r0 + 30, c0 : c0 + 30] = 50
             img[2, r0 : r0 + 30, c0 : c0 + 30] = 40
             squares.append(box(*_bounds(c0, r0, c0 + 30, r0 + 30)))
-    index = _index(tmp_path, img)
-    regions = _ask(index, "red", 10)
-    found = {
-        max(range(10), key=lambda i: _iou(g, squares[i]))
+    return _index(tmp_path_factory.mktemp("copies"), img), squares
+
+
+def _copies_found(regions, squares) -> set[int]:
+    return {
+        max(range(len(squares)), key=lambda i: _iou(g, squares[i]))
         for g in regions
         if max(_iou(g, s) for s in squares) >= 0.5
     }
+
+
+def test_ten_copies_come_back_as_separate_regions(ten_copies):
+    """The top 10 hold at least nine of the ten squares, each its own region (one per thing)."""
+    index, squares = ten_copies
+    found = _copies_found(_ask(index, "red", 10), squares)
     assert len(found) >= 9, found
+
+
+def test_find_all_returns_every_instance_above_the_threshold(ten_copies, monkeypatch):
+    """ "all the red squares" asks for every instance: k is lifted, and every region whose
+    calibrated confidence passes the abstention threshold is returned, ranked; nothing else."""
+    from geosearch.refine import calibrate
+
+    index, squares = ten_copies
+    params = {"features": ["z_index"], "coef": [1.0], "intercept": -2.0, "threshold": 0.5, "calibrated": True}
+    monkeypatch.setattr(calibrate, "load_calibration", lambda *a, **k: params)
+    ans = answer(index, "all the red squares", 3, MethodContext())
+    assert not ans.abstained and ans.details["find_all"] == len(ans.regions)
+    regions = [reproject_geom(r.polygon_wgs84, WGS84, index.crs) for r in ans.regions]
+    assert len(_copies_found(regions, squares)) >= 9  # more than the k of 3 that was asked
+    assert all(r.confidence >= 0.5 for r in ans.regions)
+    assert all(max(_iou(g, s) for s in squares) > 0.3 for g in regions), "a region that is no square"
+    scores = [r.score for r in ans.regions]
+    assert scores == sorted(scores, reverse=True)
+    # the same words without "all": the k asked
+    assert len(answer(index, "red squares", 3, MethodContext()).regions) <= 3
 
 
 def test_proposals_follow_outlines_and_resume(tmp_path):

@@ -155,3 +155,20 @@ def test_image_text_keeps_what_can_be_seen():
     assert parse_query("farms far from the road").image_text == "farms"
     assert parse_query("a park without a pond").image_text == "a park"
     assert parse_query("solar panels along a river in 2020").image_text == "solar panels along a river"
+
+
+@pytest.mark.parametrize(
+    "text, find_all, look",
+    [
+        ("all the quarries", True, "quarries"),
+        ("show me all red roofs", True, "red roofs"),
+        ("find every parking lot", True, "parking lot"),
+        ("how many ships", True, "ships"),
+        ("a quarry", False, "a quarry"),
+        ("the allotments", False, "the allotments"),
+    ],
+)
+def test_find_all_queries(text, find_all, look):
+    p = parse_query(text)
+    assert p.find_all is find_all
+    assert p.look_for() == look
