@@ -19,6 +19,11 @@ from geosearch.refine.heatmap import Candidate
 from geosearch.refine.regions import rerank_weights
 from geosearch.refine.rerank import rerank
 
+# Proposals are ranked with the specificity term on (s_region - s_generic: a region that matches the
+# query better than it matches "an aerial image"), unless a ``w_specific`` option says otherwise:
+# chosen on the tuning bench aid-dev-tune (hit@10 0.742 -> 0.750, map 0.142 -> 0.153).
+PROPOSAL_W_SPECIFIC = 1.0
+
 
 def proposal_mask(index: TileIndex, ps: ProposalSet, area, dates: list[str] | None) -> np.ndarray:
     """Proposals inside the query's area (EPSG:4326 geometry) and of its dates."""
@@ -137,7 +142,7 @@ def proposal_candidates(
         cands,
         vec,
         negatives=negatives,
-        weights=rerank_weights(cfg),
+        weights=rerank_weights({"w_specific": PROPOSAL_W_SPECIFIC, **cfg}),
         embeddings=ps.embeddings[pool],
         context=ctx,
     )
