@@ -3,12 +3,17 @@ never on the test split).
 
     python -m geosearch.refine.tune grid  out/aid-dev-tune  '{"seg_threshold": [0.5, 0.6]}'
     python -m geosearch.refine.tune fit   out/aid-dev-tune,out/aid-dev-tune1 '{"features": ["d_ref"]}'
+    python -m geosearch.refine.tune cv    DIR1,DIR2,... '{"features": [["d_ref"], ["d_ref1"]], "max_false": 0.1}'
 
 ``grid`` runs the ``segment`` method over the benchmark for each combination of options (they
 override the chain settings of :func:`geosearch.chain.chain_config`) and prints hit@10 / map / cost. ``fit`` runs
 ``segment`` once, fits the logistic confidence on the top region's calibration features (label:
 answerable vs ``absent``), chooses the abstention threshold (false-abstain rate <= 0.15) and
-writes ``calibration.json`` with a note of the data that fitted it.
+writes ``calibration.json`` with a note of the data that fitted it. ``cv`` cross-validates the
+abstention over benches that differ in left-out classes, layout and background
+(``scripts/make_dev_benches.py``): each bench is left out in turn, the confidence and threshold are
+fitted on the others, and abstain_recall / false_abstain_rate are measured on the one left out; it
+prints every fold, the mean and the worst fold per feature set.
 """
 
 from __future__ import annotations
