@@ -105,7 +105,9 @@ def write_answer(geojson: dict[str, Any], path: str | Path) -> str:
             df.to_csv(tmp, index=False)
         else:
             driver = "GPKG" if fmt == "GeoPackage" else "FlatGeobuf"
-            kw = {"layer": _LAYER} if driver == "GPKG" else {}
+            # FlatGeobuf's spatial index sorts features along a Hilbert curve: off, so the rows stay
+            # in rank order as in every other format
+            kw = {"layer": _LAYER} if driver == "GPKG" else {"SPATIAL_INDEX": "NO"}
             if gdf.empty:  # an abstention with no near-miss: still a valid, empty layer
                 gdf = gdf.set_geometry(gdf.geometry.astype("geometry"))
             gdf.to_file(tmp, driver=driver, engine="pyogrio", **kw)

@@ -423,7 +423,7 @@ if __name__ == "__main__":
         grid(bench_dir, arg, arg.pop("_method", ["segment"])[0] if "_method" in arg else "segment", stride)
     elif cmd == "fit":
         feats = arg.pop("features", None)
-        fit(bench_dir, arg, features=feats)
+        fit(bench_dir, arg, max_false=float(arg.pop("max_false", 0.15)), features=feats)
     elif cmd == "cv":  # tune cv DIR1,DIR2,... '{"features": [["d_ref"], ["d_ref1"]], "max_false": 0.1}'
         res = cross_validate(
             bench_dir.split(","), arg.pop("features", [["d_ref"]]), float(arg.pop("max_false", 0.1)), arg
