@@ -131,6 +131,10 @@ def build_index(
 ) -> BuildReport:
     """Embed every valid tile of the mosaic into the index at ``out`` (resumable)."""
     settings = settings or get_settings()
+    if settings.proposals:  # a proposal backend that cannot run here is refused before any work
+        from geosearch.proposals import ProposalSettings, check_backend
+
+        check_backend(ProposalSettings.from_settings(settings))
     t_start = time.perf_counter()
     mosaic = open_mosaic(inputs, bands=bands, stretch=stretch)  # type: ignore[arg-type]
     emb_model = model if isinstance(model, EmbeddingModel) else get_model(model, settings=settings)
@@ -254,11 +258,11 @@ def _build_proposals(
     from geosearch.geo import own_extent_window
     from geosearch.proposals import ProposalSettings, propose_mosaic
 
-    ps = ProposalSettings()
+    ps = ProposalSettings.from_settings(settings)
     key = "proposals" if date is None else f"proposals@{date}"
     meta = _read_meta(con)
     recorded = meta.get(key) or {}
-    if recorded.get("settings") not in (None, ps.as_dict()):  # found with other settings: redo them
+    if not ps.matches(recorded.get("settings")):  # found with other settings: redo them
         with db.transaction(con):
             con.execute("DELETE FROM proposals WHERE date IS NOT DISTINCT FROM ?", [date])
             con.execute("DELETE FROM meta WHERE key = ?", [key])

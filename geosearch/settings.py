@@ -40,6 +40,20 @@ class Settings(BaseSettings):
     # Region proposals (geosearch.proposals): segments that follow image boundaries, found and
     # embedded at their own extent when the index is built, scored over the whole mosaic per query
     proposals: bool = Field(True, description="find and embed region proposals when indexing")
+    proposal_backend: Literal["superpixels", "sam", "sam+superpixels"] = Field(
+        "superpixels",
+        description="superpixels (Felzenszwalb + selective search, no weights), sam (a SAM-family "
+        "model's automatic masks; needs sam_weights) or sam+superpixels (both)",
+    )
+    sam_weights: Path | None = Field(
+        None,
+        description="local folder with a SAM-family checkpoint in Hugging Face format (SlimSAM, sam-vit-base)",
+    )
+    sam_points_per_side: int = Field(16, ge=1, description="SAM point prompts per block side (n x n grid)")
+    sam_min_iou: float = Field(0.88, description="SAM masks with a lower predicted IoU are dropped")
+    sam_min_stability: float = Field(
+        0.95, le=1, description="SAM masks with a lower stability score are dropped"
+    )
 
     # Search
     text_cache_size: int = 1024

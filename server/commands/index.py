@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -26,6 +27,16 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--proposals",
+        choices=["superpixels", "sam", "sam+superpixels", "none"],
+        default=None,
+        help="region proposals found at index time: superpixels (default), sam (a SAM-family model, "
+        "needs GEOSEARCH_SAM_WEIGHTS or --sam-weights), sam+superpixels, or none",
+    )
+    p.add_argument(
+        "--sam-weights", default=None, help="local folder with a SAM-family checkpoint in Hugging Face format"
+    )
     p.add_argument("--overwrite", action="store_true", help="rebuild from scratch if the index exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -41,6 +52,14 @@ def settings_from_args(args):
             updates[name] = value
     if getattr(args, "scales", None):
         updates["scales_m"] = args.scales
+    proposals = getattr(args, "proposals", None)
+    if proposals == "none":
+        updates["proposals"] = False
+    elif proposals:
+        updates["proposals"] = True
+        updates["proposal_backend"] = proposals
+    if getattr(args, "sam_weights", None):
+        updates["sam_weights"] = Path(args.sam_weights)
     settings = get_settings().model_copy(update=updates)
     if not 0 <= settings.overlap < 1:
         from geosearch.errors import InputError
