@@ -225,3 +225,29 @@ def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
     )
     monkeypatch.setattr(G, "_LOADED", {})
     assert G.find_gallery("test-colour", "test-colour@1") is None
+
+
+def test_cross_validation_leaves_each_bench_out(monkeypatch):
+    """tune.cross_validate fits on the other benches and scores the one left out: a feature that
+    separates absent from answerable queries everywhere scores 1.0 on every fold; one that
+    separates them only on the training benches does not transfer, and the worst fold says so."""
+    from geosearch.refine import tune
+
+    rng = np.random.default_rng(0)
+
+    def fake(d, names, options=None):
+        y = np.r_[np.ones(40), np.zeros(10)]
+        good = np.where(y == 1, 1.0, -1.0) + rng.normal(0, 0.1, 50)
+        # "local" separates the classes on benches a and b only (reversed on c)
+        local = good * (-1.0 if d == "c" else 1.0)
+        cols = {"good": good, "local": local}
+        return np.column_stack([cols[n] for n in names]), y
+
+    monkeypatch.setattr(tune, "bench_features", fake)
+    res = tune.cross_validate(["a", "b", "c"], [["good"], ["local"]], max_false=0.1)
+    good = res["good"]
+    assert [f["held_out"] for f in good["folds"]] == ["a", "b", "c"]
+    assert good["mean_abstain_recall"] == 1.0 and good["worst_false_abstain_rate"] <= 0.1
+    local = res["local"]
+    assert local["worst_abstain_recall"] == 0.0  # fitted on a and b, it abstains on nothing absent in c
+    assert {f["held_out"]: f["abstain_recall"] for f in local["folds"]}["c"] == 0.0
