@@ -145,12 +145,14 @@ def tile_mask(index: TileIndex, q: Query) -> tuple[np.ndarray | None, list[str],
     return mask, notes, flags
 
 
-def retrieve(index: TileIndex, q: Query, cfg: dict) -> Retrieval:
-    """Stage 2: coarse search over the tile index, then the coarse-to-fine pyramid over the best
-    distinct tiles (restricted to the query's area and dates)."""
+def retrieve(index: TileIndex, q: Query, cfg: dict, *, zoom: bool | None = None) -> Retrieval:
+    """Stage 2: coarse search over the tile index (restricted to the query's area and dates), then
+    the coarse-to-fine pyramid over the best distinct tiles when refinement needs its windows
+    (``zoom``; default: unless the index's region proposals are ranked on their own)."""
     vec = query_vector(index, [q.look_for])
     mask, notes, flags = tile_mask(index, q)
-    zoom = not _from_proposals(index, cfg) or bool(cfg["proposal_pyramid"])
+    if zoom is None:
+        zoom = not _from_proposals(index, cfg) or bool(cfg["proposal_pyramid"])
     pr = pyramid_search(
         index,
         vec,
@@ -453,7 +455,7 @@ def _refined(index: TileIndex, q: Query, cfg: dict, segment: bool) -> tuple[Retr
         return copy.deepcopy(hit)
     mosaic = index.mosaic()
     reads0 = mosaic.stats.full_res_reads
-    r = retrieve(index, q, cfg)
+    r = retrieve(index, q, cfg, zoom=None if segment else True)  # the pyramid ablation zooms
     cands = refine(index, q, r, cfg, segment=segment)
     out = (r, cands, mosaic.stats.full_res_reads - reads0)
     _CACHE[key] = copy.deepcopy(out)
