@@ -169,3 +169,19 @@ def test_console_ask_exits_fast_with_its_output_flushed(starter_index, tmp_path)
     assert json.loads(out.read_text())["type"] == "FeatureCollection"
     bad = subprocess.run([*cmd[:-1], "   "], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "empty query" in bad.stderr
+
+
+def test_the_command_lets_openmp_threads_sleep_unless_told_otherwise():
+    code = (
+        "import os\n"
+        "from geosearch_server.cli import main\n"
+        "main(['--version'])\n"
+        "import torch\n"
+        "print(os.environ['OMP_WAIT_POLICY'], 'torch' in __import__('sys').modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stdout.split()[-2:] == ["PASSIVE", "True"], proc.stderr[-2000:]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stdout.split()[-2:] == ["ACTIVE", "True"], proc.stderr[-2000:]
