@@ -34,7 +34,6 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-import pandas as pd
 import shapely
 from shapely.geometry import box
 
@@ -346,6 +345,8 @@ def _insert_tiles(
     bounds = np.array([t.bounds for t in tiles], dtype=np.float64)
     polys = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
     polys84 = boxes_to_wgs84(bounds, mosaic.crs)
+    import pandas as pd  # only building needs it (~0.2 s to import)
+
     frame = pd.DataFrame(
         {
             "tile_id": [t.tile_id for t in tiles],
@@ -574,7 +575,7 @@ class TileIndex:
         if not path.is_file():
             raise InputError(f"index not found: {path}")
         try:
-            con = db.connect(path, read_only=True)
+            con = db.connect(path, read_only=True, spatial=False)  # reads tables only: no ST_* here
         except (DatabaseLockedError, DatabaseDamagedError, InputError):
             raise
         except GeoSearchError as exc:
@@ -589,8 +590,8 @@ class TileIndex:
                     f"index {path.name} was written by a newer GeoSearch (format {version}, this one reads "
                     f"{FORMAT_VERSION}): upgrade geosearch"
                 )
-            rows = con.execute("""SELECT tile_id, scale_m, x0, y0, x1, y1, date, embedding FROM tiles
-                                  ORDER BY scale_m, tile_id, date NULLS FIRST""").fetchall()
+            cols = con.execute("""SELECT tile_id, scale_m, x0, y0, x1, y1, date, embedding FROM tiles
+                                  ORDER BY scale_m, tile_id, date NULLS FIRST""").fetchnumpy()
             try:
                 mosaics = {
                     d: json.loads(desc)
@@ -602,18 +603,23 @@ class TileIndex:
             raise db.describe_error(exc, str(path)) from exc
         finally:
             con.close()
-        if not rows:
+        n = len(cols["tile_id"])
+        if not n:
             raise InputError(f"index {path} has no tiles yet (build it with `geosearch index`)")
-        ids, scales, x0, y0, x1, y1, dates, embs = zip(*rows)
-        emb = np.frombuffer(b"".join(embs), dtype="<f4").reshape(len(rows), -1).astype(np.float32)
+        # columns as arrays (fetchnumpy), not a Python tuple per row: ~2x faster on 12k tiles
+        emb = np.frombuffer(b"".join(cols["embedding"]), dtype="<f4").reshape(n, -1).astype(np.float32)
+        dates = cols["date"]
+        dates = np.array(
+            [None if m else d for d, m in zip(np.ma.getdata(dates), np.ma.getmaskarray(dates))], dtype=object
+        )
         return cls(
             path=path,
             meta=meta,
-            tile_ids=np.array(ids, dtype=object),
-            scales=np.array(scales, dtype=np.float64),
-            bounds=np.column_stack([x0, y0, x1, y1]).astype(np.float64),
+            tile_ids=np.asarray(cols["tile_id"], dtype=object),
+            scales=np.asarray(cols["scale_m"], dtype=np.float64),
+            bounds=np.column_stack([cols[c] for c in ("x0", "y0", "x1", "y1")]).astype(np.float64),
             embeddings=emb,
-            dates=np.array(dates, dtype=object),
+            dates=dates,
             mosaics=mosaics,
             policy=policy,
         )

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
         Path.home() / ".cache" / "geosearch" / "models",
         description="Where downloaded / user checkpoints live.",
     )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "geosearch",
+        description="Small caches (weight checksums already verified, keyed by file size and times).",
+    )
 
     # Tiling
     scales_m: Annotated[list[float], NoDecode] = Field(default_factory=lambda: [128.0, 256.0, 512.0, 1024.0])

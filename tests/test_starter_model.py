@@ -78,3 +78,55 @@ def test_models_list_cli(capsys):
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
     assert "geosearch-starter" in out and "present" in out and "remoteclip-vit-b-32" in out
+
+
+def test_plain_torch_towers_equal_the_open_clip_model(starter):
+    """Inference builds the starter in plain torch (geosearch.models.starter_net); training builds it
+    with open_clip. Same weights, same operations: the same tokens and bit-for-bit the same
+    embeddings, for single texts, padded batches and images."""
+    import torch
+    from open_clip.tokenizer import HFTokenizer
+
+    from geosearch.models import starter as st
+    from geosearch.models.starter_net import StarterNet, build_fast_tokenizer
+
+    assert isinstance(starter.model, StarterNet)
+    ref, cfg = st.load_clip(st.WEIGHTS_PATH)
+    texts = [
+        "an aerial image of a stadium",
+        "Farmland NEAR water, with   spaces\tand\nnewlines",
+        "Café naïve résumé &amp; &lt;html&gt; mojibake Ã©tÃ©",
+        "a [SEP] b [CLS] [MASK] [UNK]",
+        "中文 字符 emoji 🚀 ﬁ ligature 1,234.5 km²",
+        "",
+        " ".join(["storage tanks next to a parking lot"] * 30),  # truncated at 64 tokens
+        "x" * 300,
+    ]
+    hf = HFTokenizer(str(st.text_tower_dir()), context_length=int(cfg["text_cfg"]["context_length"]))
+    fast = build_fast_tokenizer(st.text_tower_dir(), int(cfg["text_cfg"]["context_length"]))
+    assert torch.equal(hf(texts), fast(texts))
+    with torch.inference_mode():
+        for batch in ([texts[0]], texts[:2], texts):
+            tokens = starter.tokenizer(batch)
+            assert torch.equal(tokens, st.build_tokenizer(cfg)(batch))
+            assert torch.equal(ref.encode_text(tokens), starter.model.encode_text(tokens))
+        images = torch.randn(5, 3, 80, 80, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(ref.encode_image(images), starter.model.encode_image(images))
+    assert float(ref.logit_scale.detach()) == float(starter.model.logit_scale)
+
+
+def test_loading_the_starter_imports_no_open_clip():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from geosearch.models import get_model\n"
+        "m = get_model('geosearch-starter', device='cpu')\n"
+        "m.encode_text(['a lake']); m.encode_images(__import__('numpy').zeros((1, 80, 80, 3), 'uint8'))\n"
+        "print(sorted(x for x in ('open_clip', 'timm', 'transformers', 'torchvision', 'torch._dynamo')"
+        " if x in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -27,6 +27,7 @@ from shapely.geometry import box, mapping, shape
 
 from geosearch.errors import GeoSearchError, InputError
 from geosearch.settings import get_settings
+from geosearch.timing import phase
 
 ProgressFn = Callable[[float, float | None, str | None], None]
 INDEX_SUFFIXES = {".duckdb", ".db", ".gsidx"}
@@ -307,14 +308,16 @@ class Workspace:
             if refused is not None and refused[0] == mtime:
                 raise InputError(str(refused[1]))  # refused a moment ago: no second open
             try:
-                index = TileIndex.open(path, policy=self.policy)
+                with phase("index_open"):
+                    index = TileIndex.open(path, policy=self.policy)
                 index.check_files()  # a crafted index is refused before any work
             except InputError as exc:
                 self._refused[path] = (mtime, exc)
                 while len(self._refused) > 64:
                     self._refused.pop(next(iter(self._refused)))
                 raise
-            index.model(self.settings)
+            with phase("model_load"):
+                index.model(self.settings)
             h = IndexHandle(self.display_name(path), path, index, mtime=mtime)
             with self._lock:
                 self._indexes[path] = h

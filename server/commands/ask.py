@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 
 def register(sub) -> None:
@@ -30,19 +31,38 @@ def register(sub) -> None:
     )
     p.add_argument("--llm", action="store_true", help="let the configured chat model choose the tools")
     p.add_argument("--no-explain", action="store_true")
-    p.set_defaults(func=run)
+    p.add_argument(
+        "--timings",
+        action="store_true",
+        help="print the wall time of each phase (imports, index open, model load, answer) to stderr "
+        "as one line: geosearch-timings {json}",
+    )
+    p.set_defaults(func=run, fast_exit=True)  # read-only: no interpreter teardown (cli._exit_now)
 
 
 def run(args) -> int:
-    from pathlib import Path
+    from geosearch import timing
 
-    from pydantic import ValidationError
+    try:
+        return _run(args)
+    finally:
+        if getattr(args, "timings", False):
+            print(timing.report_line(), file=sys.stderr)
 
-    from geosearch.errors import InputError
-    from geosearch.export import format_for
-    from geosearch_server.commands._common import format_table
-    from geosearch_tools import answer as t_answer
-    from geosearch_tools.common import Workspace, tool_error_message
+
+def _run(args) -> int:
+    from geosearch.timing import phase
+
+    with phase("imports"):
+        from pathlib import Path
+
+        from pydantic import ValidationError
+
+        from geosearch.errors import InputError
+        from geosearch.export import format_for
+        from geosearch_server.commands._common import format_table
+        from geosearch_tools import answer as t_answer
+        from geosearch_tools.common import Workspace, tool_error_message
 
     if args.out:
         format_for(args.out)  # refuse an unknown extension before any work
@@ -70,12 +90,13 @@ def run(args) -> int:
         raise InputError(tool_error_message(exc)) from exc
     if not inp.text.strip():
         raise InputError("empty query: give some words to search for")
-    if args.llm:
-        from geosearch_server.planner import run_llm_planner
+    with phase("answer"):
+        if args.llm:
+            from geosearch_server.planner import run_llm_planner
 
-        out = t_answer.to_output(run_llm_planner(inp.text, path, ws, k=inp.k, area=inp.area), ws, path)
-    else:
-        out = t_answer.run(inp, ws)  # the answering chain, exactly as the MCP answer tool runs it
+            out = t_answer.to_output(run_llm_planner(inp.text, path, ws, k=inp.k, area=inp.area), ws, path)
+        else:
+            out = t_answer.run(inp, ws)  # the answering chain, exactly as the MCP answer tool runs it
     if args.out:
         from geosearch.export import write_answer
 

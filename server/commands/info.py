@@ -8,7 +8,7 @@ import json
 def register(sub) -> None:
     p = sub.add_parser("info", help="describe an index")
     p.add_argument("index")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, fast_exit=True)  # read-only: no interpreter teardown (cli._exit_now)
 
 
 def run(args) -> int:

@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--bbox-crs", default="EPSG:4326")
     p.add_argument("--scales", type=float, nargs="+", default=None)
     p.add_argument("--format", choices=["table", "geojson", "json"], default="table")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, fast_exit=True)  # read-only: no interpreter teardown (cli._exit_now)
 
 
 def parse_area(args):
