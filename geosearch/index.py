@@ -254,6 +254,8 @@ def _build_proposals(
     """Find the mosaic's region proposals and embed each at its own extent (resumable: the
     proposals are deterministic, and those already stored for this date are skipped). Returns
     (model seconds, read seconds)."""
+    import pandas as pd  # only building needs it
+
     from geosearch.geo import own_extent_window
     from geosearch.proposals import ProposalSettings, propose_mosaic
 
@@ -689,7 +691,7 @@ class TileIndex:
         if not all((self.meta.get(k) or {}).get("status") == "complete" for k in keys):
             self._proposals = ProposalSet(*(np.zeros(0),) * 5, [])
             return None
-        con = db.connect(self.path, read_only=True)
+        con = db.connect(self.path, read_only=True, spatial=False)
         try:
             rows = con.execute("""SELECT prop_id, date, level, x0, y0, x1, y1, outline, embedding
                                   FROM proposals ORDER BY date NULLS FIRST, prop_id""").fetchall()

@@ -47,6 +47,12 @@ class Gallery:
         k = max(1, min(int(k), len(s)))
         return float(np.partition(s, len(s) - k)[-k:].mean())
 
+    def references(self, vecs: np.ndarray, k: int = REFERENCE_K) -> np.ndarray:
+        """:meth:`reference` of each row of ``vecs`` (unit query vectors), in one product."""
+        s = self.embeddings @ np.asarray(vecs, np.float32).T  # (gallery, queries)
+        k = max(1, min(int(k), s.shape[0]))
+        return np.partition(s, s.shape[0] - k, axis=0)[-k:].mean(axis=0)
+
     def best_labels(self, vec: np.ndarray, k: int = REFERENCE_K) -> list[str]:
         """Labels of the ``k`` best gallery scenes (shown in explanations)."""
         s = self.embeddings @ np.asarray(vec, np.float32)

@@ -57,15 +57,17 @@ def plain_words(label: str) -> str:
 
 
 def _floor(index: TileIndex, gallery) -> tuple[float, str] | None:
-    from geosearch.search import text_vector
-
+    """The least well-known trained concept and its reference score (once per model and process:
+    the concepts are embedded in one batch and scored against the gallery in one product)."""
     key = (str(index.meta.get("model_name")), str(index.meta.get("model_id")))
     if key not in _FLOORS:
         concepts = sorted({plain_words(x) for x in gallery.labels if str(x).strip()})
         if not concepts:
             _FLOORS[key] = None
         else:
-            refs = [gallery.reference(text_vector(index, [c])) for c in concepts]
+            vecs = index.model().encode_text(concepts)
+            vecs = vecs / (np.linalg.norm(vecs, axis=1, keepdims=True) + 1e-12)
+            refs = gallery.references(vecs)
             i = int(np.argmin(refs))
             _FLOORS[key] = (float(refs[i]), concepts[i])
     return _FLOORS[key]
