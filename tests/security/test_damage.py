@@ -134,10 +134,10 @@ def test_read_only_commands_open_read_only(built, monkeypatch):
     modes = []
     real = db.connect
 
-    def spy(path=None, *, read_only=False):
+    def spy(path=None, *, read_only=False, **kw):
         if path is not None:
             modes.append(read_only)
-        return real(path, read_only=read_only)
+        return real(path, read_only=read_only, **kw)
 
     monkeypatch.setattr(db, "connect", spy)
     for mod in ("geosearch.relations.layers", "geosearch.relations.predicates", "geosearch.relations.priors"):
