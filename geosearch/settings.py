@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     use_proposals: bool = Field(True, description="rank the index's region proposals (whole mosaic)")
     proposal_pool: int = Field(300, ge=1, description="best-scoring proposals considered per query")
     proposal_nms_iou: float = Field(0.5, gt=0, le=1, description="one region per thing: box IoU in metres")
+    proposal_contain: float = Field(
+        0.6, gt=0, description="> 1: off; else a proposal this much inside a better one is dropped"
+    )
     proposal_grow: float = Field(
         0.02, ge=0, description="a proposal gives way to the largest one holding it that scores within this"
     )
@@ -200,5 +203,6 @@ CHAIN_FIELDS = (
     "proposal_pool",
     "proposal_nms_iou",
     "proposal_grow",
+    "proposal_contain",
     "proposal_pyramid",
 )

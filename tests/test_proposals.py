@@ -193,3 +193,28 @@ def test_proposals_follow_outlines_and_resume(tmp_path):
     build_index([tmp_path / "l.tif"], tmp_path / "plain.duckdb", model=model, settings=off, progress=False)
     plain = TileIndex.open(tmp_path / "plain.duckdb")
     assert plain.proposals() is None  # the chain then refines the pyramid's windows instead
+
+
+def test_one_per_thing_drops_overlaps_and_pieces():
+    from geosearch.refine.proposed import one_per_thing
+
+    boxes = np.array(
+        [
+            [0, 0, 100, 100],  # the thing
+            [5, 5, 100, 100],  # the same thing again (IoU 0.9)
+            [10, 10, 50, 50],  # a piece of it (wholly inside)
+            [200, 0, 300, 100],  # another thing
+            [0, 0, 300, 100],  # both things together: holds them, is not inside either
+        ],
+        float,
+    )
+    assert one_per_thing(boxes, 0.5, 1.01) == [0, 2, 3, 4]  # IoU alone keeps the piece
+    assert one_per_thing(boxes, 0.5, 0.6) == [0, 3, 4]
+
+
+def test_lower_regions_lose_confidence_at_the_calibrations_own_rate():
+    from geosearch.refine import calibrate
+
+    fitted = {"features": ["d_ref"], "coef": [50.0], "intercept": 0.0, "threshold": 0.5}
+    assert calibrate.region_slope(fitted) == 50.0
+    assert calibrate.region_slope({"features": ["z_index"], "coef": [2.0]}) == calibrate.REGION_SLOPE

@@ -22,7 +22,7 @@ own-extent score of the best regions minus ``ref_top``.
 ``confidence = sigmoid(b0 + b . x)`` over the features named in the fitted parameters, fitted by
 logistic regression (L2, Newton steps) on the dev *tuning* benchmark only, with label 1 for
 answerable queries and 0 for ``absent`` ones; lower-ranked regions get the top logit shifted by
-``REGION_SLOPE`` times their own-extent score gap to the best region. A query is
+``region_slope`` times their own-extent score gap to the best region. A query is
 answered "not found" when its best region's confidence is below ``threshold`` (chosen on the same
 tuning data so that at most 15 % of answerable queries abstain). Region features alone reached abstain_recall
 0.28 (false_abstain_rate <= 0.15) and ``bank_count`` 0.56 on one tuning benchmark but 0.28 on the
@@ -204,12 +204,26 @@ def query_features(index: TileIndex, vec: np.ndarray) -> dict:
 
 
 REGION_SLOPE = 10.0  # confidence of lower regions: logit shifted by 10 x their score gap to the top one
+
+
+def region_slope(params: dict) -> float:
+    """How fast a lower region's confidence falls with its own-extent score gap to the best one:
+    the fitted coefficient of the gallery gap (``d_ref*``: a region's own score against what real
+    examples score) when the calibration has one, so that a region scoring like the best region
+    minus x is as sure as a best region x lower would be; else :data:`REGION_SLOPE`."""
+    for name, coef in zip(params.get("features", []), params.get("coef", [])):
+        if str(name).startswith("d_ref") and float(coef) > 0:
+            return float(coef)
+    return REGION_SLOPE
+
+
 REF_REGIONS = 3  # d_ref compares the mean own-extent score of this many best regions to the gallery
 
 
 def reference_gap(s_regions: list[float], query_feats: dict, n: int = REF_REGIONS) -> float | None:
     """``d_ref``: mean own-extent score of the best ``n`` regions minus the gallery reference of
-    the query (``None`` without a gallery or regions); ``d_ref1`` is the same for the best one."""
+        the query (``None`` without a gallery or regions); ``d_ref1`` / ``d_ref5`` are the same for the
+    best one / five."""
     ref = query_feats.get("ref_top")
     if ref is None or not s_regions:
         return None
@@ -228,7 +242,7 @@ def region_confidences(
     """Calibrated confidence of ranked regions, given each one's own-extent score and (or ``None``)
     the generic prompts' score at the same crop. The query-level logit (fitted features, including
     ``d_ref`` from the best own-extent scores among ``all_scores``, default the regions' own) is
-    shifted by :data:`REGION_SLOPE` times each region's score gap to the first region. Returns the
+    shifted by :func:`region_slope` times each region's score gap to the first region. Returns the
     confidences and the features of the first region (query-level + region-level)."""
     qf = dict(query_feats) if query_feats is not None else query_features(index, vec)
     scores = list(all_scores) if all_scores is not None else [r[0] for r in regions]
@@ -236,14 +250,16 @@ def region_confidences(
     if d_ref is not None:
         qf["d_ref"] = d_ref
         qf["d_ref1"] = reference_gap(scores, qf, 1)
+        qf["d_ref5"] = reference_gap(scores, qf, 5)
     if not regions:
         return [], qf
     s_top = float(regions[0][0])
+    slope = region_slope(params)
     confs, best = [], qf
     for rank, (s_reg, s_gen) in enumerate(regions):
         feats = {**qf, **features_for(index, vec, float(s_reg), s_gen)}
         p = confidence(feats, params)
-        logit = np.log(max(p, 1e-12) / max(1 - p, 1e-12)) + REGION_SLOPE * min(0.0, float(s_reg) - s_top)
+        logit = np.log(max(p, 1e-12) / max(1 - p, 1e-12)) + slope * min(0.0, float(s_reg) - s_top)
         confs.append(float(1 / (1 + np.exp(-logit))))
         if rank == 0:
             best = feats

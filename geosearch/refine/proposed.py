@@ -146,7 +146,30 @@ def proposal_candidates(
         embeddings=ps.embeddings[pool],
         context=ctx,
     )
-    keep = nms_boxes(
-        np.array([c.bbox_map for c in ranked], float), len(ranked), float(cfg["proposal_nms_iou"])
+    keep = one_per_thing(
+        np.array([c.bbox_map for c in ranked], float).reshape(-1, 4),
+        float(cfg["proposal_nms_iou"]),
+        float(cfg.get("proposal_contain", 1.01)),
     )
     return [ranked[i] for i in keep]
+
+
+def one_per_thing(boxes: np.ndarray, iou: float, contain: float) -> list[int]:
+    """Greedy suppression over boxes ranked best first: a box is dropped when it overlaps a kept one
+    by IoU >= ``iou``, or lies inside one by >= ``contain`` of its own area (> 1: never)."""
+    if contain > 1:
+        return nms_boxes(boxes, len(boxes), iou)
+    keep: list[int] = []
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    for i, b in enumerate(boxes):
+        if keep:
+            k = boxes[keep]
+            ix = np.clip(np.minimum(k[:, 2], b[2]) - np.maximum(k[:, 0], b[0]), 0, None)
+            iy = np.clip(np.minimum(k[:, 3], b[3]) - np.maximum(k[:, 1], b[1]), 0, None)
+            inter = ix * iy
+            if np.any(inter / np.maximum(area[keep] + area[i] - inter, 1e-18) >= iou):
+                continue
+            if np.any(inter >= contain * area[i]):
+                continue
+        keep.append(i)
+    return keep
