@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,7 @@ from geosearch.settings import Settings, get_settings
 from geosearch.tiling import Tile, plan_tiles, tiles_for_mosaic, valid_fractions
 
 FORMAT_VERSION = 1
+_PROPOSALS_LOCK = threading.Lock()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -686,11 +688,17 @@ class TileIndex:
         whose proposal step did not finish for every date)."""
         if self._proposals is not None:
             return self._proposals if len(self._proposals) else None
+        with _PROPOSALS_LOCK:  # concurrent first queries of a server load them once
+            if self._proposals is None:
+                self._proposals = self._load_proposals()
+        return self._proposals if len(self._proposals) else None
+
+    def _load_proposals(self) -> ProposalSet:
+        empty = ProposalSet(*(np.zeros(0),) * 5, [])
         dates = [d for d in {self.meta.get("date"), *self.mosaics} if d is not None] or [None]
         keys = ["proposals" if d is None else f"proposals@{d}" for d in dates]
         if not all((self.meta.get(k) or {}).get("status") == "complete" for k in keys):
-            self._proposals = ProposalSet(*(np.zeros(0),) * 5, [])
-            return None
+            return empty
         con = db.connect(self.path, read_only=True, spatial=False)
         try:
             rows = con.execute("""SELECT prop_id, date, level, x0, y0, x1, y1, outline, embedding
@@ -700,11 +708,10 @@ class TileIndex:
         finally:
             con.close()
         if not rows:
-            self._proposals = ProposalSet(*(np.zeros(0),) * 5, [])
-            return None
+            return empty
         ids, dts, lv, x0, y0, x1, y1, outl, embs = zip(*rows)
         emb = np.frombuffer(b"".join(embs), dtype="<f4").reshape(len(rows), -1).astype(np.float32)
-        self._proposals = ProposalSet(
+        return ProposalSet(
             prop_ids=np.array(ids, dtype=np.int64),
             dates=np.array(dts, dtype=object),
             levels=np.array(lv, dtype=np.int64),
@@ -712,7 +719,6 @@ class TileIndex:
             embeddings=emb,
             outlines=list(outl),
         )
-        return self._proposals
 
     def polygons_wgs84(self) -> list:
         if self._polys84 is None:

@@ -218,3 +218,25 @@ def test_lower_regions_lose_confidence_at_the_calibrations_own_rate():
     fitted = {"features": ["d_ref"], "coef": [50.0], "intercept": 0.0, "threshold": 0.5}
     assert calibrate.region_slope(fitted) == 50.0
     assert calibrate.region_slope({"features": ["z_index"], "coef": [2.0]}) == calibrate.REGION_SLOPE
+
+
+def test_concurrent_first_queries_load_the_proposals_once(ten_copies, monkeypatch):
+    """A server's first queries race: the proposals are read from the index once, by one
+    connection, and every caller gets the same set."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geosearch import db
+
+    index, _ = ten_copies
+    fresh = TileIndex.open(index.path)
+    calls = []
+    real = db.connect
+
+    def counting(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(db, "connect", counting)
+    with ThreadPoolExecutor(8) as pool:
+        sets = list(pool.map(lambda _: fresh.proposals(), range(16)))
+    assert len(calls) == 1 and all(s is sets[0] for s in sets) and len(sets[0]) > 0
