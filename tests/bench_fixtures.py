@@ -90,3 +90,16 @@ def make_bench(
             )
         )
     return root
+
+
+def write_rgb(path, img, origin, res: float, crs: str = "EPSG:32633", nodata=None) -> None:
+    """A uint8 GeoTIFF of ``img`` (bands, rows, cols) with its top-left corner at ``origin``."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    profile = dict(driver="GTiff", width=img.shape[2], height=img.shape[1], count=img.shape[0])
+    profile.update(dtype="uint8", crs=crs, transform=from_origin(*origin, res, res))
+    if nodata is not None:
+        profile["nodata"] = nodata
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(img)

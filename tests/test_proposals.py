@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from bench_fixtures import write_rgb
 from shapely.geometry import box
 
 from geosearch.chain import answer
@@ -21,21 +22,7 @@ ORIGIN = (500_000.0, 4_000_000.0)
 
 
 def _write(path, img: np.ndarray) -> None:
-    import rasterio
-    from rasterio.transform import from_origin
-
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=img.shape[2],
-        height=img.shape[1],
-        count=3,
-        dtype="uint8",
-        crs="EPSG:32633",
-        transform=from_origin(*ORIGIN, RES, RES),
-    ) as dst:
-        dst.write(img)
+    write_rgb(path, img, ORIGIN, RES)
 
 
 def _bounds(c0: int, r0: int, c1: int, r1: int) -> tuple:

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import shapely
+from bench_fixtures import write_rgb
 from shapely.geometry import box
 
 from geosearch.errors import InputError
@@ -70,8 +71,6 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     """A 240 x 240 px (480 m) scene of bright squares on noise, its left 40 columns nodata."""
-    import rasterio
-    from rasterio.transform import from_origin
 
     rng = np.random.default_rng(7)
     img = rng.integers(20, 90, (3, 240, 240)).astype(np.uint8)
@@ -80,19 +79,7 @@ def scene(tmp_path_factory):
         img[:, r : r + s, c : c + s] = rng.integers(120, 255, (3, 1, 1))
     img[:, :, :40] = 0
     path = tmp_path_factory.mktemp("scene") / "scene.tif"
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=240,
-        height=240,
-        count=3,
-        dtype="uint8",
-        crs="EPSG:32633",
-        nodata=0,
-        transform=from_origin(*ORIGIN, RES, RES),
-    ) as dst:
-        dst.write(img)
+    write_rgb(path, img, ORIGIN, RES, nodata=0)
     return path
 
 
@@ -176,9 +163,7 @@ class OracleSam:
 def test_masks_become_proposals_that_follow_them(weights, tmp_path, monkeypatch):
     """With a SAM that segments perfectly, every square of the scene comes back as a proposal
     whose outline is that square, across several overlapping blocks."""
-    import rasterio
     import torch
-    from rasterio.transform import from_origin
     from transformers import SamImageProcessor, SamProcessor
 
     from geosearch import proposals
@@ -198,18 +183,7 @@ def test_masks_become_proposals_that_follow_them(weights, tmp_path, monkeypatch)
             )
         )
     path = tmp_path / "squares.tif"
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=240,
-        height=240,
-        count=3,
-        dtype="uint8",
-        crs="EPSG:32633",
-        transform=from_origin(*ORIGIN, RES, RES),
-    ) as dst:
-        dst.write(img)
+    write_rgb(path, img, ORIGIN, RES)
     processor = SamProcessor(
         SamImageProcessor(size={"longest_edge": 128}, pad_size={"height": 128, "width": 128})
     )
