@@ -161,14 +161,32 @@ def iou(a, b) -> float:
     return overlap_ratios(a, b)[0]
 
 
-def box_ious(boxes: np.ndarray, one: np.ndarray) -> np.ndarray:
-    """IoU of each row of ``boxes`` (N, 4: minx, miny, maxx, maxy) with the box ``one``."""
+def box_intersections(boxes: np.ndarray, one) -> np.ndarray:
+    """Intersection area of each row of ``boxes`` (N, 4: minx, miny, maxx, maxy) with ``one``."""
     b = np.asarray(boxes, float).reshape(-1, 4)
     ix = np.clip(np.minimum(b[:, 2], one[2]) - np.maximum(b[:, 0], one[0]), 0, None)
     iy = np.clip(np.minimum(b[:, 3], one[3]) - np.maximum(b[:, 1], one[1]), 0, None)
-    inter = ix * iy
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return ix * iy
+
+
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    b = np.asarray(boxes, float).reshape(-1, 4)
+    return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+
+def box_ious(boxes: np.ndarray, one: np.ndarray) -> np.ndarray:
+    """IoU of each row of ``boxes`` (N, 4: minx, miny, maxx, maxy) with the box ``one``."""
+    inter = box_intersections(boxes, one)
+    area = box_areas(boxes)
     return inter / np.maximum(area + (one[2] - one[0]) * (one[3] - one[1]) - inter, 1e-18)
+
+
+def crs_units_per_metre(bounds: Bounds, size_px, pixel_size_m) -> tuple[float, float]:
+    """(x, y) CRS units per metre of a raster grid: 1 for a metric CRS, about 1e-5 for degrees."""
+    return (
+        (bounds[2] - bounds[0]) / (size_px[0] * pixel_size_m[0]),
+        (bounds[3] - bounds[1]) / (size_px[1] * pixel_size_m[1]),
+    )
 
 
 def nms_boxes(boxes: np.ndarray, n: int, iou_max: float, *, strict: bool = False) -> list[int]:

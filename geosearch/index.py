@@ -204,17 +204,12 @@ def build_index(
         batch = max(1, settings.batch_size)
         bar = _progress(planned_total, len(done), progress)
         model_seconds = read_seconds = 0.0
-        size = emb_model.image_size
         with ThreadPoolExecutor(max_workers=2) as pool:
             for start in range(0, len(todo), batch):
                 chunk = todo[start : start + batch]
-                t0 = time.perf_counter()
-                images = list(pool.map(lambda tf: mosaic.read(tf[0].bounds, size).rgb, chunk))
-                t1 = time.perf_counter()
-                emb = emb_model.encode_images(np.stack(images))
-                t2 = time.perf_counter()
-                read_seconds += t1 - t0
-                model_seconds += t2 - t1
+                emb, t_read, t_model = _embed_windows(pool, mosaic, emb_model, [t.bounds for t, _ in chunk])
+                read_seconds += t_read
+                model_seconds += t_model
                 _insert_tiles(con, mosaic, [t for t, _ in chunk], np.array([f for _, f in chunk]), emb, date)
                 report.tiles_embedded += len(chunk)
                 bar.update(len(chunk))
@@ -248,6 +243,19 @@ def build_index(
         except duckdb.Error:
             pass
     return report
+
+
+def _embed_windows(
+    pool, mosaic: Mosaic, emb_model: EmbeddingModel, windows
+) -> tuple[np.ndarray, float, float]:
+    """Read windows at the model's input size (in the pool's threads) and embed them; returns the
+    embeddings, the read seconds and the model seconds."""
+    size = emb_model.image_size
+    t0 = time.perf_counter()
+    images = list(pool.map(lambda b: mosaic.read(b, size).rgb, windows))
+    t1 = time.perf_counter()
+    emb = emb_model.encode_images(np.stack(images))
+    return emb, t1 - t0, time.perf_counter() - t1
 
 
 def _build_proposals(
@@ -284,19 +292,14 @@ def _build_proposals(
     _write_meta(con, {key: {"status": "building", "settings": ps.as_dict(), "count": len(props)}})
     bar = _progress(len(props), len(done), progress, "proposals")
     model_seconds = read_seconds = 0.0
-    size = emb_model.image_size
     batch = max(1, settings.batch_size)
     with ThreadPoolExecutor(max_workers=2) as pool:
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
-            t1 = time.perf_counter()
             wins = [own_extent_window(p.bounds, mosaic.bounds) for _, p in chunk]
-            images = list(pool.map(lambda b: mosaic.read(b, size).rgb, wins))
-            t2 = time.perf_counter()
-            emb = emb_model.encode_images(np.stack(images))
-            t3 = time.perf_counter()
-            read_seconds += t2 - t1
-            model_seconds += t3 - t2
+            emb, t_read, t_model = _embed_windows(pool, mosaic, emb_model, wins)
+            read_seconds += t_read
+            model_seconds += t_model
             frame = pd.DataFrame(
                 {
                     "prop_id": [i for i, _ in chunk],

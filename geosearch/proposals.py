@@ -43,7 +43,7 @@ from rasterio.transform import Affine
 from shapely.geometry import box, shape
 
 from geosearch.errors import InputError
-from geosearch.geo import Bounds, nms_boxes
+from geosearch.geo import Bounds, crs_units_per_metre, nms_boxes
 from geosearch.mosaic import Mosaic
 
 COLOUR_BINS = 25
@@ -501,8 +501,7 @@ def propose_mosaic(mosaic: Mosaic, ps: ProposalSettings | None = None) -> list[P
     sam = _load_sam(ps) if ps.uses_sam else None
     gsd = working_gsd(mosaic, ps)
     mb = mosaic.bounds
-    unit_x = (mb[2] - mb[0]) / (mosaic.size_px[0] * mosaic.pixel_size_m[0])  # CRS units per metre
-    unit_y = (mb[3] - mb[1]) / (mosaic.size_px[1] * mosaic.pixel_size_m[1])
+    unit_x, unit_y = crs_units_per_metre(mb, mosaic.size_px, mosaic.pixel_size_m)
     width_px = max(1, int(round((mb[2] - mb[0]) / (gsd * unit_x))))
     height_px = max(1, int(round((mb[3] - mb[1]) / (gsd * unit_y))))
     overlap = min(ps.block_px // 2, int(math.ceil(ps.max_side_m / gsd)))

@@ -29,6 +29,7 @@ from geosearch.change.temporal import (
     zscore_by_group,
 )
 from geosearch.errors import InputError
+from geosearch.geo import nms_boxes
 from geosearch.index import TileIndex
 from geosearch.pipeline import Answer, MethodContext, Region, hits_to_regions, register_method
 from geosearch.search import scores, search, text_vector, top_k
@@ -40,20 +41,7 @@ NMS_IOU = 0.3
 def suppress(boxes: np.ndarray, order: np.ndarray, iou_max: float) -> np.ndarray:
     """Greedy non-maximum suppression: drop a tile overlapping a better-ranked kept one with
     IoU > ``iou_max`` (overlapping tiles of one change would otherwise fill the ranks)."""
-    keep: list[int] = []
-    kept = np.zeros((0, 4))
-    for j, b in enumerate(boxes):
-        if len(kept):
-            iw = np.clip(np.minimum(kept[:, 2], b[2]) - np.maximum(kept[:, 0], b[0]), 0, None)
-            ih = np.clip(np.minimum(kept[:, 3], b[3]) - np.maximum(kept[:, 1], b[1]), 0, None)
-            inter = iw * ih
-            union = (
-                (kept[:, 2] - kept[:, 0]) * (kept[:, 3] - kept[:, 1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-            )
-            if np.any(inter / union > iou_max):
-                continue
-        keep.append(j)
-        kept = np.vstack([kept, b[None]])
+    keep = nms_boxes(boxes, len(boxes), iou_max, strict=True)
     return order[np.array(keep, dtype=np.int64)]
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from geosearch.geo import box_intersections
 from geosearch.refine.heatmap import Candidate
 from geosearch.refine.pyramid import Window
 
@@ -30,10 +31,8 @@ def add_flags(cands: Sequence[Candidate], windows: Sequence[Window]) -> None:
         scale = c.scale_m or 0.0
         if scale > 0 and len(wb):
             cb = c.bbox_map
-            ix = np.clip(np.minimum(wb[:, 2], cb[2]) - np.maximum(wb[:, 0], cb[0]), 0, None)
-            iy = np.clip(np.minimum(wb[:, 3], cb[3]) - np.maximum(wb[:, 1], cb[1]), 0, None)
             c_area = (cb[2] - cb[0]) * (cb[3] - cb[1])
-            inside = ix * iy / np.maximum(np.minimum(w_area, c_area), 1e-12)
+            inside = box_intersections(wb, cb) / np.maximum(np.minimum(w_area, c_area), 1e-12)
             ratio = np.maximum(w_scale / scale, scale / np.maximum(w_scale, 1e-12))
             if np.any((ratio >= 2) & (inside >= 0.7) & (w_score >= s_reg - SCALE_EPS)):
                 flags.add("ambiguous_scale")

@@ -24,7 +24,7 @@ from rasterio.features import shapes
 from rasterio.transform import Affine
 from shapely.geometry import box, shape
 
-from geosearch.geo import Bounds, to_wgs84
+from geosearch.geo import Bounds, box_areas, box_intersections, to_wgs84
 from geosearch.index import TileIndex
 from geosearch.refine.common import query_vector, window_scale_m
 
@@ -144,10 +144,8 @@ def heatmap_from_windows(
     w, h = x1 - x0, y1 - y0
     b = np.asarray(boxes, float).reshape(-1, 4)
     sc = np.asarray(scores, float).reshape(-1)
-    ix = np.clip(np.minimum(b[:, 2], x1) - np.maximum(b[:, 0], x0), 0, None)
-    iy = np.clip(np.minimum(b[:, 3], y1) - np.maximum(b[:, 1], y0), 0, None)
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    use = (ix * iy >= min_inside * area) & ((b[:, 2] - b[:, 0]) <= max_frac * w + 1e-9)
+    area = box_areas(b)
+    use = (box_intersections(b, bounds) >= min_inside * area) & ((b[:, 2] - b[:, 0]) <= max_frac * w + 1e-9)
     acc = np.zeros((grid, grid))
     cnt = np.zeros((grid, grid))
     crop_scores = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
-from geosearch.geo import nms_boxes, to_wgs84
+from geosearch.geo import box_areas, box_intersections, box_ious, crs_units_per_metre, nms_boxes, to_wgs84
 from geosearch.index import ProposalSet, TileIndex
 from geosearch.refine.heatmap import Candidate
 from geosearch.refine.regions import rerank_weights
@@ -67,9 +67,7 @@ def context_scores(index: TileIndex, bounds: np.ndarray, tile_scores: np.ndarray
 def _crs_units_per_metre(index: TileIndex) -> float:
     m = index.meta.get("mosaic") or {}
     try:
-        (w, _h), (px, _py) = m["size_px"], m["pixel_size_m"]
-        b = m["bounds"]
-        return (b[2] - b[0]) / (w * px)
+        return crs_units_per_metre(m["bounds"], m["size_px"], m["pixel_size_m"])[0]
     except (KeyError, TypeError, ZeroDivisionError):
         return 1.0
 
@@ -82,14 +80,15 @@ def grown(
     score minus ``tol``. A piece of a thing gives way to the whole thing; the order and the
     uniqueness of the pool are kept."""
     b = bounds[allowed]
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    area = box_areas(b)
     out: list[int] = []
     for i in pool:
-        c = bounds[i]
-        ca = (c[2] - c[0]) * (c[3] - c[1])
-        ix = np.clip(np.minimum(b[:, 2], c[2]) - np.maximum(b[:, 0], c[0]), 0, None)
-        iy = np.clip(np.minimum(b[:, 3], c[3]) - np.maximum(b[:, 1], c[1]), 0, None)
-        ok = (ix * iy >= 0.85 * ca) & (area > ca) & (scores[allowed] >= scores[i] - tol)
+        ca = box_areas(bounds[i])[0]
+        ok = (
+            (box_intersections(b, bounds[i]) >= 0.85 * ca)
+            & (area > ca)
+            & (scores[allowed] >= scores[i] - tol)
+        )
         j = int(allowed[np.flatnonzero(ok)[np.argmax(area[ok])]]) if ok.any() else int(i)
         if j not in out:
             out.append(j)
@@ -160,16 +159,12 @@ def one_per_thing(boxes: np.ndarray, iou: float, contain: float) -> list[int]:
     if contain > 1:
         return nms_boxes(boxes, len(boxes), iou)
     keep: list[int] = []
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area = box_areas(boxes)
     for i, b in enumerate(boxes):
         if keep:
-            k = boxes[keep]
-            ix = np.clip(np.minimum(k[:, 2], b[2]) - np.maximum(k[:, 0], b[0]), 0, None)
-            iy = np.clip(np.minimum(k[:, 3], b[3]) - np.maximum(k[:, 1], b[1]), 0, None)
-            inter = ix * iy
-            if np.any(inter / np.maximum(area[keep] + area[i] - inter, 1e-18) >= iou):
+            if box_ious(boxes[keep], b).max() >= iou:
                 continue
-            if np.any(inter >= contain * area[i]):
+            if box_intersections(boxes[keep], b).max() >= contain * area[i]:
                 continue
         keep.append(i)
     return keep
