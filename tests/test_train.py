@@ -78,3 +78,11 @@ def test_tiny_training_run_loss_falls_and_resumes(class_folders, tmp_path):
     model, cfg_json = load_clip(result.best_path)  # the exported file rebuilds the full model
     assert cfg_json["vision_cfg"]["image_size"] == 32
     assert not any(p.requires_grad for p in model.text.parameters())
+
+    # what `geosearch train` writes is a model name for every command: geosearch-starter:PATH
+    from geosearch.models import get_model
+
+    trained = get_model(f"geosearch-starter:{result.best_path}", device="cpu")
+    assert trained.image_size == 32 and trained.model_id.endswith(f"@{trained.model_id[-16:]}")
+    emb = trained.encode_images(np.zeros((2, 40, 40, 3), np.uint8))
+    assert emb.shape == (2, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-3)

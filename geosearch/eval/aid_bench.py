@@ -281,6 +281,7 @@ def _write_mosaic(
     width: int,
     height: int,
     background: np.ndarray | None = None,
+    gsd_m: float = GSD_M,
 ) -> None:
     """RGBA with alpha = 0 between chips, or RGB chips pasted onto ``background`` (3, height, width)."""
     import rasterio
@@ -305,7 +306,7 @@ def _write_mosaic(
         "count": img.shape[0],
         "dtype": "uint8",
         "crs": CRS,
-        "transform": from_origin(ORIGIN[0], ORIGIN[1], GSD_M, GSD_M),
+        "transform": from_origin(ORIGIN[0], ORIGIN[1], gsd_m, gsd_m),
         "tiled": True,
         "blockxsize": 512,
         "blockysize": 512,

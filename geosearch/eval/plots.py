@@ -203,13 +203,22 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _model_label(model: dict) -> str:
+    """``name@first 8 hex of the weights`` (retrained weights keep their name), or the name."""
+    mid = str(model.get("model_id") or "")
+    tag = mid.rsplit("@", 1)[1][:8] if "@" in mid else ""
+    return f"{model.get('name', '')}@{tag}" if tag else str(model.get("name", ""))
+
+
 def results_markdown(paths: list[str]) -> str:
     from geosearch.eval.harness import load_result
 
     results = [load_result(p) for p in paths]
     # per bench, the served chain first, then the component baselines
     order = {"answer": 0, "segment": 1, "pyramid": 2, "coarse": 3, "single-scale": 4}
-    results.sort(key=lambda r: (r["bench"]["name"], order.get(r["method"], 9), r["method"]))
+    results.sort(
+        key=lambda r: (r["bench"]["name"], order.get(r["method"], 9), r["method"], _model_label(r["model"]))
+    )
     cols = [c for c in TABLE_COLUMNS if any(c in r["metrics"] for r in results)]
     head = ["bench", "method", "model", "queries", *cols, "p50 ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -218,7 +227,7 @@ def results_markdown(paths: list[str]) -> str:
         row = [
             r["bench"]["name"],
             f"`{r['method']}`",
-            r["model"]["name"],
+            _model_label(r["model"]),
             str(m.get("n_queries", "")),
             *[_fmt(m.get(c)) for c in cols],
             _fmt(r.get("cost", {}).get("latency_p50_ms")),

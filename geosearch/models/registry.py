@@ -2,7 +2,8 @@
 
 A model name is either a registered preset (``geosearch-starter``, ``remoteclip-vit-b-32``, ...)
 or ``ARCH:CHECKPOINT`` for any open_clip architecture plus a local checkpoint file
-(``ViT-B-32:/models/RemoteCLIP-ViT-B-32.pt``). Architectures are data: the JSON configs in
+(``ViT-B-32:/models/RemoteCLIP-ViT-B-32.pt``); ``geosearch-starter:runs/mine/best.safetensors`` is a
+``geosearch train`` checkpoint. Architectures are data: the JSON configs in
 ``geosearch/models/configs`` are registered with open_clip at import.
 """
 
@@ -150,6 +151,10 @@ def get_model(
         path = Path(ckpt).expanduser()
         if not path.is_file():
             raise WeightsMissingError(f"checkpoint file not found: {path}")
+        from geosearch.models.starter import STARTER_ARCH, starter_model
+
+        if arch == STARTER_ARCH:  # a `geosearch train` checkpoint: the starter loader, offline
+            return starter_model(name, path, dev, settings)
         return _build_open_clip(name, arch, path, dev, settings)
     known = ", ".join(sorted(_REGISTRY))
     raise GeoSearchError(f"unknown model {name!r}; known: {known}, or ARCH:/path/to/checkpoint")

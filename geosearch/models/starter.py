@@ -210,10 +210,18 @@ def _build_starter(spec: ModelSpec, device: torch.device, settings: Settings) ->
     path = get_weight(spec.name, settings, download=False)
     if not Path(path).is_file():  # pragma: no cover - get_weight raises first
         raise WeightsMissingError(f"starter weights missing: {path}")
+    return starter_model(spec.name, path, device, settings)
+
+
+def starter_model(
+    name: str, path: str | os.PathLike, device: torch.device, settings: Settings
+) -> EmbeddingModel:
+    """An :class:`EmbeddingModel` over a starter file: the shipped one, or a ``geosearch train``
+    run's ``best.safetensors`` given as ``geosearch-starter:PATH``."""
     model, cfg, tokenizer = load_inference(path)
     return EmbeddingModel(
-        name=spec.name,
-        model_id=f"{spec.name}@{sha256_cached(path)[:16]}",
+        name=name,
+        model_id=f"{name}@{sha256_cached(path)[:16]}",
         model=model,
         tokenizer=tokenizer,
         image_size=int(cfg["vision_cfg"]["image_size"]),

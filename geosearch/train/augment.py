@@ -67,8 +67,18 @@ def augment(
         theta[:, :, :2] = theta[:, :, :2] @ rot
     grid = F.affine_grid(theta.to(x.device), [n, 3, size, size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return colour_jitter(x, gen, cfg)
 
-    # colour jitter, per image
+
+def colour_jitter(
+    x: torch.Tensor, gen: torch.Generator, cfg: AugmentConfig = AugmentConfig()
+) -> torch.Tensor:
+    """Per-image brightness, contrast, saturation and channel-gain jitter of float NCHW in [0, 1]."""
+    n = x.shape[0]
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, generator=gen) * (hi - lo) + lo
+
     b = u(1 - cfg.brightness, 1 + cfg.brightness).view(n, 1, 1, 1)
     c = u(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
     s = u(1 - cfg.saturation, 1 + cfg.saturation).view(n, 1, 1, 1)

@@ -81,5 +81,15 @@ def evaluate_model(model, data: Dataset, images: np.ndarray) -> dict[str, float]
 
 
 def format_metrics(m: dict[str, float]) -> str:
-    keys = ["zeroshot_acc", "class_p@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"]
+    keys = [
+        "zeroshot_acc",
+        "class_p@10",
+        "tile_acc",
+        "i2t_R@1",
+        "i2t_R@5",
+        "i2t_R@10",
+        "t2i_R@1",
+        "t2i_R@5",
+        "t2i_R@10",
+    ]
     return "  ".join(f"{k}={m[k]:.3f}" for k in keys if k in m)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geosearch.errors import GeoSearchError
 from geosearch.fileio import atomic_path
 from geosearch.models.base import apply_threads, resolve_device
 from geosearch.models.starter import (
@@ -34,6 +35,7 @@ from geosearch.models.starter import (
 from geosearch.train.augment import AugmentConfig, augment, normalize, to_float
 from geosearch.train.data import Dataset, class_prompts, decode_images, load_source
 from geosearch.train.evaluate import evaluate_embeddings, format_metrics
+from geosearch.train.tiles import GENERIC_PROMPTS, NeighbourSampler, TileCropConfig, tile_crops
 
 
 @dataclass
@@ -43,14 +45,18 @@ class TrainConfig:
     split: str | None = "train"
     val_split: str | None = "dev"
     arch: str = "geosearch-starter"
-    epochs: int = 12
+    epochs: int = 32
     batch_size: int = 128
-    image_size: int = 80
+    image_size: int = 96
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_frac: float = 0.05
     template_prob: float = 0.3  # chance that an image's caption is a class-name prompt instead
     class_loss_weight: float = 1.0  # image vs. all class-prompt embeddings (no in-batch false negatives)
+    tile_frac: float = 0.5  # share of each batch that is tile-like mosaic crops (geosearch.train.tiles)
+    tile_side: tuple[float, float] = (0.25, 2.5)  # their side, in chip sides
+    store_size: int | None = None  # decoded side of train images (default: native 150 with tiles)
+    val_tiles: int = 2000  # seeded tile-like crops of the validation split for `tile_acc`
     seed: int = 0
     threads: int = 2
     device: str = "auto"
@@ -149,11 +155,32 @@ def encode_split(
     return np.concatenate(out)
 
 
+@torch.inference_mode()
+def _tile_accuracy(model: torch.nn.Module, tiles: tuple[torch.Tensor, torch.Tensor], class_text) -> float:
+    """Zero-shot accuracy on tile-like validation crops that one class covers (generic ones left out)."""
+    x_all, target = tiles
+    keep = target < class_text.shape[0]
+    was_training = model.visual.training
+    model.visual.eval()
+    preds = []
+    device = class_text.device
+    for i in range(0, len(x_all), 256):
+        x = normalize(x_all[i : i + 256].to(device), MEAN, STD).contiguous(memory_format=torch.channels_last)
+        preds.append((F.normalize(model.visual(x).float(), dim=-1) @ class_text.T).argmax(dim=1).cpu())
+    model.visual.train(was_training)
+    pred = torch.cat(preds)
+    return float((pred[keep] == target[keep]).float().mean()) if keep.any() else 0.0
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or continue) a training run described by ``cfg``; see the module docstring."""
     import open_clip
     from tqdm import tqdm
 
+    if not 0.0 <= cfg.tile_frac <= 1.0:
+        raise GeoSearchError(f"tile_frac must be in [0, 1], got {cfg.tile_frac}")
+    if not 0.0 < cfg.tile_side[0] <= cfg.tile_side[1] <= 3.0:
+        raise GeoSearchError(f"tile_side must satisfy 0 < min <= max <= 3 chip sides, got {cfg.tile_side}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache"
@@ -171,10 +198,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     classes = train_ds.classes
     labels = torch.from_numpy(train_ds.labels)
 
-    store = int(round(cfg.image_size * 8 / 7))  # a little larger than the crop: crops rarely upsample
+    # a little larger than the crop, so crops rarely upsample; tile crops zoom in to a quarter of a
+    # chip, so they keep the chips' native 150 px
+    store = cfg.store_size or (150 if cfg.tile_frac > 0 else int(round(cfg.image_size * 8 / 7)))
     t0 = time.time()
     train_imgs = torch.from_numpy(decode_images(train_ds.records, store, cache_dir))
-    val_imgs = decode_images(val_ds.records, cfg.image_size, cache_dir) if val_ds else None
+    val_imgs = decode_images(val_ds.records, store, cache_dir) if val_ds else None
     print(
         f"decoded {len(train_imgs)} train + {0 if val_imgs is None else len(val_imgs)} val images "
         f"in {time.time() - t0:.1f}s",
@@ -189,6 +218,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     prompts = {c: class_prompts(c) for c in classes}
     texts = [t for c in classes for t in prompts[c]]
     texts += [t for r in train_ds.records for t in r.captions]
+    texts += list(GENERIC_PROMPTS)
     if val_ds:
         texts += [t for c in val_ds.classes for t in class_prompts(c)]
         texts += [t for r in val_ds.records for t in r.captions]
@@ -207,8 +237,38 @@ def train(cfg: TrainConfig) -> TrainResult:
     # The zero-shot classifier: mean prompt embedding per class. Contrasting an image against all
     # classes' prompts has no false negatives, unlike in-batch ClipLoss, where same-class images and
     # near-identical captions are pushed apart; it makes the few-epoch CPU recipe converge much faster.
-    class_text = F.normalize(bank.emb[prompt_idx].mean(dim=1), dim=-1).to(device)
+    class_text = F.normalize(bank.emb[prompt_idx].mean(dim=1), dim=-1)
+    # one more class for tile crops that no class covers: "nothing in particular"
+    generic = F.normalize(bank.emb[[bank.index[t] for t in GENERIC_PROMPTS]].mean(dim=0), dim=-1)
+    class_text = torch.cat([class_text, generic[None]]).to(device)
+    n_cls = len(classes)
+    tile_cfg = TileCropConfig(side=tuple(cfg.tile_side))
+    sampler = NeighbourSampler(labels, classes, tile_cfg)
+    val_tile_set = None
+    if val_ds is not None and val_imgs is not None and cfg.val_tiles > 0:
+        val_labels = torch.from_numpy(val_ds.labels)
+        vgen = torch.Generator().manual_seed(12345)
+        v_anchor = torch.randint(0, len(val_imgs), (cfg.val_tiles,), generator=vgen)
+        v_sampler = NeighbourSampler(val_labels, val_ds.classes, tile_cfg)
+        parts, targets = [], []
+        for i in range(0, cfg.val_tiles, 250):  # no colour jitter: brightness 0 etc.
+            x, tgt, _ = tile_crops(
+                torch.from_numpy(val_imgs),
+                val_labels,
+                v_anchor[i : i + 250],
+                v_sampler,
+                cfg.image_size,
+                vgen,
+                tile_cfg,
+                AugmentConfig(brightness=0, contrast=0, saturation=0, hue_shift=0),
+                n_classes=len(val_ds.classes),
+            )
+            parts.append(x)
+            targets.append(tgt)
+        val_tile_set = (torch.cat(parts), torch.cat(targets))
 
+    if device.type == "cuda":  # augmentation runs batched on the device: keep the images there
+        train_imgs = train_imgs.to(device)
     model.text.to("cpu")  # the text tower is not needed any more during training
     model.visual.to(device).to(memory_format=torch.channels_last)
     model.logit_scale.data = model.logit_scale.data.to(device)
@@ -233,6 +293,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     last_path, best_path = out / "last.pt", out / "best.safetensors"
     history: list[dict] = []
     best_score, epoch0, step0 = -math.inf, 0, 0
+    if not (cfg.resume and last_path.is_file()):
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh history
     if cfg.resume and last_path.is_file():
         ck = torch.load(last_path, map_location="cpu", weights_only=False)
         model.visual.load_state_dict(ck["visual"])
@@ -278,22 +340,36 @@ def train(cfg: TrainConfig) -> TrainResult:
         for step in bar:
             idx = perm[step * bs : (step + 1) * bs]
             gen = torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, step))
-            x = augment(train_imgs[idx].to(device), cfg.image_size, gen, aug_cfg)
-            x = normalize(x, MEAN, STD).contiguous(memory_format=torch.channels_last)
+            n_tile = int(round(cfg.tile_frac * len(idx)))
+            plain, anchors = idx[: len(idx) - n_tile], idx[len(idx) - n_tile :]
+            xs = [augment(train_imgs[plain].to(device), cfg.image_size, gen, aug_cfg)]
+            target, caption_ok = labels[plain], torch.ones(len(plain), dtype=torch.bool)
+            if n_tile:
+                xt, tt, share = tile_crops(
+                    train_imgs, labels, anchors, sampler, cfg.image_size, gen, tile_cfg, aug_cfg, n_cls
+                )
+                xs.append(xt.to(device))
+                target = torch.cat([target, tt])
+                # the anchor's captions describe the anchor: only where it is what the crop shows
+                caption_ok = torch.cat([caption_ok, (tt == labels[anchors]) & (share >= tile_cfg.min_share)])
+            x = normalize(torch.cat(xs), MEAN, STD).contiguous(memory_format=torch.channels_last)
             use_prompt = (torch.rand(len(idx), generator=gen) < cfg.template_prob) | (n_caps[idx] == 0)
+            use_prompt |= ~caption_ok
             pick_p = prompt_idx[
-                labels[idx], torch.randint(0, prompt_idx.shape[1], (len(idx),), generator=gen)
+                target.clamp(max=n_cls - 1), torch.randint(0, prompt_idx.shape[1], (len(idx),), generator=gen)
             ]
             pick_c = torch.floor(torch.rand(len(idx), generator=gen) * n_caps[idx].clamp(min=1)).long()
             cap = cap_table[idx, pick_c]
             tidx = torch.where(use_prompt, pick_p, cap)
+            specific = (target < n_cls).to(device)  # generic crops: no caption, class term only
             txt = text_emb[tidx.to(device)]
-            img = F.normalize(model.visual(x), dim=-1)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                img = F.normalize(model.visual(x).float(), dim=-1)
             scale = model.logit_scale.exp()
-            loss = loss_fn(img, txt, scale)
+            loss = loss_fn(img[specific], txt[specific], scale) if bool(specific.any()) else img.sum() * 0
             if cfg.class_loss_weight > 0:
                 class_logits = scale * img @ class_text.T
-                loss = loss + cfg.class_loss_weight * F.cross_entropy(class_logits, labels[idx].to(device))
+                loss = loss + cfg.class_loss_weight * F.cross_entropy(class_logits, target.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -316,8 +392,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         if val_ds is not None and val_imgs is not None:
             feats = encode_split(model, val_imgs, cfg.image_size, device)
             metrics = evaluate_embeddings(feats, val_ds, bank.lookup)
+            if val_tile_set is not None:
+                metrics["tile_acc"] = _tile_accuracy(model, val_tile_set, class_text[: len(val_ds.classes)])
             entry.update(metrics)
-            score = metrics["zeroshot_acc"] + metrics["class_p@10"]
+            score = metrics["zeroshot_acc"] + metrics["class_p@10"] + metrics.get("tile_acc", 0.0)
             print(f"epoch {epoch + 1}: loss={entry['loss']:.4f} {format_metrics(metrics)}", flush=True)
         else:
             score = -entry["loss"]

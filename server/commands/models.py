@@ -1,4 +1,4 @@
-"""``geosearch models list|eval``: the registered embedding models and their retrieval metrics."""
+"""``geosearch models list|eval|gallery|pointing|tiles``: the registered embedding models and checks of them."""
 
 from __future__ import annotations
 
@@ -30,7 +30,73 @@ def register(sub) -> None:
     pg.add_argument("--out", default=None, help="output .npz (default: MODELS_DIR/<model>.gallery.npz)")
     pg.add_argument("--device", default=None)
     pg.set_defaults(func=run_gallery)
+    pp = msub.add_parser(
+        "pointing",
+        help="one chip per class on a 6x5 grid at 1.7 m: is each class name's top-1 search hit on its chip?",
+    )
+    pp.add_argument("--model", default=None, help="registry name or ARCH:CHECKPOINT (default: settings)")
+    pp.add_argument("--split", default="dev", choices=["dev", "test"], help="test: evaluation only, once")
+    pp.add_argument("--gsd", type=float, default=1.7, help="metres per pixel of the grid mosaic")
+    pp.add_argument("--seed", type=int, default=0, help="which chip of each class")
+    pp.add_argument("--device", default=None)
+    pp.add_argument("--json", action="store_true")
+    pp.set_defaults(func=run_pointing)
+    pt = msub.add_parser(
+        "tiles", help="zero-shot class of every tile one benchmark chip covers (dominant class), per scale"
+    )
+    pt.add_argument("bench", help="a benchmark folder with labelled regions (geosearch bench aid-mosaic)")
+    pt.add_argument("--model", default=None, help="registry name or ARCH:CHECKPOINT (default: settings)")
+    pt.add_argument("--index", default=None, help="index of the bench (default: the one geosearch eval uses)")
+    pt.add_argument("--scales", type=float, nargs="+", default=[128.0, 256.0], help="tile sides in metres")
+    pt.add_argument("--json", action="store_true")
+    pt.set_defaults(func=run_tiles)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _settings_for(args):
+    from geosearch.settings import get_settings
+
+    settings = get_settings()
+    upd = {"model": args.model} if args.model else {}
+    if getattr(args, "device", None):
+        upd["device"] = args.device
+    return settings.model_copy(update=upd) if upd else settings
+
+
+def run_pointing(args) -> int:
+    from geosearch.eval.model_checks import pointing
+
+    settings = _settings_for(args)
+    result = pointing(settings.model, split=args.split, gsd_m=args.gsd, seed=args.seed, settings=settings)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        wrong = {c: v["hit_class"] for c, v in result["per_class"].items() if not v["ok"]}
+        print(
+            f"{result['model']} pointing on {args.split} ({result['grid'][0]}x{result['grid'][1]} at "
+            f"{args.gsd:g} m): {result['pointing']:.3f} of {result['classes']} classes"
+        )
+        for cls, got in wrong.items():
+            print(f"  {cls}: top-1 on {got or 'no chip'}")
+    return 0
+
+
+def run_tiles(args) -> int:
+    from geosearch.eval.model_checks import tile_classification
+
+    result = tile_classification(
+        args.bench,
+        args.index,
+        scales=tuple(args.scales),
+        settings=_settings_for(args),
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        parts = [f"{s:g} m: {result[f'acc@{s:g}m']} ({result[f'n@{s:g}m']} tiles)" for s in args.scales]
+        print(f"{result['model']} tile classification on {args.bench}: " + "; ".join(parts))
+    return 0
 
 
 def run_list(args) -> int:

@@ -12,9 +12,9 @@ def register(sub) -> None:
     )
     p.add_argument("--split", default="train", help="training split (manifest) or sub-folder")
     p.add_argument("--val-split", default="dev", help="split used to pick the best epoch ('' for none)")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--image-size", type=int, default=80)
+    p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument(
@@ -29,6 +29,21 @@ def register(sub) -> None:
         default=1.0,
         help="weight of the image-vs-all-class-prompts term added to ClipLoss (0: ClipLoss only)",
     )
+    p.add_argument(
+        "--tile-frac",
+        type=float,
+        default=0.5,
+        help="share of each batch that is tile-like crops of 3x3 chip mosaics (0: whole chips only)",
+    )
+    p.add_argument(
+        "--tile-side",
+        type=float,
+        nargs=2,
+        default=(0.25, 2.5),
+        metavar=("MIN", "MAX"),
+        help="side of a tile-like crop, in chip sides (log-uniform)",
+    )
+    p.add_argument("--val-tiles", type=int, default=2000, help="seeded tile-like crops of the val split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder: cache, last.pt, best.safetensors, metrics.jsonl")
     p.add_argument(
@@ -62,6 +77,9 @@ def run(args) -> int:
         weight_decay=args.weight_decay,
         template_prob=args.template_prob,
         class_loss_weight=args.class_loss_weight,
+        tile_frac=args.tile_frac,
+        tile_side=tuple(args.tile_side),
+        val_tiles=args.val_tiles,
         seed=args.seed,
         threads=args.threads if args.threads is not None else (settings.threads or 2),
         device=args.device or settings.device,
