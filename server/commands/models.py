@@ -94,7 +94,10 @@ def run_tiles(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        parts = [f"{s:g} m: {result[f'acc@{s:g}m']} ({result[f'n@{s:g}m']} tiles)" for s in args.scales]
+        parts = []
+        for s in args.scales:
+            acc = result[f"acc@{s:g}m"]
+            parts.append(f"{s:g} m: {'-' if acc is None else f'{acc:.3f}'} ({result[f'n@{s:g}m']} tiles)")
         print(f"{result['model']} tile classification on {args.bench}: " + "; ".join(parts))
     return 0
 
