@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -889,3 +890,16 @@ def relocate_index(path: str | Path, locations: Sequence[str | Path]) -> dict:
     finally:
         con.close()
     return {str(d) if d is not None else "": f for d, (f, _, _) in moved.items()}
+
+
+class _CallableModule(type(json)):
+    """Importing this module sets ``geosearch.index`` to it, over the API function
+    ``geosearch.index(mosaic, out, ...)``; calling the module calls that function."""
+
+    def __call__(self, *args, **kwargs):
+        from geosearch.api import index as _index
+
+        return _index(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
