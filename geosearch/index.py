@@ -130,15 +130,17 @@ def build_index(
     progress: bool = True,
     date: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    asset: str | None = None,
 ) -> BuildReport:
-    """Embed every valid tile of the mosaic into the index at ``out`` (resumable)."""
+    """Embed every valid tile of the mosaic into the index at ``out`` (resumable). ``inputs`` are
+    rasters, folders, URLs or STAC Items / ItemCollections (``asset``: which asset of the Items)."""
     settings = settings or get_settings()
     if settings.proposals:  # a proposal backend that cannot run here is refused before any work
         from geosearch.proposals import ProposalSettings, check_backend
 
         check_backend(ProposalSettings.from_settings(settings))
     t_start = time.perf_counter()
-    mosaic = open_mosaic(inputs, bands=bands, stretch=stretch)  # type: ignore[arg-type]
+    mosaic = open_mosaic(inputs, bands=bands, stretch=stretch, asset=asset)  # type: ignore[arg-type]
     emb_model = model if isinstance(model, EmbeddingModel) else get_model(model, settings=settings)
     out = Path(out)
     if out.exists() and overwrite:
@@ -381,7 +383,7 @@ def _insert_tiles(
 def _check_overwritable(out: Path, mosaic: Mosaic) -> None:
     """--overwrite deletes only an index: never an input raster, never another kind of file."""
     real = out.resolve()
-    if any(Path(p).resolve() == real for p in mosaic.paths):
+    if any(not isinstance(p, str) and Path(p).resolve() == real for p in mosaic.paths):
         raise InputError(f"--out {out} is one of the input rasters: --overwrite would delete it")
     check_regular_file(out, "index")
     with open(out, "rb") as fh:
@@ -772,6 +774,7 @@ class TileIndex:
             stretch=m["stretch"],
             stretch_params=[tuple(p) for p in m["stretch_params"]],
             policy=self.policy,
+            expand_stac=False,  # recorded files are rasters (a STAC input was recorded as its assets)
         )
 
     def check_files(self) -> None:
