@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import duckdb
 import numpy as np
@@ -51,6 +52,7 @@ from geosearch.fileio import check_regular_file
 from geosearch.geo import Bounds, as_crs, boxes_to_wgs84, reproject_geom
 from geosearch.models import EmbeddingModel, get_model
 from geosearch.mosaic import Mosaic, open_mosaic
+from geosearch.remote import canonical_url, is_url, url_name
 from geosearch.sandbox import OPEN, FilePolicy, is_virtual
 from geosearch.settings import Settings, get_settings
 from geosearch.tiling import Tile, plan_tiles, tiles_for_mosaic, valid_fractions
@@ -836,15 +838,19 @@ class TileIndex:
 
 def relocate_index(path: str | Path, locations: Sequence[str | Path]) -> dict:
     """Point an index at imagery that moved: each recorded raster is looked for by file name under
-    ``locations`` (folders, searched recursively, or files), and the new set must have the content
+    ``locations`` (folders, searched recursively, files, or URL prefixes such as
+    ``https://data.example.org/cogs/``, where it is expected by name), and the new set must have the content
     fingerprint the index was built from (same files, bytes and grid), so an index can never be
     pointed at other imagery. Returns ``{date: [new files]}``; the index is changed in one
     transaction, or not at all."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"no index at {path}")
-    found: dict[str, list[Path]] = {}
+    found: dict[str, list[Path | str]] = {}
+    bases = [str(loc) for loc in locations if is_url(str(loc))]
     for loc in locations:
+        if is_url(str(loc)):
+            continue
         loc = Path(loc).expanduser()
         if not loc.exists():
             raise InputError(f"{loc} does not exist")
@@ -861,8 +867,8 @@ def relocate_index(path: str | Path, locations: Sequence[str | Path]) -> dict:
         for date, fingerprint, desc in rows:
             files = []
             for f in desc["files"]:
-                name = Path(f).name
-                cands = found.get(name, [])
+                name = url_name(canonical_url(f)) if is_virtual(f) else Path(f).name
+                cands = found.get(name, []) + [f"{b.rstrip('/')}/{quote(name)}" for b in bases]
                 if not cands:
                     raise InputError(f"no file named {name!r} under {', '.join(map(str, locations))}")
                 if len(cands) > 1:

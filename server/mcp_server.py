@@ -405,10 +405,15 @@ def serve(
     allowed_hosts: Sequence[str] = (),
     allowed_origins: Sequence[str] = (),
     log_level: str = "warning",
+    remote_prefixes: Sequence[str] = (),
 ) -> None:
     from geosearch.settings import get_settings
 
     settings = get_settings()
+    if remote_prefixes:
+        settings = settings.model_copy(
+            update={"remote_prefixes": [*remote_prefixes, *settings.remote_prefixes]}
+        )
     mcp = create_server(roots or None, settings=settings)
     ws = mcp.workspace  # type: ignore[attr-defined]
     n = len(ws.catalogue())
@@ -473,6 +478,7 @@ def serve_from_args(args: argparse.Namespace) -> None:
         allowed_hosts=args.allowed_host,
         allowed_origins=args.allowed_origin,
         log_level=args.log_level,
+        remote_prefixes=getattr(args, "remote_prefix", []),
     )
 
 

@@ -372,3 +372,46 @@ def test_the_allow_list_is_read_from_the_environment(monkeypatch):
     assert Settings().remote_prefixes == ["https://a.example.org/cogs/", "s3://bucket/eo/"]
     monkeypatch.delenv("GEOSEARCH_REMOTE_PREFIXES")
     assert Settings().remote_prefixes == []
+
+
+def test_relocate_moves_an_index_between_a_folder_and_a_url_prefix(served, tmp_path):
+    import shutil
+
+    from geosearch.errors import InputError
+    from geosearch.index import TileIndex, build_index, relocate_index
+    from geosearch.refine.testing import colour_model
+
+    folder, server = served
+    (tmp_path / "here").mkdir()
+    shutil.copy(folder / "west.tif", tmp_path / "here" / "west.tif")
+    out = tmp_path / "west.duckdb"
+    build_index(
+        [tmp_path / "here" / "west.tif"], out, model=colour_model(), settings=_settings(), progress=False
+    )
+    window = tuple(TileIndex.open(out).bounds[0])
+    before = TileIndex.open(out).mosaic().read(window, 32).rgb
+
+    # the file went to a server: the same bytes, so the same imagery
+    assert relocate_index(out, [f"{server.url}/"]) == {"": [f"{server.url}/west.tif"]}
+    server.reset()
+    np.testing.assert_array_equal(TileIndex.open(out).mosaic().read(window, 32).rgb, before)
+    assert server.bytes_sent["west.tif"] > 0
+    # other imagery under the same name is refused, and the index is left as it was
+    (tmp_path / "other").mkdir()
+    shutil.copy(folder / "east.tif", tmp_path / "other" / "west.tif")
+    with pytest.raises(InputError, match="not the imagery"):
+        relocate_index(out, [tmp_path / "other"])
+    with pytest.raises(InputError, match="404"):
+        relocate_index(out, [f"{server.url}/stac/"])
+    assert TileIndex.open(out).meta["mosaic"]["files"] == [f"{server.url}/west.tif"]
+    # and back to a local folder
+    assert relocate_index(out, [tmp_path / "here"]) == {"": [str((tmp_path / "here" / "west.tif").resolve())]}
+
+
+def test_serve_takes_remote_prefixes_on_the_command_line(tmp_path, capsys):
+    from geosearch_server.cli import main
+
+    argv = ["serve", "--root", str(tmp_path), "--remote-prefix", "https://data.example.org/cogs/"]
+    assert main([*argv, "--print-config", "claude"]) == 0
+    args = json.loads(capsys.readouterr().out)["mcpServers"]["geosearch"]["args"]
+    assert args[-2:] == ["--remote-prefix", "https://data.example.org/cogs/"]
