@@ -126,7 +126,8 @@ class _Source:
 
     def hash_content(self, h) -> None:
         """Feed ``h`` the file's size and first and last MiB (over HTTP: two range requests); other
-        remote rasters (s3://, gs://...) give their grid's pixels at a coarse overview instead."""
+        remote rasters (s3://, gs://..., or a URL only GDAL may read: GDAL_HTTP_HEADERS...) give
+        their pixels at a coarse overview instead."""
         if not self.remote:
             size = self.path.stat().st_size
             h.update(str(size).encode())
@@ -138,8 +139,14 @@ class _Source:
             return
         url = remote.canonical_url(self.path)
         if remote.is_http(url):
-            remote.hash_http_file(h, url)
-            return
+            try:
+                parts = remote.http_fingerprint_parts(url)
+            except InputError:  # GDAL reads it with headers or a proxy of its own: the pixels then
+                parts = None
+            if parts is not None:
+                for part in parts:
+                    h.update(part)
+                return
         scale = max(1.0, max(self.width, self.height) / 64)
         shape = (self.count, max(1, round(self.height / scale)), max(1, round(self.width / scale)))
         h.update(b"pixels")

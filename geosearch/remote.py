@@ -12,7 +12,7 @@ for GDAL (environment variable ``GDAL_HTTP_TIMEOUT``... or a ``rasterio.Env``) i
 
 from __future__ import annotations
 
-import hashlib
+import http.client
 import posixpath
 import re
 import urllib.error
@@ -106,10 +106,7 @@ def fetch_text(url: str, max_bytes: int = MAX_JSON_BYTES) -> str:
     if not is_http(url):
         raise InputError(f"cannot fetch {url}: only http(s) URLs are read as STAC documents")
     with _request(url) as resp:
-        try:
-            data = resp.read(max_bytes + 1)
-        except (OSError, TimeoutError) as exc:
-            raise InputError(f"cannot read {describe_http_error(url, exc)}") from None
+        data = _read(resp, url, max_bytes + 1)
     if len(data) > max_bytes:
         raise InputError(f"{url} is larger than {max_bytes >> 20} MB: not a STAC document")
     return data.decode("utf-8", errors="replace")
@@ -118,28 +115,35 @@ def fetch_text(url: str, max_bytes: int = MAX_JSON_BYTES) -> str:
 def sniff(url: str, n: int = 512) -> tuple[str, bytes]:
     """(content type, first bytes) of an HTTP(S) URL, with one small range request."""
     with _request(url, f"0-{n - 1}") as resp:
-        return resp.headers.get("Content-Type", "") or "", resp.read(n)
+        return resp.headers.get("Content-Type", "") or "", _read(resp, url, n)
 
 
-def hash_http_file(h: hashlib._Hash, url: str, chunk: int = 1 << 20) -> None:
-    """Feed ``h`` what :meth:`Mosaic.fingerprint` hashes of a local file (its size, first and last
-    MiB) with two range requests, so that a file and its copy on a server fingerprint alike."""
+def _read(resp, url: str, n: int) -> bytes:
+    try:
+        return resp.read(n)
+    except (OSError, http.client.HTTPException) as exc:  # a reset or a stall mid-body
+        raise InputError(f"cannot read {describe_http_error(url, exc)}") from None
+
+
+def http_fingerprint_parts(url: str, chunk: int = 1 << 20) -> list[bytes]:
+    """What :meth:`Mosaic.fingerprint` hashes of a local file (its size, first and last MiB), read
+    with two range requests, so that a file and its copy on a server fingerprint alike."""
     with _request(url, f"0-{chunk - 1}") as resp:
-        head = resp.read(chunk)
+        head = _read(resp, url, chunk)
         size = _total_size(resp, len(head))
         full = resp.status == 200  # the server ignored Range: the body is the whole file
         tail = b""
         if full and size > 2 * chunk:
             tail = head[-chunk:]
-            while block := resp.read(chunk):  # keep only the last MiB (bounded memory)
+            while block := _read(resp, url, chunk):  # keep only the last MiB (bounded memory)
                 tail = (tail + block)[-chunk:]
-    h.update(str(size).encode())
-    h.update(head)
+    parts = [str(size).encode(), head]
     if size > 2 * chunk:
         if not full:
             with _request(url, f"-{chunk}") as resp:
-                tail = resp.read(chunk)
-        h.update(tail)
+                tail = _read(resp, url, chunk)
+        parts.append(tail)
+    return parts
 
 
 def _total_size(resp, got: int) -> int:
