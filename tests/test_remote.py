@@ -146,12 +146,13 @@ def test_cog_over_http_is_indexed_with_range_reads_and_searched_like_the_local_f
     best = gs.index.bounds[gs.index.position(hits.regions[0].region_id)]
     assert best[0] < x0 + 100 and best[2] > x0 and best[1] < y0 + 100 and best[3] > y0
 
-    # reads at query time (refinement) go to the URL again, and see the same pixels
+    # reads at query time (refinement) go to the URL again, and see the same pixels (full
+    # resolution: blocks the build never read, so not in GDAL's cache)
     server.reset()
     window = tuple(best)
-    img = gs.index.mosaic().read(window, 64).rgb
+    img = gs.index.mosaic().read(window, 512).rgb
     assert server.bytes_sent["scene.tif"] > 0
-    np.testing.assert_array_equal(img, local.index.mosaic().read(window, 64).rgb)
+    np.testing.assert_array_equal(img, local.index.mosaic().read(window, 512).rgb)
     answer = gs.ask("red", k=1, explain=False)
     assert answer.regions and answer.regions[0].polygon_wgs84.area > 0
 
@@ -332,6 +333,8 @@ def test_the_asset_is_chosen_by_name_then_role_then_media_type(tmp_path):
 
 # --- the MCP server's allow-list -------------------------------------------------------------------
 def test_the_mcp_server_opens_remote_rasters_only_under_the_allowed_prefixes(served, tmp_path, tiny_settings):
+    import shutil
+
     from mcp import Client
 
     from geosearch.index import build_index
@@ -341,7 +344,8 @@ def test_the_mcp_server_opens_remote_rasters_only_under_the_allowed_prefixes(ser
     root = tmp_path / "root"
     root.mkdir()
     settings = tiny_settings.model_copy(update={"proposals": False})
-    build_index([f"{server.url}/east.tif"], root / "east.duckdb", settings=settings, progress=False)
+    shutil.copy(folder / "east.tif", folder / "served.tif")  # a file no other test read (GDAL's cache)
+    build_index([f"{server.url}/served.tif"], root / "east.duckdb", settings=settings, progress=False)
     args = {"index": "east.duckdb", "tile": "s128_r0_c0", "query": "red roofs"}
 
     def call(prefixes: list[str]):
@@ -361,7 +365,7 @@ def test_the_mcp_server_opens_remote_rasters_only_under_the_allowed_prefixes(ser
         res, sent = call(prefixes)
         assert res.is_error, prefixes
         msg = res.content[0].text
-        assert "refused" in msg and "east.tif" in msg and "\n" not in msg, msg
+        assert "refused" in msg and "served.tif" in msg and "\n" not in msg, msg
         assert sent == 0 and not server.requests, prefixes  # refused before any request
 
 
@@ -382,30 +386,30 @@ def test_relocate_moves_an_index_between_a_folder_and_a_url_prefix(served, tmp_p
     from geosearch.refine.testing import colour_model
 
     folder, server = served
+    name = "moved.tif"  # a file no other test read: GDAL caches what it read of a URL
     (tmp_path / "here").mkdir()
-    shutil.copy(folder / "west.tif", tmp_path / "here" / "west.tif")
+    shutil.copy(folder / "west.tif", tmp_path / "here" / name)
+    shutil.copy(folder / "west.tif", folder / name)
     out = tmp_path / "west.duckdb"
-    build_index(
-        [tmp_path / "here" / "west.tif"], out, model=colour_model(), settings=_settings(), progress=False
-    )
+    build_index([tmp_path / "here" / name], out, model=colour_model(), settings=_settings(), progress=False)
     window = tuple(TileIndex.open(out).bounds[0])
     before = TileIndex.open(out).mosaic().read(window, 32).rgb
 
     # the file went to a server: the same bytes, so the same imagery
-    assert relocate_index(out, [f"{server.url}/"]) == {"": [f"{server.url}/west.tif"]}
+    assert relocate_index(out, [f"{server.url}/"]) == {"": [f"{server.url}/{name}"]}
     server.reset()
     np.testing.assert_array_equal(TileIndex.open(out).mosaic().read(window, 32).rgb, before)
-    assert server.bytes_sent["west.tif"] > 0
+    assert server.bytes_sent[name] > 0
     # other imagery under the same name is refused, and the index is left as it was
     (tmp_path / "other").mkdir()
-    shutil.copy(folder / "east.tif", tmp_path / "other" / "west.tif")
+    shutil.copy(folder / "east.tif", tmp_path / "other" / name)
     with pytest.raises(InputError, match="not the imagery"):
         relocate_index(out, [tmp_path / "other"])
     with pytest.raises(InputError, match="404"):
         relocate_index(out, [f"{server.url}/stac/"])
-    assert TileIndex.open(out).meta["mosaic"]["files"] == [f"{server.url}/west.tif"]
+    assert TileIndex.open(out).meta["mosaic"]["files"] == [f"{server.url}/{name}"]
     # and back to a local folder
-    assert relocate_index(out, [tmp_path / "here"]) == {"": [str((tmp_path / "here" / "west.tif").resolve())]}
+    assert relocate_index(out, [tmp_path / "here"]) == {"": [str((tmp_path / "here" / name).resolve())]}
 
 
 def test_serve_takes_remote_prefixes_on_the_command_line(tmp_path, capsys):
