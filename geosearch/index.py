@@ -876,7 +876,7 @@ def relocate_index(path: str | Path, locations: Sequence[str | Path]) -> dict:
                         f"{name!r} is there more than once: {cands[0]}, {cands[1]}; give the folder"
                     )
                 files.append(cands[0])
-            mosaic = open_mosaic(files, bands=desc["rgb_bands"], stretch=desc["stretch"])
+            mosaic = open_mosaic(files, bands=desc["rgb_bands"], stretch=desc["stretch"], expand_stac=False)
             if mosaic.fingerprint() != fingerprint:
                 raise InputError(
                     f"the rasters found ({', '.join(map(str, files[:3]))}) are not the imagery this index "

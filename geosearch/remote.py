@@ -35,7 +35,7 @@ _VSI = {
 # Defaults for remote opens and reads; any of them the user set for GDAL wins
 GDAL_REMOTE_DEFAULTS = {
     "GDAL_HTTP_CONNECTTIMEOUT": "10",  # seconds to connect
-    "GDAL_HTTP_TIMEOUT": "60",  # seconds for one request
+    "GDAL_HTTP_TIMEOUT": "30",  # seconds for one request
     "GDAL_HTTP_MAX_RETRY": "2",  # retries on 429 / 5xx / timeouts
     "GDAL_HTTP_RETRY_DELAY": "0.5",
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no folder listing, no sidecar probes per open
