@@ -12,12 +12,9 @@ for GDAL (environment variable ``GDAL_HTTP_TIMEOUT``... or a ``rasterio.Env``) i
 
 from __future__ import annotations
 
-import http.client
 import posixpath
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from geosearch.errors import InputError
 
@@ -82,6 +79,8 @@ def gdal_env() -> dict[str, str]:
 
 
 def describe_http_error(url: str, exc: BaseException) -> str:
+    import urllib.error
+
     if isinstance(exc, urllib.error.HTTPError):
         return f"{url}: HTTP {exc.code} {exc.reason}"
     if isinstance(exc, urllib.error.URLError):
@@ -92,6 +91,9 @@ def describe_http_error(url: str, exc: BaseException) -> str:
 
 
 def _request(url: str, byte_range: str | None = None):
+    import urllib.error
+    import urllib.request  # here: its imports (http, email, ssl) cost every command otherwise
+
     headers = {"User-Agent": "geosearch"}
     if byte_range:
         headers["Range"] = f"bytes={byte_range}"
@@ -119,6 +121,8 @@ def sniff(url: str, n: int = 512) -> tuple[str, bytes]:
 
 
 def _read(resp, url: str, n: int) -> bytes:
+    import http.client
+
     try:
         return resp.read(n)
     except (OSError, http.client.HTTPException) as exc:  # a reset or a stall mid-body
