@@ -89,7 +89,7 @@ class _Source:
                 self.has_overviews = bool(ds.count and ds.overviews(1))
                 self.colorinterp = [c.name for c in ds.colorinterp]
         except RasterioIOError as exc:
-            raise InputError(f"not a readable raster: {path} ({_first_line(exc)})") from None
+            raise InputError(f"not a readable raster: {path} ({_first_line(exc)})") from exc
         except RasterioError as exc:  # a remote open: credentials, a driver refusing the URL...
             if not self.remote:
                 raise
@@ -221,6 +221,8 @@ def _is_remote_stac(url: str) -> bool:
 
 
 def _stac_rasters(source: str | Path, asset: str | None) -> list[Path | str]:
+    """The image assets of a STAC document: URLs as strings, local files (checked) as paths."""
+    from geosearch.fileio import check_regular_file
     from geosearch.stac import asset_hrefs
 
     out: list[Path | str] = []
@@ -229,8 +231,6 @@ def _stac_rasters(source: str | Path, asset: str | None) -> list[Path | str]:
             out.append(href)
             continue
         p = Path(href.removeprefix("file://"))
-        from geosearch.fileio import check_regular_file
-
         check_regular_file(p, f"asset of STAC document {source}")
         out.append(p)
     return out

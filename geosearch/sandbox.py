@@ -80,7 +80,8 @@ class FilePolicy:
                 )
             raise InputError(
                 f"raster {_short(s)!r} is refused: remote and virtual paths (URLs, /vsi*, GDAL connection "
-                "strings) are not allowed here (an operator can allow URL prefixes: GEOSEARCH_REMOTE_PREFIXES)"
+                "strings) are not allowed here (an operator can allow URL prefixes: geosearch serve --remote-prefix "
+                "URL, or GEOSEARCH_REMOTE_PREFIXES)"
             )
         p = self._check_local(Path(s))
         for sidecar in (p.with_name(p.name + ext) for ext in SIDECARS):

@@ -418,6 +418,8 @@ def serve(
     ws = mcp.workspace  # type: ignore[attr-defined]
     n = len(ws.catalogue())
     where = ", ".join(map(str, ws.roots))
+    if ws.policy.url_prefixes:  # the operator sees which remote rasters indexes may name
+        where += f"; remote rasters under {', '.join(ws.policy.url_prefixes)}"
     if not http:
         # stdout is the protocol: say on stderr what is served, so a terminal user sees it is alive
         print(
