@@ -154,6 +154,9 @@ class _Source:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of an error, or of the GDAL error behind it ("Read failed. See previous...")."""
+    while "previous exception" in str(exc) and (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
