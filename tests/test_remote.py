@@ -165,6 +165,10 @@ def test_cli_indexes_a_url_and_reports_bad_remote_input_in_one_line(served, tmp_
     out = tmp_path / "cli.duckdb"
     assert main(["index", f"{server.url}/west.tif", "--out", str(out), *base]) == 0
     assert json.loads(capsys.readouterr().out)["tiles_embedded"] > 0
+    # a layer derived from the same URL (green field: NDVI with green as 'nir' and red as 'red')
+    derive = ["layers", "derive", str(out), f"{server.url}/west.tif", "--kind", "vegetation", "--name", "veg"]
+    assert main([*derive, "--nir", "2", "--red", "1"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
