@@ -187,7 +187,7 @@ def test_cli_indexes_a_url_and_reports_bad_remote_input_in_one_line(served, tmp_
     )
     cases = {
         f"{server.url}/missing.tif": "404",
-        f"http://127.0.0.1:{closed}/scene.tif": "127.0.0.1",
+        f"http://127.0.0.1:{closed}/scene.tif": "connect",
         f"{server.url}/notes.txt": "not a readable raster",
         f"{server.url}/missing.json": "HTTP 404",
         str(bad_json): "not valid JSON",
