@@ -28,7 +28,8 @@ def ask(index_path, text: str, k: int = 5, **kw):
 
 
 def index(mosaic, out, **kw):
-    """Build (or resume) an index of a mosaic and open it: ``geosearch.index("scene.tif", "scene.duckdb")``."""
+    """Build (or resume) an index of a mosaic and open it: ``geosearch.index("scene.tif", "scene.duckdb")``;
+    the mosaic may be URLs (``https://.../scene.tif``, ``s3://...``) or STAC Items (``asset="visual"``)."""
     from geosearch.api import index as _index
 
     return _index(mosaic, out, **kw)

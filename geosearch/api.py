@@ -141,9 +141,10 @@ def index(
     overwrite: bool = False,
     progress: bool = False,
     settings=None,
+    asset: str | None = None,
 ) -> GeoSearch:
-    """Build (or resume) the index of a mosaic (a raster, several, a folder or a VRT) at ``out``,
-    then open it."""
+    """Build (or resume) the index of a mosaic (a raster, several, a folder, a VRT, URLs, or STAC
+    Items / ItemCollections, ``asset`` naming the asset to use) at ``out``, then open it."""
     from geosearch.index import build_index
     from geosearch.settings import get_settings
 
@@ -157,6 +158,13 @@ def index(
         settings = settings.model_copy(update=upd)
     inputs = [mosaic] if isinstance(mosaic, (str, Path)) else list(mosaic)
     build_index(
-        inputs, out, model=model, settings=settings, bands=bands, overwrite=overwrite, progress=progress
+        inputs,
+        out,
+        model=model,
+        settings=settings,
+        bands=bands,
+        overwrite=overwrite,
+        progress=progress,
+        asset=asset,
     )
     return GeoSearch(out, settings)

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import duckdb
 import numpy as np
@@ -50,6 +52,7 @@ from geosearch.fileio import check_regular_file
 from geosearch.geo import Bounds, as_crs, boxes_to_wgs84, reproject_geom
 from geosearch.models import EmbeddingModel, get_model
 from geosearch.mosaic import Mosaic, open_mosaic
+from geosearch.remote import canonical_url, is_url, url_name
 from geosearch.sandbox import OPEN, FilePolicy, is_virtual
 from geosearch.settings import Settings, get_settings
 from geosearch.tiling import Tile, plan_tiles, tiles_for_mosaic, valid_fractions
@@ -129,15 +132,17 @@ def build_index(
     progress: bool = True,
     date: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    asset: str | None = None,
 ) -> BuildReport:
-    """Embed every valid tile of the mosaic into the index at ``out`` (resumable)."""
+    """Embed every valid tile of the mosaic into the index at ``out`` (resumable). ``inputs`` are
+    rasters, folders, URLs or STAC Items / ItemCollections (``asset``: which asset of the Items)."""
     settings = settings or get_settings()
     if settings.proposals:  # a proposal backend that cannot run here is refused before any work
         from geosearch.proposals import ProposalSettings, check_backend
 
         check_backend(ProposalSettings.from_settings(settings))
     t_start = time.perf_counter()
-    mosaic = open_mosaic(inputs, bands=bands, stretch=stretch)  # type: ignore[arg-type]
+    mosaic = open_mosaic(inputs, bands=bands, stretch=stretch, asset=asset)  # type: ignore[arg-type]
     emb_model = model if isinstance(model, EmbeddingModel) else get_model(model, settings=settings)
     out = Path(out)
     if out.exists() and overwrite:
@@ -380,7 +385,7 @@ def _insert_tiles(
 def _check_overwritable(out: Path, mosaic: Mosaic) -> None:
     """--overwrite deletes only an index: never an input raster, never another kind of file."""
     real = out.resolve()
-    if any(Path(p).resolve() == real for p in mosaic.paths):
+    if any(not isinstance(p, str) and Path(p).resolve() == real for p in mosaic.paths):
         raise InputError(f"--out {out} is one of the input rasters: --overwrite would delete it")
     check_regular_file(out, "index")
     with open(out, "rb") as fh:
@@ -771,6 +776,7 @@ class TileIndex:
             stretch=m["stretch"],
             stretch_params=[tuple(p) for p in m["stretch_params"]],
             policy=self.policy,
+            expand_stac=False,  # recorded files are rasters (a STAC input was recorded as its assets)
         )
 
     def check_files(self) -> None:
@@ -832,15 +838,19 @@ class TileIndex:
 
 def relocate_index(path: str | Path, locations: Sequence[str | Path]) -> dict:
     """Point an index at imagery that moved: each recorded raster is looked for by file name under
-    ``locations`` (folders, searched recursively, or files), and the new set must have the content
+    ``locations`` (folders, searched recursively, files, or URL prefixes such as
+    ``https://data.example.org/cogs/``, where it is expected by name), and the new set must have the content
     fingerprint the index was built from (same files, bytes and grid), so an index can never be
     pointed at other imagery. Returns ``{date: [new files]}``; the index is changed in one
     transaction, or not at all."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"no index at {path}")
-    found: dict[str, list[Path]] = {}
+    found: dict[str, list[Path | str]] = {}
+    bases = [str(loc) for loc in locations if is_url(str(loc))]
     for loc in locations:
+        if is_url(str(loc)):
+            continue
         loc = Path(loc).expanduser()
         if not loc.exists():
             raise InputError(f"{loc} does not exist")
@@ -857,8 +867,8 @@ def relocate_index(path: str | Path, locations: Sequence[str | Path]) -> dict:
         for date, fingerprint, desc in rows:
             files = []
             for f in desc["files"]:
-                name = Path(f).name
-                cands = found.get(name, [])
+                name = url_name(canonical_url(f)) if is_virtual(f) else Path(f).name
+                cands = found.get(name, []) + [f"{b.rstrip('/')}/{quote(name)}" for b in bases]
                 if not cands:
                     raise InputError(f"no file named {name!r} under {', '.join(map(str, locations))}")
                 if len(cands) > 1:
@@ -866,7 +876,7 @@ def relocate_index(path: str | Path, locations: Sequence[str | Path]) -> dict:
                         f"{name!r} is there more than once: {cands[0]}, {cands[1]}; give the folder"
                     )
                 files.append(cands[0])
-            mosaic = open_mosaic(files, bands=desc["rgb_bands"], stretch=desc["stretch"])
+            mosaic = open_mosaic(files, bands=desc["rgb_bands"], stretch=desc["stretch"], expand_stac=False)
             if mosaic.fingerprint() != fingerprint:
                 raise InputError(
                     f"the rasters found ({', '.join(map(str, files[:3]))}) are not the imagery this index "
@@ -889,3 +899,16 @@ def relocate_index(path: str | Path, locations: Sequence[str | Path]) -> dict:
     finally:
         con.close()
     return {str(d) if d is not None else "": f for d, (f, _, _) in moved.items()}
+
+
+class _CallableModule(type(json)):
+    """Importing this module sets ``geosearch.index`` to it, over the API function
+    ``geosearch.index(mosaic, out, ...)``; calling the module calls that function."""
+
+    def __call__(self, *args, **kwargs):
+        from geosearch.api import index as _index
+
+        return _index(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

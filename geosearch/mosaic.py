@@ -1,9 +1,13 @@
-"""Mosaics: one raster, a list, a folder or a VRT, read as one georeferenced RGB surface.
+"""Mosaics: one raster, a list, a folder, a VRT, URLs or STAC Items, read as one georeferenced RGB surface.
 
 Every read returns one :class:`ImageData` (after rio-tiler): the RGB the models need, a validity
 mask, the raw bands (for spectral indices) and the bounds/CRS it covers. Reads are windowed at any
 output size; GDAL picks overviews when they exist. Reads whose output resolution is within 1.5x of
 the native resolution are counted as full-resolution window reads (a cost the pyramid reports).
+
+Remote rasters (``https://``, ``s3://``, ``gs://``... see :mod:`geosearch.remote`) stay URLs from
+input to index; a STAC Item or ItemCollection becomes the hrefs of its image assets
+(:mod:`geosearch.stac`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from typing import Literal
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import from_bounds
 
+from geosearch import remote
 from geosearch.errors import InputError
 from geosearch.geo import WGS84, Bounds, as_crs, pixel_size_m, reproject_bounds, transformer
 from geosearch.sandbox import OPEN, FilePolicy
@@ -60,14 +65,19 @@ class ReadStats:
 
 
 class _Source:
-    """One raster file; the dataset handle is per thread (rasterio handles are not thread-safe)."""
+    """One raster file (a local path, or a URL / GDAL path kept as a string); the dataset handle is
+    per thread (rasterio handles are not thread-safe)."""
 
-    def __init__(self, path: Path, policy: FilePolicy = OPEN):
+    def __init__(self, path: Path | str, policy: FilePolicy = OPEN):
         self.path = path
         self.policy = policy
+        self.remote = isinstance(path, str)
+        self.name = remote.url_name(remote.canonical_url(path)) if isinstance(path, str) else path.name
+        # remote: timeouts and retries for every open and read, under the policy's own settings
+        self.env = {**remote.gdal_env(), **policy.gdal_env()} if self.remote else policy.gdal_env()
         self._local = threading.local()
         try:
-            with rasterio.Env(**policy.gdal_env()), rasterio.open(path) as ds:
+            with rasterio.Env(**self.env), rasterio.open(path) as ds:
                 policy.check_driver(ds.driver, path)
                 self.crs = ds.crs
                 self.transform = ds.transform
@@ -79,7 +89,11 @@ class _Source:
                 self.has_overviews = bool(ds.count and ds.overviews(1))
                 self.colorinterp = [c.name for c in ds.colorinterp]
         except RasterioIOError as exc:
-            raise InputError(f"not a readable raster: {path} ({str(exc).splitlines()[0]})") from exc
+            raise InputError(f"not a readable raster: {path} ({_first_line(exc)})") from exc
+        except RasterioError as exc:  # a remote open: credentials, a driver refusing the URL...
+            if not self.remote:
+                raise
+            raise InputError(f"cannot open {path}: {_first_line(exc)}") from None
         if self.crs is None:
             raise InputError(f"raster has no CRS (not georeferenced): {path}")
         if self.transform.b != 0 or self.transform.d != 0:
@@ -89,18 +103,82 @@ class _Source:
     def dataset(self):
         ds = getattr(self._local, "ds", None)
         if ds is None or ds.closed:
-            with rasterio.Env(**self.policy.gdal_env()):
-                ds = rasterio.open(self.path)
+            try:
+                with rasterio.Env(**self.env):
+                    ds = rasterio.open(self.path)
+            except RasterioError as exc:
+                raise InputError(f"cannot open {self.path}: {_first_line(exc)}") from None
             self._local.ds = ds
         return ds
 
+    def read(self, *args, **kwargs) -> np.ndarray:
+        """``dataset.read`` under this source's GDAL config; a failed remote read is an InputError."""
+        ds = self.dataset
+        if not self.env:
+            return ds.read(*args, **kwargs)
+        try:
+            with rasterio.Env(**self.env):
+                return ds.read(*args, **kwargs)
+        except RasterioError as exc:
+            if not self.remote:
+                raise
+            raise InputError(f"reading {self.path} failed: {_first_line(exc)}") from None
 
-def collect_raster_paths(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand files and folders into a sorted list of raster files; errors name the bad input."""
+    def hash_content(self, h) -> None:
+        """Feed ``h`` the file's size and first and last MiB (over HTTP: two range requests); other
+        remote rasters (s3://, gs://..., or a URL only GDAL may read: GDAL_HTTP_HEADERS...) give
+        their pixels at a coarse overview instead."""
+        if not self.remote:
+            size = self.path.stat().st_size
+            h.update(str(size).encode())
+            with open(self.path, "rb") as fh:
+                h.update(fh.read(1 << 20))
+                if size > 2 << 20:
+                    fh.seek(-(1 << 20), 2)
+                    h.update(fh.read())
+            return
+        url = remote.canonical_url(self.path)
+        if remote.is_http(url):
+            try:
+                parts = remote.http_fingerprint_parts(url)
+            except InputError:  # GDAL reads it with headers or a proxy of its own: the pixels then
+                parts = None
+            if parts is not None:
+                for part in parts:
+                    h.update(part)
+                return
+        scale = max(1.0, max(self.width, self.height) / 64)
+        shape = (self.count, max(1, round(self.height / scale)), max(1, round(self.width / scale)))
+        h.update(b"pixels")
+        h.update(self.read(out_shape=shape, resampling=Resampling.nearest).tobytes())
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error, or of the GDAL error behind it ("Read failed. See previous...")."""
+    while "previous exception" in str(exc) and (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def collect_raster_paths(
+    inputs: Sequence[str | Path], *, asset: str | None = None, expand_stac: bool = True
+) -> list[Path | str]:
+    """Expand files, folders and STAC documents into a list of rasters: local files as paths, URLs
+    and GDAL paths (``/vsi...``) as strings; errors name the bad input. ``asset`` picks the asset
+    of STAC Items; ``expand_stac=False`` takes every input as a raster (an index's recorded files)."""
     if not inputs:
         raise InputError("no mosaic given")
-    paths: list[Path] = []
+    paths: list[Path | str] = []
+    stac_seen = False
     for item in inputs:
+        s = str(item)
+        if remote.is_url(s) or s.startswith("/vsi"):
+            if expand_stac and _is_remote_stac(s):
+                stac_seen = True
+                paths.extend(_stac_rasters(s, asset))
+            else:
+                paths.append(s)
+            continue
         p = Path(item).expanduser()
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.suffix.lower() in RASTER_SUFFIXES and q.is_file())
@@ -111,10 +189,54 @@ def collect_raster_paths(inputs: Sequence[str | Path]) -> list[Path]:
             from geosearch.fileio import check_regular_file
 
             check_regular_file(p, "mosaic file")  # FIFO, device, symlink loop: refused before a read
-            paths.append(p)
+            if expand_stac and _is_local_stac(p):
+                stac_seen = True
+                paths.extend(_stac_rasters(p, asset))
+            else:
+                paths.append(p)
         else:
             raise InputError(f"mosaic file not found: {p}")
+    if asset is not None and not stac_seen:
+        raise InputError("--asset chooses an asset of STAC Items, and no input is a STAC Item")
     return paths
+
+
+def _is_local_stac(p: Path) -> bool:
+    from geosearch.stac import looks_like_stac
+
+    if p.suffix.lower() in RASTER_SUFFIXES:
+        return False
+    with open(p, "rb") as fh:
+        return looks_like_stac(p, fh.read(64))
+
+
+def _is_remote_stac(url: str) -> bool:
+    """A STAC document by its name (``.json``), or, for an http(s) URL with no raster suffix, by
+    the content type or first bytes of one small range request."""
+    from geosearch.stac import looks_like_stac
+
+    if not remote.is_http(url) or remote.url_suffix(url) in RASTER_SUFFIXES:
+        return False
+    if looks_like_stac(url):
+        return True
+    ctype, head = remote.sniff(url)
+    return "json" in ctype.lower() or looks_like_stac(url, head)
+
+
+def _stac_rasters(source: str | Path, asset: str | None) -> list[Path | str]:
+    """The image assets of a STAC document: URLs as strings, local files (checked) as paths."""
+    from geosearch.fileio import check_regular_file
+    from geosearch.stac import asset_hrefs
+
+    out: list[Path | str] = []
+    for href in asset_hrefs(source, asset):
+        if remote.is_url(href) or href.startswith("/vsi"):
+            out.append(href)
+            continue
+        p = Path(href.removeprefix("file://"))
+        check_regular_file(p, f"asset of STAC document {source}")
+        out.append(p)
+    return out
 
 
 class Mosaic:
@@ -129,8 +251,10 @@ class Mosaic:
         stretch_params: list[tuple[float, float]] | None = None,
         percentiles: tuple[float, float] = (2.0, 98.0),
         policy: FilePolicy = OPEN,
+        asset: str | None = None,
+        expand_stac: bool = True,
     ):
-        self.paths = collect_raster_paths(inputs)
+        self.paths = collect_raster_paths(inputs, asset=asset, expand_stac=expand_stac)
         for p in self.paths:
             policy.check_raster(p)
         self.sources = [_Source(p, policy) for p in self.paths]
@@ -138,13 +262,13 @@ class Mosaic:
         for src in self.sources[1:]:
             if as_crs(src.crs) != as_crs(first.crs):
                 raise InputError(
-                    f"mixed CRS in mosaic: {first.path.name} is {first.crs.to_string()} but "
-                    f"{src.path.name} is {src.crs.to_string()}; reproject them to one CRS first"
+                    f"mixed CRS in mosaic: {first.name} is {first.crs.to_string()} but "
+                    f"{src.name} is {src.crs.to_string()}; reproject them to one CRS first"
                 )
             if src.count != first.count:
                 raise InputError(
-                    f"band counts differ in mosaic: {first.path.name} has {first.count}, "
-                    f"{src.path.name} has {src.count}"
+                    f"band counts differ in mosaic: {first.name} has {first.count}, "
+                    f"{src.name} has {src.count}"
                 )
         self.crs = first.crs
         self.count = first.count
@@ -194,25 +318,21 @@ class Mosaic:
         return w * h * self.pixel_size_m[0] * self.pixel_size_m[1] / 1e6
 
     def fingerprint(self) -> str:
-        """Content fingerprint: CRS, grid and a hash of each file's head/tail bytes and size."""
+        """Content fingerprint: CRS, grid and a hash of each file's head/tail bytes and size (the
+        same for a local file and its copy at an http(s) URL)."""
         h = hashlib.sha256()
         h.update(as_crs(self.crs).to_wkt().encode())
-        for src in sorted(self.sources, key=lambda s: s.path.name):
-            h.update(src.path.name.encode())
+        for src in sorted(self.sources, key=lambda s: s.name):
+            h.update(src.name.encode())
             h.update(repr(tuple(src.transform)[:6]).encode())
             h.update(f"{src.width}x{src.height}x{src.count}".encode())
-            size = src.path.stat().st_size
-            h.update(str(size).encode())
-            with open(src.path, "rb") as fh:
-                h.update(fh.read(1 << 20))
-                if size > 2 << 20:
-                    fh.seek(-(1 << 20), 2)
-                    h.update(fh.read())
+            src.hash_content(h)
         return h.hexdigest()
 
     def describe(self) -> dict:
         return {
-            "files": [os.path.abspath(p) for p in self.paths],  # absolute: an index opens from anywhere
+            # absolute: an index opens from anywhere; URLs as given
+            "files": [p if isinstance(p, str) else os.path.abspath(p) for p in self.paths],
             "crs": self.crs.to_string(),
             "bounds": list(self.bounds),
             "bounds_wgs84": list(self.bounds_wgs84),
@@ -313,9 +433,8 @@ class Mosaic:
             r1 = int(round((y1 - iy0) / px_y))
             if c1 <= c0 or r1 <= r0:
                 continue
-            ds = src.dataset
             win = from_bounds(ix0, iy0, ix1, iy1, transform=src.transform)
-            data = ds.read(
+            data = src.read(
                 unique_bands,
                 window=win,
                 out_shape=(len(unique_bands), r1 - r0, c1 - c0),
@@ -327,11 +446,11 @@ class Mosaic:
             if (
                 src.nodata is None
                 and self.nodata is None
-                and ds.count >= 4
+                and src.count >= 4
                 and src.dtype == "uint8"
                 and src.colorinterp[-1] == "alpha"
             ):
-                valid &= ds.read(ds.count, window=win, out_shape=(r1 - r0, c1 - c0)) > 0
+                valid &= src.read(src.count, window=win, out_shape=(r1 - r0, c1 - c0)) > 0
             arr = np.asarray(data.filled(0), np.float32)
             band_pos = {b: i for i, b in enumerate(unique_bands)}
             sel = arr[[band_pos[b] for b in bands]]

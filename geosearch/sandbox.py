@@ -8,10 +8,13 @@ network drivers (WMS, WMTS...). :class:`FilePolicy` checks a raster path before 
   device or symlink loop), and so must their GDAL sidecars (``.ovr``, ``.aux.xml``, ``.msk``);
 * a VRT's sources are checked the same way, recursively; VRT pixel functions in Python are refused;
 * ``/vsi*`` paths, URLs (``http://``, ``s3://``...) and GDAL connection strings (``NETCDF:...``)
-  are refused unless they start with a prefix the operator allowed
-  (``GEOSEARCH_ALLOWED_URL_PREFIXES``);
-* rasters are read only with file drivers, and, when no URL is allowed, with GDAL's HTTP pointed at a
-  closed local port, so that nothing can leave the machine even if a check were missed.
+  are refused unless they lie under a prefix the operator allowed (``GEOSEARCH_REMOTE_PREFIXES``,
+  e.g. ``https://data.example.org/cogs/``). URLs are compared as URLs: ``/vsicurl/https://h/a`` is
+  ``https://h/a``, ``/vsis3/b/k`` is ``s3://b/k``; scheme, host and port must be the prefix's own
+  (``https://h.evil/`` is not under ``https://h``), and paths with ``..`` segments are refused;
+* rasters are read only with file drivers (a remote one not with the VRT driver: a VRT names other
+  files), and, when no URL is allowed, with GDAL's HTTP pointed at a closed local port, so that
+  nothing can leave the machine even if a check were missed.
 
 The CLI works on the user's own files and uses :data:`OPEN` (no restriction).
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +31,7 @@ from pathlib import Path
 
 from geosearch.errors import InputError
 from geosearch.fileio import check_regular_file
+from geosearch.remote import canonical_url
 
 FILE_DRIVERS = ("GTiff", "COG", "VRT", "PNG", "JPEG", "JP2OpenJPEG", "HFA", "ENVI")
 SIDECARS = (".ovr", ".aux.xml", ".msk", ".aux")
@@ -66,11 +71,17 @@ class FilePolicy:
 
     def _check(self, s: str, depth: int) -> str | Path:
         if is_virtual(s):
-            if any(s.startswith(p) for p in self.url_prefixes):
+            if any(under_prefix(s, p) for p in self.url_prefixes):
                 return s
+            if self.url_prefixes:
+                raise InputError(
+                    f"raster {_short(s)!r} is refused: it is not under the URL prefixes this server allows "
+                    f"({', '.join(self.url_prefixes[:5])})"
+                )
             raise InputError(
                 f"raster {_short(s)!r} is refused: remote and virtual paths (URLs, /vsi*, GDAL connection "
-                "strings) are not allowed here (an operator can allow URL prefixes: GEOSEARCH_ALLOWED_URL_PREFIXES)"
+                "strings) are not allowed here (an operator can allow URL prefixes: geosearch serve --remote-prefix "
+                "URL, or GEOSEARCH_REMOTE_PREFIXES)"
             )
         p = self._check_local(Path(s))
         for sidecar in (p.with_name(p.name + ext) for ext in SIDECARS):
@@ -118,6 +129,8 @@ class FilePolicy:
             raise InputError(
                 f"raster {_short(str(path))!r} is refused: GDAL driver {driver} is not a file format"
             )
+        if self.restricted and driver == "VRT" and is_virtual(str(path)):  # its sources go unchecked
+            raise InputError(f"raster {_short(str(path))!r} is refused: a remote VRT names other files")
 
     def gdal_env(self) -> dict:
         """GDAL config for opens and reads: no network unless URLs are allowed."""
@@ -125,6 +138,33 @@ class FilePolicy:
 
 
 OPEN = FilePolicy()
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_DOT_SEGMENT = re.compile(r"(^|/)(\.|%2e){1,2}(/|$)", re.IGNORECASE)
+
+
+def under_prefix(path: str, prefix: str) -> bool:
+    """``path`` (a URL or GDAL path) lies under the allowed ``prefix``: as URLs, the same scheme, host
+    and port and a path that starts with the prefix's path; otherwise a plain string prefix. Paths
+    with ``..`` segments (plain or percent-encoded) are never under a prefix."""
+    url, pre = canonical_url(path), canonical_url(prefix)
+    if _DOT_SEGMENT.search(urllib.parse.urlsplit(url).path if "://" in url else url):
+        return False
+    if "://" not in url or "://" not in pre:
+        return "://" not in url and "://" not in pre and url.startswith(pre)
+    try:
+        u, p = urllib.parse.urlsplit(url), urllib.parse.urlsplit(pre)
+        u_port = u.port or _DEFAULT_PORTS.get(u.scheme.lower())
+        p_port = p.port or _DEFAULT_PORTS.get(p.scheme.lower())
+    except ValueError:  # a malformed port
+        return False
+    return (
+        u.scheme.lower() == p.scheme.lower()
+        and (u.hostname or "") == (p.hostname or "")
+        and u_port == p_port
+        and u.username is None
+        and u.path.startswith(p.path or "/")
+    )
 
 
 def _head(p: Path, n: int = 64) -> bytes:

@@ -12,12 +12,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GEOSEARCH_", extra="ignore")
+    # populate_by_name: Settings(remote_prefixes=...) works beside its environment names
+    model_config = SettingsConfigDict(env_prefix="GEOSEARCH_", extra="ignore", populate_by_name=True)
 
     # Embedding model
     model: str = Field("geosearch-starter", description="Registry name or open_clip 'arch:checkpoint'.")
@@ -134,10 +135,13 @@ class Settings(BaseSettings):
         description="Browser Origin values the HTTP transport accepts besides those of the allowed hosts "
         "(env: comma-separated), e.g. https://app.example.org",
     )
-    allowed_url_prefixes: Annotated[list[str], NoDecode] = Field(
+    remote_prefixes: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Remote or virtual raster paths a served index may name (env: comma-separated), e.g. "
-        "/vsicurl/https://data.example.org/cogs/ ; everything else outside the data roots is refused",
+        validation_alias=AliasChoices("GEOSEARCH_REMOTE_PREFIXES", "GEOSEARCH_ALLOWED_URL_PREFIXES"),
+        description="URL prefixes of the remote rasters a served index may name (env GEOSEARCH_REMOTE_PREFIXES, "
+        "comma-separated), e.g. https://data.example.org/cogs/ ; empty: no remote raster. Everything else "
+        "outside the data roots is refused. The CLI reads any URL its user gives. (The older name "
+        "GEOSEARCH_ALLOWED_URL_PREFIXES is read too.)",
     )
 
     # Optional LLM (planner / parser / explanation)
@@ -164,7 +168,7 @@ class Settings(BaseSettings):
             return [part for part in text.split("\n") if part]
         return value
 
-    @field_validator("allowed_hosts", "allowed_origins", "allowed_url_prefixes", mode="before")
+    @field_validator("allowed_hosts", "allowed_origins", "remote_prefixes", mode="before")
     @classmethod
     def _split_hosts(cls, value):
         if isinstance(value, str):

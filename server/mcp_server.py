@@ -405,14 +405,21 @@ def serve(
     allowed_hosts: Sequence[str] = (),
     allowed_origins: Sequence[str] = (),
     log_level: str = "warning",
+    remote_prefixes: Sequence[str] = (),
 ) -> None:
     from geosearch.settings import get_settings
 
     settings = get_settings()
+    if remote_prefixes:
+        settings = settings.model_copy(
+            update={"remote_prefixes": [*remote_prefixes, *settings.remote_prefixes]}
+        )
     mcp = create_server(roots or None, settings=settings)
     ws = mcp.workspace  # type: ignore[attr-defined]
     n = len(ws.catalogue())
     where = ", ".join(map(str, ws.roots))
+    if ws.policy.url_prefixes:  # the operator sees which remote rasters indexes may name
+        where += f"; remote rasters under {', '.join(ws.policy.url_prefixes)}"
     if not http:
         # stdout is the protocol: say on stderr what is served, so a terminal user sees it is alive
         print(
@@ -473,6 +480,7 @@ def serve_from_args(args: argparse.Namespace) -> None:
         allowed_hosts=args.allowed_host,
         allowed_origins=args.allowed_origin,
         log_level=args.log_level,
+        remote_prefixes=getattr(args, "remote_prefix", []),
     )
 
 

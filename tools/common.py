@@ -237,7 +237,7 @@ class Workspace:
         from geosearch.sandbox import OPEN, FilePolicy
 
         self.policy = (
-            FilePolicy.for_roots(self.roots, self.settings.allowed_url_prefixes) if self.restricted else OPEN
+            FilePolicy.for_roots(self.roots, self.settings.remote_prefixes) if self.restricted else OPEN
         )
         self._lock = threading.Lock()
         self._indexes: OrderedDict[Path, IndexHandle] = OrderedDict()

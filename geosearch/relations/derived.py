@@ -14,6 +14,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.features
 import shapely
 from affine import Affine
@@ -21,6 +22,7 @@ from pyproj import CRS
 from rasterio.enums import Resampling
 from shapely.geometry import Polygon, shape
 
+from geosearch import remote
 from geosearch.errors import GeoSearchError
 from geosearch.relations.layers import (
     IndexRef,
@@ -59,6 +61,12 @@ def ndbi(swir: np.ndarray, nir: np.ndarray) -> np.ndarray:
     return _ratio(swir.astype("float64"), nir.astype("float64"))
 
 
+def _raster_path(raster: str | Path) -> Path | str:
+    """A local raster as a path; a URL or GDAL path (``/vsi...``) kept as given."""
+    s = str(raster)
+    return s if remote.is_url(s) or s.startswith("/vsi") else Path(raster)
+
+
 def read_bands(
     raster: str | Path | None,
     bands: dict[str, int],
@@ -73,16 +81,18 @@ def read_bands(
     """
     band_files = dict(band_files or {})
     ref_path = (
-        Path(raster)
+        _raster_path(raster)
         if raster is not None
-        else (Path(next(iter(band_files.values()))) if band_files else None)
+        else (_raster_path(next(iter(band_files.values()))) if band_files else None)
     )
     if ref_path is None:
         raise GeoSearchError("no raster given")
-    if not ref_path.exists():
+    if isinstance(ref_path, Path) and not ref_path.exists():
         raise GeoSearchError(f"raster not found: {ref_path}")
+    # a URL: GDAL's range reads with timeouts (geosearch.remote); a local file: GDAL as it is
+    env = remote.gdal_env() if isinstance(ref_path, str) else {}
     try:
-        with rasterio.open(ref_path) as ref:
+        with rasterio.Env(**env), rasterio.open(ref_path) as ref:
             if ref.crs is None:
                 raise GeoSearchError(f"raster {ref_path} has no CRS")
             scale = max(ref.width, ref.height) / float(max_size)
@@ -94,9 +104,9 @@ def read_bands(
         arrays: dict[str, np.ndarray] = {}
         valid = np.ones(shape_out, dtype=bool)
         for role, band in bands.items():
-            path = Path(band_files[role]) if role in band_files else ref_path
+            path = _raster_path(band_files[role]) if role in band_files else ref_path
             idx = 1 if role in band_files else band
-            with rasterio.open(path) as ds:
+            with rasterio.Env(**env), rasterio.open(path) as ds:
                 if not 1 <= idx <= ds.count:
                     raise GeoSearchError(f"band {idx} for {role} out of range: {path} has {ds.count} band(s)")
                 arr = ds.read(idx, out_shape=shape_out, resampling=Resampling.average).astype("float64")
@@ -104,7 +114,7 @@ def read_bands(
             if nodata is not None:
                 valid &= arr != nodata
             arrays[role] = arr
-    except rasterio.RasterioIOError as exc:
+    except rasterio.errors.RasterioError as exc:
         raise GeoSearchError(f"cannot read raster {ref_path}: {exc}") from exc
     stack = np.stack(list(arrays.values()))
     valid &= np.any(stack != 0, axis=0)

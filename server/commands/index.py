@@ -1,4 +1,5 @@
-"""``geosearch index MOSAIC... --out INDEX``: build or resume a tile index."""
+"""``geosearch index MOSAIC... --out INDEX``: build or resume a tile index (of local rasters, URLs
+or STAC Items)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,19 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("index", help="build (or resume) a multi-scale tile index of a mosaic")
-    p.add_argument("mosaic", nargs="+", help="raster files, folders of rasters or a VRT (one CRS)")
+    p.add_argument(
+        "mosaic",
+        nargs="+",
+        help="raster files, folders of rasters, a VRT, URLs (https://, s3://, gs://: read with range "
+        "requests) or STAC Item / ItemCollection JSON (a file or a URL); all in one CRS",
+    )
+    p.add_argument(
+        "--asset",
+        default=None,
+        metavar="NAME",
+        help="the asset of each STAC Item to index (default: the one with role 'data', else 'visual', "
+        "else the one GeoTIFF / JPEG 2000)",
+    )
     p.add_argument("--out", required=True, help="index file to create or resume (DuckDB)")
     p.add_argument("--model", default=None, help="model name or ARCH:CHECKPOINT (default: the starter model)")
     p.add_argument(
@@ -82,6 +95,7 @@ def run(args) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         date=args.date,
+        asset=args.asset,
     )
     print(json.dumps({"index": args.out, **report.as_dict()}, indent=2))
     return 0

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     der = sub.add_parser("derive", help="derive a water / vegetation / built_up layer from a raster")
     der.add_argument("index", type=Path)
-    der.add_argument("raster", type=Path)
+    der.add_argument("raster", help="the raster to derive from: a file or a URL (https://, s3://...)")
     der.add_argument("--kind", required=True, choices=["water", "vegetation", "built_up"])
     der.add_argument("--name", required=True)
     der.add_argument("--green", type=int, default=2)

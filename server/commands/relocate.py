@@ -8,10 +8,16 @@ def register(sub) -> None:
         "relocate",
         help="point an index at its imagery after the rasters moved",
         description="Look for the index's rasters by file name under the given folders (recursively) "
-        "and record their new paths; refused unless they are the same imagery (content fingerprint).",
+        "or URL prefixes and record their new paths; refused unless they are the same imagery (content "
+        "fingerprint: a local file and its copy at an http(s) URL are the same imagery).",
     )
     p.add_argument("index")
-    p.add_argument("location", nargs="+", help="folders (searched recursively) or raster files")
+    p.add_argument(
+        "location",
+        nargs="+",
+        help="folders (searched recursively), raster files, or URL prefixes (https://host/cogs/: each "
+        "raster is expected there under its file name)",
+    )
     p.set_defaults(func=run)
 
 

@@ -45,6 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ORIGIN",
         help="extra browser Origin accepted, e.g. https://app.example.org (repeatable; env GEOSEARCH_ALLOWED_ORIGINS)",
     )
+    p.add_argument(
+        "--remote-prefix",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="URL prefix of remote rasters an index may name, e.g. https://data.example.org/cogs/ (repeatable; "
+        "env GEOSEARCH_REMOTE_PREFIXES; default: none, every remote raster is refused)",
+    )
     p.add_argument("--log-level", default="warning")
     p.add_argument(
         "--print-config",
@@ -84,6 +92,8 @@ def client_config(client: str, args) -> dict:
     serve_args = ["-m", "geosearch_server", "serve"]
     for r in roots:
         serve_args += ["--root", r]
+    for prefix in getattr(args, "remote_prefix", []):
+        serve_args += ["--remote-prefix", prefix]
     env = {"GEOSEARCH_OFFLINE": "1"}
     if args.http:
         host = args.host or "127.0.0.1"

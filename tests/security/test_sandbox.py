@@ -246,3 +246,34 @@ def test_an_allowed_url_prefix_passes_the_policy_and_nothing_else(tmp_path):
             pol.check_raster(bad)
     assert pol.gdal_env() == {}  # URLs allowed: GDAL's HTTP is left on
     assert FilePolicy.for_roots([tmp_path]).gdal_env()["GDAL_HTTP_PROXY"].startswith("127.0.0.1")
+
+
+def test_url_prefixes_are_compared_as_urls(tmp_path):
+    from geosearch.errors import InputError
+    from geosearch.sandbox import FilePolicy
+
+    pol = FilePolicy.for_roots([tmp_path], ["https://data.example.org/cogs/", "/vsis3/bucket/eo/"])
+    for ok in (
+        "https://data.example.org/cogs/a.tif",
+        "/vsicurl/https://data.example.org/cogs/sub/a.tif?sig=1",  # the same URL through GDAL's path
+        "HTTPS://DATA.example.org:443/cogs/a.tif",
+        "s3://bucket/eo/scene.tif",
+    ):
+        assert pol.check_raster(ok) == ok
+    for bad in (
+        "https://data.example.org.evil/cogs/a.tif",  # another host
+        "https://data.example.org@evil.org/cogs/a.tif",  # user info: the host is evil.org
+        "https://user@data.example.org/cogs/a.tif",
+        "https://data.example.org:8443/cogs/a.tif",  # another port
+        "http://data.example.org/cogs/a.tif",  # another scheme
+        "https://data.example.org/cogs/../private/a.tif",
+        "https://data.example.org/cogs/%2E%2E/private/a.tif",
+        "https://data.example.org/cogsecret/a.tif",
+        "s3://bucket/other/a.tif",
+        "/vsicurl?url=https://data.example.org/cogs/a.tif",
+    ):
+        with pytest.raises(InputError, match="not under the URL prefixes"):
+            pol.check_raster(bad)
+    with pytest.raises(InputError, match="a remote VRT"):
+        pol.check_driver("VRT", "https://data.example.org/cogs/a.vrt")
+    pol.check_driver("GTiff", "https://data.example.org/cogs/a.tif")
