@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -53,8 +54,9 @@ from geosearch.mosaic import Mosaic, open_mosaic
 from geosearch.sandbox import OPEN, FilePolicy, is_virtual
 from geosearch.settings import Settings, get_settings
 from geosearch.tiling import Tile, plan_tiles, tiles_for_mosaic, valid_fractions
+from geosearch.vectors import VectorStore, ann_wanted, open_store, remove_stale, store_root, write_store
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a memory-mapped vector store (and ANN) beside the DuckDB file
 _PROPOSALS_LOCK = threading.Lock()
 
 SCHEMA = """
@@ -144,6 +146,7 @@ def build_index(
         _check_overwritable(out, mosaic)
         out.unlink()
         Path(str(out) + ".wal").unlink(missing_ok=True)
+        shutil.rmtree(store_root(out), ignore_errors=True)
     if out.exists() and out.is_dir():
         raise InputError(f"index path is a folder: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,14 +223,17 @@ def build_index(
             p_model, p_read = _build_proposals(con, mosaic, emb_model, settings, date, progress)
             model_seconds += p_model
             read_seconds += p_read
+        meta = _read_meta(con)
+        store = _current_store(con, out, meta, settings)
         report.seconds = time.perf_counter() - t_start
         report.model_seconds, report.read_seconds = model_seconds, read_seconds
-        meta = _read_meta(con)
         first = grid is mosaic and meta.get("date") == date
-        _write_meta(
+        _write_meta(  # the switch to the new store and ``complete`` in one transaction
             con,
             {
                 "status": "complete",
+                "format_version": FORMAT_VERSION,
+                "store": store,
                 "build_seconds": float(meta.get("build_seconds", 0)) + report.seconds,
                 "model_seconds": float(meta.get("model_seconds", 0)) + model_seconds,
                 "tiles_embedded": con.execute("SELECT count(*) FROM tiles").fetchone()[0],
@@ -235,6 +241,7 @@ def build_index(
             },
         )
         con.execute("CHECKPOINT")
+        remove_stale(out, store["id"])
     except duckdb.Error as exc:  # a full disk, a damaged file...: named, and the build resumes
         raise db.describe_error(exc, str(out)) from exc
     finally:
@@ -243,6 +250,46 @@ def build_index(
         except duckdb.Error:
             pass
     return report
+
+
+def _current_store(con, path: Path, meta: dict, settings: Settings) -> dict:
+    """The meta entry of a store matching the ``tiles`` table: the current one when it still
+    does (a rerun of a finished build), else a newly written one (its ANN updated when only
+    dates were added)."""
+    prev = meta.get("store")
+    n = con.execute("SELECT count(*) FROM tiles").fetchone()[0]
+    if prev and prev.get("count") == n and bool(prev.get("ann")) == ann_wanted(n, settings)[0]:
+        try:
+            open_store(path, prev)
+            return prev
+        except GeoSearchError:
+            pass  # damaged or deleted: written anew below
+    return write_store(con, path, settings, prev)
+
+
+def upgrade_index(path: str | Path, settings: Settings | None = None) -> dict:
+    """Write the vector store (and ANN, by ``settings.ann``) of an existing index from its tiles,
+    e.g. an index from before format 2; no raster is read. Returns the store's meta entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"index not found: {path}")
+    settings = settings or get_settings()
+    con = db.connect(path, spatial=False)
+    try:
+        meta = _read_meta(con)
+        if "model_id" not in meta:
+            raise InputError(f"{path} is not a GeoSearch index")
+        if not con.execute("SELECT count(*) FROM tiles").fetchone()[0]:
+            raise InputError(f"index {path} has no tiles yet (build it with `geosearch index`)")
+        store = _current_store(con, path, meta, settings)
+        _write_meta(con, {"store": store, "format_version": FORMAT_VERSION})
+        con.execute("CHECKPOINT")
+    except duckdb.Error as exc:
+        raise db.describe_error(exc, str(path)) from exc
+    finally:
+        con.close()
+    remove_stale(path, store["id"])
+    return store
 
 
 def _embed_windows(
@@ -557,7 +604,9 @@ class ProposalSet:
 
 @dataclass
 class TileIndex:
-    """An index loaded for search: tile arrays and the embedding matrix in memory (read-only)."""
+    """An index opened for search (read-only). Format 2 indexes map their arrays from the vector
+    store (nothing is read until used, so opening costs the same at any size); format 1 indexes,
+    and one whose build is adding tiles, load them from DuckDB into memory."""
 
     path: Path
     meta: dict
@@ -573,6 +622,7 @@ class TileIndex:
     _polys84: list | None = field(default=None, repr=False)
     _proposals: ProposalSet | None = field(default=None, repr=False)
     policy: FilePolicy = field(default=OPEN, repr=False)
+    store: VectorStore | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: str | Path, policy: FilePolicy = OPEN) -> TileIndex:
@@ -597,8 +647,6 @@ class TileIndex:
                     f"index {path.name} was written by a newer GeoSearch (format {version}, this one reads "
                     f"{FORMAT_VERSION}): upgrade geosearch"
                 )
-            cols = con.execute("""SELECT tile_id, scale_m, x0, y0, x1, y1, date, embedding FROM tiles
-                                  ORDER BY scale_m, tile_id, date NULLS FIRST""").fetchnumpy()
             try:
                 mosaics = {
                     d: json.loads(desc)
@@ -606,6 +654,23 @@ class TileIndex:
                 }
             except duckdb.CatalogException:  # index from before multi-date support
                 mosaics = {}
+            entry = meta.get("store")
+            if entry and con.execute("SELECT count(*) FROM tiles").fetchone()[0] == entry.get("count"):
+                store = open_store(path, entry)  # a build adding a date has more tiles: loaded below
+                return cls(
+                    path=path,
+                    meta=meta,
+                    tile_ids=store.tile_ids,
+                    scales=store.scales,
+                    bounds=store.bounds,
+                    embeddings=store.vectors,
+                    dates=store.dates(),
+                    mosaics=mosaics,
+                    policy=policy,
+                    store=store,
+                )
+            cols = con.execute("""SELECT tile_id, scale_m, x0, y0, x1, y1, date, embedding FROM tiles
+                                  ORDER BY scale_m, tile_id, date NULLS FIRST""").fetchnumpy()
         except duckdb.Error as exc:
             raise db.describe_error(exc, str(path)) from exc
         finally:
@@ -659,6 +724,8 @@ class TileIndex:
     @property
     def date_list(self) -> list[str]:
         """The dates held by the index, oldest first (empty for an undated index)."""
+        if self.store is not None:
+            return self.store.labels
         return sorted({str(d) for d in self.dates if d is not None})
 
     def provenance(self) -> dict:
@@ -808,9 +875,33 @@ class TileIndex:
     def area_to_mosaic_crs(self, geom, crs):
         return reproject_geom(geom, crs, self.crs)
 
+    def search_mode(self, settings: Settings | None = None) -> dict:
+        """How the top-k search of this index runs: exact or through its ANN, and why."""
+        settings = settings or get_settings()
+        if self.store is None:
+            return {
+                "mode": "exact",
+                "reason": "no vector store (an index from before format 2, or a build adding tiles): "
+                f"arrays loaded into memory; write one with: geosearch upgrade {self.path}",
+            }
+        out = dict(self.store.entry.get("search") or {"mode": "exact"})
+        ann = self.store.ann_meta
+        if ann:
+            out["ann"] = {
+                **ann,
+                "nprobe": settings.ann_nprobe or ann["nprobe"],
+                "rerank": settings.ann_rerank,
+            }
+            if settings.ann == "off":
+                out.update(mode="exact", reason="ann=off at search time")
+        return out
+
     def info(self) -> dict:
         m = self.meta
-        per_scale = {f"{s:g}": int((self.scales == s).sum()) for s in np.unique(self.scales)}
+        if self.store is not None:
+            per_scale = dict(self.store.entry["tiles_per_scale_m"])
+        else:
+            per_scale = {f"{s:g}": int((self.scales == s).sum()) for s in np.unique(self.scales)}
         return {
             "path": str(self.path),
             "status": m.get("status"),
@@ -827,6 +918,8 @@ class TileIndex:
             "date": m.get("date"),
             "dates": self.date_list,
             "proposals": {k: v for k, v in m.items() if k.startswith("proposals")},
+            "format_version": int(m.get("format_version", 1)),
+            "search": self.search_mode(),
         }
 
 
