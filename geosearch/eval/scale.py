@@ -62,6 +62,7 @@ def write_synthetic_index(
     from pyproj import CRS as PCRS
 
     from geosearch import db
+    from geosearch.geo import boxes_to_wgs84
     from geosearch.index import FORMAT_VERSION, SCHEMA, _write_meta
 
     vectors = vectors or SyntheticVectors(dim=dim)
@@ -111,7 +112,7 @@ def write_synthetic_index(
                 "mosaic": {"bounds": extent, "files": [], "crs": CRS},
                 "tiling": {"scales_m": list(SCALES)},
                 "crs": PCRS.from_user_input(CRS).to_wkt(),
-                "bounds_wgs84": [15.0, 40.6, 15.0 + side * 0.0015, 40.6 + side * 0.0012],
+                "bounds_wgs84": list(boxes_to_wgs84(np.array([extent]), CRS)[0].bounds),
                 "status": "complete",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "date": dates[0] if dates else None,
