@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     ann_target_recall: float = Field(
         0.97, gt=0, le=1, description="recall@10 the nprobe calibrated at build time aims for"
     )
+    ann_codes: Literal["pq", "sq8"] = Field(
+        "pq", description="ANN codes: pq (d/4 bytes a vector) or sq8 (d bytes); both rescored exactly"
+    )
     ann_rerank: int = Field(100, ge=1, description="ANN candidates rescored with the exact float32 vectors")
 
     # The answering chain (geosearch.chain): coarse-to-fine pyramid, segmentation, reranking,

@@ -40,9 +40,10 @@ def use_settings(monkeypatch):
 
 @pytest.fixture(scope="module")
 def ann_index(tmp_path_factory):
-    """A 20k-tile synthetic index (4 scales, 2 dates) with an ANN, in the real format."""
+    """A 20k-tile synthetic index (4 scales, 2 dates, 128-d) with an ANN (PQ codes), in the real
+    format."""
     path = tmp_path_factory.mktemp("ann") / "syn.duckdb"
-    vectors = write_synthetic_index(path, N, dates=DATES)
+    vectors = write_synthetic_index(path, N, dim=128, dates=DATES, vectors=SyntheticVectors(dim=128))
     upgrade_index(path, Settings(ann="on"))
     return path, vectors
 
@@ -60,7 +61,7 @@ def test_open_maps_the_store_and_reads_nothing(ann_index):
     assert isinstance(index.embeddings, np.memmap) and index.embeddings.dtype == np.float32
     assert isinstance(index.tile_ids, np.memmap) and isinstance(index.bounds, np.memmap)
     assert index.store._ann is None  # the ANN is read on the first query that uses it
-    assert grown < 0.5 * index.embeddings.nbytes, grown  # 30 MB of vectors, not read
+    assert grown < index.embeddings.nbytes, grown  # 10 MB of vectors, not read (a load takes 2x)
     assert len(index) == N and index.date_list == DATES
     assert index.info()["format_version"] == FORMAT_VERSION == 2
 
@@ -69,8 +70,9 @@ def test_store_round_trip_and_rescoring_is_exact(tmp_path, use_settings):
     """Probing every list, the ANN's top-k (int8 codes, rescored in float32) is the exact top-k."""
     path = tmp_path / "s.duckdb"
     vectors = write_synthetic_index(path, 3000, dim=64, vectors=SyntheticVectors(dim=64, clusters=64))
-    upgrade_index(path, Settings(ann="on"))
+    upgrade_index(path, Settings(ann="on", ann_codes="sq8"))  # int8 codes
     index = TileIndex.open(path)
+    assert "SQ8" in index.info()["search"]["ann"]["kind"]
     con = db.connect(path, read_only=True, spatial=False)
     rows = con.execute("SELECT tile_id, embedding FROM tiles ORDER BY scale_m, tile_id").fetchall()
     con.close()
@@ -91,7 +93,7 @@ def test_store_round_trip_and_rescoring_is_exact(tmp_path, use_settings):
 def test_ann_recall_with_exact_filters(ann_index, use_settings):
     path, vectors = ann_index
     index = TileIndex.open(path)
-    assert index.search_mode()["mode"] == "ann"
+    assert index.search_mode()["mode"] == "ann" and "PQ32x8" in index.search_mode()["ann"]["kind"]
     area = box(500_000, 4_500_000, 505_000, 4_505_000)  # a corner of the synthetic grid (its CRS)
     filters = [{}, {"scales": [256.0]}, {"date": DATES[1]}, {"scales": [128.0, 512.0], "date": DATES[0]}]
     for f in filters + [{"area": area, "area_crs": CRS}]:
@@ -125,7 +127,7 @@ def test_switch_is_automatic_and_recorded(tmp_path, use_settings):
     upgrade_index(path, Settings())  # default ann_min_tiles: far above 2000
     info = TileIndex.open(path).info()["search"]
     assert info["mode"] == "exact" and "ann_min_tiles" in info["reason"] and "ann" not in info
-    upgrade_index(path, Settings(ann_min_tiles=1000))
+    upgrade_index(path, Settings(ann_min_tiles=1000, ann_codes="sq8"))
     info = TileIndex.open(path).info()["search"]
     assert info["mode"] == "ann" and ">= ann_min_tiles 1000" in info["reason"]
     assert info["ann"]["nlist"] >= 1 and info["ann"]["calibration_recall_at_10"] > 0
@@ -141,12 +143,12 @@ def test_adding_a_date_updates_the_ann_in_place(tmp_path, use_settings):
     vectors = write_synthetic_index(
         path, 4000, dim=64, dates=["2020-01-01"], vectors=SyntheticVectors(dim=64)
     )
-    first = upgrade_index(path, Settings(ann="on"))
+    first = upgrade_index(path, Settings(ann="on", ann_codes="sq8"))
     con = db.connect(path)
     con.execute("""INSERT INTO tiles SELECT tile_id, scale_m, "row", col, x0, y0, x1, y1, geom, geom_wgs84,
                    valid_fraction, '2019-01-01', embedding FROM tiles WHERE "row" % 2 = 0""")
     con.close()
-    entry = upgrade_index(path, Settings(ann="on"))
+    entry = upgrade_index(path, Settings(ann="on", ann_codes="sq8"))
     assert entry["ann"]["how"] == "updated" and entry["ann"]["nlist"] == first["ann"]["nlist"]
     assert entry["ann"]["added"] == entry["count"] - first["count"] > 0
     index = TileIndex.open(path)
