@@ -89,6 +89,31 @@ def scores(index: TileIndex, query: str | list[str] | np.ndarray) -> np.ndarray:
     return index.embeddings @ query_vec(index, query)
 
 
+STATS_SAMPLE = 20_000
+
+
+def score_stats(index: TileIndex, vec: np.ndarray, best: float | None = None) -> dict[str, float]:
+    """mean / std / max / median of the tile scores: over every tile, or for an index with a vector
+    store and more than ``STATS_SAMPLE`` tiles over an evenly spaced sample of them (``max`` is
+    then the best hit's score when given), so that describing a search does not scan the index."""
+    vec = vec.astype(np.float32)
+    n = len(index)
+    if index.store is None or n <= STATS_SAMPLE:
+        s = index.embeddings @ vec
+    else:
+        s = index.store.rows(np.linspace(0, n - 1, STATS_SAMPLE).astype(np.int64)) @ vec
+    out = {
+        "mean": float(s.mean()),
+        "std": float(s.std()),
+        "max": float(s.max()),
+        "median": float(np.median(s)),
+    }
+    if len(s) < n:
+        out["max"] = max(out["max"], best if best is not None else out["max"])
+        out["sampled_tiles"] = float(len(s))
+    return out
+
+
 def ranked(
     index: TileIndex, vec: np.ndarray, k: int, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

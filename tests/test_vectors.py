@@ -237,3 +237,18 @@ def test_build_killed_while_writing_the_store_resumes(tmp_path):
     assert full.complete and isinstance(full.embeddings, np.memmap) and len(full) == len(partial)
     assert np.array_equal(full.embeddings, partial.embeddings)
     assert [p.name for p in store_root(out).iterdir()] == [full.meta["store"]["id"]]  # orphan removed
+
+
+def test_score_stats_sample_a_large_index(ann_index, monkeypatch):
+    import geosearch.search as gsearch
+
+    path, vectors = ann_index
+    index = TileIndex.open(path)
+    q = vectors.queries(1)[0]
+    full = index.embeddings @ q
+    monkeypatch.setattr(gsearch, "STATS_SAMPLE", 2000)
+    stats = gsearch.score_stats(index, q, best=float(full.max()))
+    assert stats["sampled_tiles"] == 2000 and stats["max"] == pytest.approx(full.max())
+    assert stats["mean"] == pytest.approx(full.mean(), abs=0.01) and stats["std"] == pytest.approx(
+        full.std(), rel=0.1
+    )
