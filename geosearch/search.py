@@ -170,7 +170,10 @@ def search(
     if area is not None:
         mask = area_mask(index, area, area_crs)
     if scales:
-        at = np.isin(index.scales, np.asarray(scales, dtype=float))
+        if index.store is not None:
+            at = index.store.scale_mask(scales)
+        else:
+            at = np.isin(index.scales, np.asarray(scales, dtype=float))
         mask = at if mask is None else mask & at
         if not mask.any():
             raise InputError(f"no tiles at scale(s) {scales}; index has {sorted(set(index.scales.tolist()))}")
@@ -179,7 +182,7 @@ def search(
             raise InputError(
                 f"no tiles dated {date!r} in the index; dates: {', '.join(index.date_list) or 'none'}"
             )
-        on = index.dates == date
+        on = index.store.date_mask(date) if index.store is not None else index.dates == date
         mask = on if mask is None else mask & on
     order, s = ranked(index, vec, k, mask)
     polys = boxes_to_wgs84(index.bounds[order], index.crs) if len(order) else []

@@ -252,3 +252,11 @@ def test_score_stats_sample_a_large_index(ann_index, monkeypatch):
     assert stats["mean"] == pytest.approx(full.mean(), abs=0.01) and stats["std"] == pytest.approx(
         full.std(), rel=0.1
     )
+
+
+def test_store_filters_match_the_arrays(ann_index):
+    index = TileIndex.open(ann_index[0])
+    for scales in ([128.0], [256.0, 1024.0], [300.0]):
+        assert np.array_equal(index.store.scale_mask(scales), np.isin(index.scales, scales))
+    for date in [*DATES, "1999-01-01"]:
+        assert np.array_equal(index.store.date_mask(date), index.dates == date)
