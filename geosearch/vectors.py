@@ -178,7 +178,11 @@ def open_store(index_path: Path, entry: dict) -> VectorStore:
     folder = store_root(index_path) / sid
     sizes = entry.get("sizes") or {}
     n, d = int(entry["count"]), int(entry["dim"])
-    for name in (*ARRAYS, *([ANN_FILE] if entry.get("ann") else [])):
+    names = (*ARRAYS, *([ANN_FILE] if entry.get("ann") else []))
+    if any(p.is_symlink() for p in (store_root(index_path), folder, *(folder / x for x in names))):
+        # a served index may only make the server read its own files (security.md)
+        raise DatabaseDamagedError(f"the vector store of index {index_path.name} is refused: it holds a link")
+    for name in names:
         st = check_regular_file(folder / name, "vector store file", must_exist=False)
         if st is None or st.st_size != sizes.get(name):
             raise DatabaseDamagedError(

@@ -260,3 +260,16 @@ def test_store_filters_match_the_arrays(ann_index):
         assert np.array_equal(index.store.scale_mask(scales), np.isin(index.scales, scales))
     for date in [*DATES, "1999-01-01"]:
         assert np.array_equal(index.store.date_mask(date), index.dates == date)
+
+
+def test_store_links_are_refused(tmp_path):
+    path = tmp_path / "l.duckdb"
+    write_synthetic_index(path, 300, dim=16, vectors=SyntheticVectors(dim=16, clusters=8))
+    entry = upgrade_index(path, Settings())
+    target = store_root(path) / entry["id"] / "tile_ids.npy"
+    elsewhere = tmp_path / "elsewhere.npy"
+    shutil.copy(target, elsewhere)
+    target.unlink()
+    target.symlink_to(elsewhere)
+    with pytest.raises(DatabaseDamagedError, match="holds a link"):
+        TileIndex.open(path)
