@@ -54,7 +54,15 @@ from geosearch.mosaic import Mosaic, open_mosaic
 from geosearch.sandbox import OPEN, FilePolicy, is_virtual
 from geosearch.settings import Settings, get_settings
 from geosearch.tiling import Tile, plan_tiles, tiles_for_mosaic, valid_fractions
-from geosearch.vectors import VectorStore, ann_wanted, open_store, remove_stale, store_root, write_store
+from geosearch.vectors import (
+    CALIBRATION_PROMPTS,
+    VectorStore,
+    ann_wanted,
+    open_store,
+    remove_stale,
+    store_root,
+    write_store,
+)
 
 FORMAT_VERSION = 2  # 2: a memory-mapped vector store (and ANN) beside the DuckDB file
 _PROPOSALS_LOCK = threading.Lock()
@@ -224,7 +232,9 @@ def build_index(
             model_seconds += p_model
             read_seconds += p_read
         meta = _read_meta(con)
-        store = _current_store(con, out, meta, settings)
+        store = _current_store(
+            con, out, meta, settings, lambda: emb_model.encode_text(list(CALIBRATION_PROMPTS))
+        )
         report.seconds = time.perf_counter() - t_start
         report.model_seconds, report.read_seconds = model_seconds, read_seconds
         first = grid is mosaic and meta.get("date") == date
@@ -252,7 +262,7 @@ def build_index(
     return report
 
 
-def _current_store(con, path: Path, meta: dict, settings: Settings) -> dict:
+def _current_store(con, path: Path, meta: dict, settings: Settings, queries=None) -> dict:
     """The meta entry of a store matching the ``tiles`` table: the current one when it still
     does (a rerun of a finished build), else a newly written one (its ANN updated when only
     dates were added)."""
@@ -264,12 +274,15 @@ def _current_store(con, path: Path, meta: dict, settings: Settings) -> dict:
             return prev
         except GeoSearchError:
             pass  # damaged or deleted: written anew below
-    return write_store(con, path, settings, prev)
+    return write_store(con, path, settings, prev, queries)
 
 
-def upgrade_index(path: str | Path, settings: Settings | None = None) -> dict:
+def upgrade_index(
+    path: str | Path, settings: Settings | None = None, queries: Callable[[], np.ndarray] | None = None
+) -> dict:
     """Write the vector store (and ANN, by ``settings.ann``) of an existing index from its tiles,
-    e.g. an index from before format 2; no raster is read. Returns the store's meta entry."""
+    e.g. an index from before format 2; no raster is read. ``queries``: unit query vectors to
+    calibrate the ANN on (:func:`geosearch.vectors.write_store`). Returns the store's meta entry."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"index not found: {path}")
@@ -281,7 +294,7 @@ def upgrade_index(path: str | Path, settings: Settings | None = None) -> dict:
             raise InputError(f"{path} is not a GeoSearch index")
         if not con.execute("SELECT count(*) FROM tiles").fetchone()[0]:
             raise InputError(f"index {path} has no tiles yet (build it with `geosearch index`)")
-        store = _current_store(con, path, meta, settings)
+        store = _current_store(con, path, meta, settings, queries)
         _write_meta(con, {"store": store, "format_version": FORMAT_VERSION})
         con.execute("CHECKPOINT")
     except duckdb.Error as exc:

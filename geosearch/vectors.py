@@ -40,6 +40,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,16 @@ ANN_FILE = "ann.faiss"
 ORDER_SQL = "ORDER BY scale_m, tile_id, date NULLS FIRST"
 _ID = re.compile(r"^[0-9a-f]{16}$")
 _CHUNK = 65_536
+# Text queries that calibrate an ANN's nprobe when the index is built with its model: the kind
+# of things asked of an index, embedded by that model (the modality gap and score packing of
+# real queries come with them).
+CALIBRATION_PROMPTS = (
+    "buildings", "a road", "a river", "farmland", "a forest", "a lake", "a parking lot", "an airport",
+    "a harbour with boats", "a bridge", "a residential area", "an industrial area", "a stadium",
+    "a golf course", "bare soil", "a desert", "snow", "a beach", "a railway", "a highway interchange",
+    "a church", "a school", "a park", "a baseball field", "a tennis court", "a swimming pool",
+    "fields next to a river", "dense forest", "a meadow", "mountains", "storage tanks", "a port",
+)  # fmt: skip
 
 
 def store_root(index_path: str | Path) -> Path:
@@ -214,11 +225,19 @@ def ann_wanted(n: int, settings: Settings) -> tuple[bool, str]:
     return False, f"{n} tiles < ann_min_tiles {settings.ann_min_tiles}: exact search is fast enough"
 
 
-def write_store(con, index_path: Path, settings: Settings, previous: dict | None = None) -> dict:
+def write_store(
+    con,
+    index_path: Path,
+    settings: Settings,
+    previous: dict | None = None,
+    queries: Callable[[], np.ndarray] | None = None,
+) -> dict:
     """Write a new store version from the index's ``tiles`` table and return its meta entry (the
     caller records it in the meta table, which is what makes it current). ``previous``: the entry
     of the current store; when it holds an ANN and the new rows only add dates, that ANN is kept
-    and updated (no retraining, old codes reused)."""
+    and updated (no retraining, old codes reused). ``queries``: gives unit query vectors (the
+    model's embeddings of :data:`CALIBRATION_PROMPTS`) to calibrate an ANN's nprobe on; without
+    it, queries are made from the data (more conservative: more lists probed)."""
     t0 = time.perf_counter()
     cols = con.execute(
         f"SELECT rowid, tile_id, scale_m, x0, y0, x1, y1, date FROM tiles {ORDER_SQL}"
@@ -257,7 +276,7 @@ def write_store(con, index_path: Path, settings: Settings, previous: dict | None
         entry["search"] = {"mode": "ann" if want else "exact", "reason": why}
         if want:
             vectors = np.load(folder / "vectors.f32.npy", mmap_mode="r")
-            entry["ann"] = _write_ann(folder, vectors, settings, index_path, previous, labels, codes)
+            entry["ann"] = _write_ann(folder, vectors, settings, index_path, previous, labels, codes, queries)
         entry["sizes"] = {name: (folder / name).stat().st_size for name in os.listdir(folder)}
         entry["write_seconds"] = round(time.perf_counter() - t0, 2)
     except BaseException:
@@ -323,14 +342,19 @@ def _nlist(n: int) -> int:
     return int(max(1, min(nlist, 65_536, n // 39 or 1)))
 
 
-def _calibrate(index, vectors: np.ndarray, rerank: int, target: float, queries: int = 32) -> dict:
+def _calibrate(
+    index, vectors: np.ndarray, rerank: int, target: float, given: np.ndarray | None, queries: int = 32
+) -> dict:
     """The smallest power-of-two nprobe whose recall@10 (after the exact rescoring of ``rerank``
-    candidates) reaches ``target`` on calibration queries. Text queries lie away from the image
-    embeddings, with tightly packed top scores; the calibration queries imitate that from the
-    data alone: sums of two stored vectors with most of the shared mean direction removed."""
-    import faiss
-
+    candidates) reaches ``target`` on calibration queries: ``given`` (text queries embedded by the
+    index's model), else queries made from the data alone. Text queries lie away from the image
+    embeddings, with tightly packed top scores; the made ones imitate that: sums of two stored
+    vectors with most of the shared mean direction removed, plus as much noise."""
     n, d = vectors.shape
+    if given is not None:
+        q = np.asarray(given, dtype=np.float32).reshape(-1, d)
+        q = np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True))
+        return _probe_until(index, vectors, q, rerank, target, "text prompts")
     rng = np.random.default_rng(1)
     sample = np.sort(rng.choice(n, size=min(n, 4096), replace=False))
     mean = np.asarray(vectors[sample], dtype=np.float32).mean(axis=0)
@@ -344,6 +368,13 @@ def _calibrate(index, vectors: np.ndarray, rerank: int, target: float, queries: 
         * np.linalg.norm(q, axis=1)[:, None]
     )
     q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    return _probe_until(index, vectors, q, rerank, target, "made from the data")
+
+
+def _probe_until(index, vectors: np.ndarray, q: np.ndarray, rerank: int, target: float, source: str) -> dict:
+    import faiss
+
+    queries = len(q)
     truth = _exact_top(vectors, q, 10)
     nlist = int(index.nlist)
     nprobe, recall = 1, 0.0
@@ -363,7 +394,7 @@ def _calibrate(index, vectors: np.ndarray, rerank: int, target: float, queries: 
     return {
         "nprobe": int(nprobe),
         "calibration_recall_at_10": round(recall, 4),
-        "calibration_queries": queries,
+        "calibration_queries": f"{queries} {source}",
     }
 
 
@@ -391,6 +422,7 @@ def _write_ann(
     previous: dict | None,
     labels: list[str],
     codes: np.ndarray,
+    queries: Callable[[], np.ndarray] | None = None,
 ) -> dict:
     import faiss
 
@@ -408,7 +440,7 @@ def _write_ann(
     if index is None:
         nlist = _nlist(n)
         quantizer = faiss.IndexFlatIP(d)
-        if settings.ann_codes == "pq" and d % 4 == 0:
+        if settings.ann_codes == "pq" and d % 4 == 0 and n >= 10_000:  # PQ's codebooks need ~40 x 256 rows
             index = faiss.IndexIVFPQ(quantizer, d, nlist, d // 4, 8, faiss.METRIC_INNER_PRODUCT)
             index.pq.cp.niter = 10
         else:
@@ -430,7 +462,8 @@ def _write_ann(
     with atomic_path(folder / ANN_FILE) as tmp:
         faiss.write_index(index, str(tmp))
     t_cal = time.perf_counter()
-    cal = _calibrate(index, vectors, settings.ann_rerank, settings.ann_target_recall)
+    given = queries() if queries is not None else None
+    cal = _calibrate(index, vectors, settings.ann_rerank, settings.ann_target_recall, given)
     return {
         "kind": _kind(index),
         "nlist": int(index.nlist),

@@ -131,6 +131,7 @@ def test_switch_is_automatic_and_recorded(tmp_path, use_settings):
     info = TileIndex.open(path).info()["search"]
     assert info["mode"] == "ann" and ">= ann_min_tiles 1000" in info["reason"]
     assert info["ann"]["nlist"] >= 1 and info["ann"]["calibration_recall_at_10"] > 0
+    assert info["ann"]["calibration_queries"] == "32 made from the data"
     assert len([p for p in store_root(path).iterdir()]) == 1  # the old store version was removed
     use_settings(ann="off")
     assert TileIndex.open(path).info()["search"]["mode"] == "exact"
@@ -143,7 +144,10 @@ def test_adding_a_date_updates_the_ann_in_place(tmp_path, use_settings):
     vectors = write_synthetic_index(
         path, 4000, dim=64, dates=["2020-01-01"], vectors=SyntheticVectors(dim=64)
     )
-    first = upgrade_index(path, Settings(ann="on", ann_codes="sq8"))
+    first = upgrade_index(
+        path, Settings(ann="on", ann_codes="sq8"), queries=lambda: vectors.queries(16, seed=5)
+    )
+    assert first["ann"]["calibration_queries"] == "16 text prompts"
     con = db.connect(path)
     con.execute("""INSERT INTO tiles SELECT tile_id, scale_m, "row", col, x0, y0, x1, y1, geom, geom_wgs84,
                    valid_fraction, '2019-01-01', embedding FROM tiles WHERE "row" % 2 = 0""")
@@ -273,3 +277,16 @@ def test_store_links_are_refused(tmp_path):
     target.symlink_to(elsewhere)
     with pytest.raises(DatabaseDamagedError, match="holds a link"):
         TileIndex.open(path)
+
+
+def test_build_with_ann_calibrates_on_the_models_text(tmp_path, tiny_settings):
+    raster = write_raster(tmp_path / "m.tif", width=128, height=128)
+    path = tmp_path / "b.duckdb"
+    s = tiny_settings.model_copy(update={"ann": "on", "proposals": False})
+    build_index([raster], path, settings=s, progress=False)
+    index = TileIndex.open(path)
+    mode = index.info()["search"]
+    assert mode["mode"] == "ann" and mode["ann"]["calibration_queries"].endswith("text prompts")
+    assert "SQ8" in mode["ann"]["kind"]  # too few tiles for PQ codebooks
+    hits = search(index, np.asarray(index.embeddings[5]), 3)
+    assert hits[0].tile_id == index.tile_ids[5] and hits[0].score == pytest.approx(1.0, abs=1e-5)
