@@ -262,27 +262,38 @@ def build_index(
     return report
 
 
-def _current_store(con, path: Path, meta: dict, settings: Settings, queries=None) -> dict:
+def _current_store(
+    con, path: Path, meta: dict, settings: Settings, queries=None, rebuild: bool = False
+) -> dict:
     """The meta entry of a store matching the ``tiles`` table: the current one when it still
     does (a rerun of a finished build), else a newly written one (its ANN updated when only
     dates were added)."""
     prev = meta.get("store")
     n = con.execute("SELECT count(*) FROM tiles").fetchone()[0]
-    if prev and prev.get("count") == n and bool(prev.get("ann")) == ann_wanted(n, settings)[0]:
+    if (
+        not rebuild
+        and prev
+        and prev.get("count") == n
+        and bool(prev.get("ann")) == ann_wanted(n, settings)[0]
+    ):
         try:
             open_store(path, prev)
             return prev
         except GeoSearchError:
             pass  # damaged or deleted: written anew below
-    return write_store(con, path, settings, prev, queries)
+    return write_store(con, path, settings, None if rebuild else prev, queries)
 
 
 def upgrade_index(
-    path: str | Path, settings: Settings | None = None, queries: Callable[[], np.ndarray] | None = None
+    path: str | Path,
+    settings: Settings | None = None,
+    queries: Callable[[], np.ndarray] | None = None,
+    rebuild: bool = False,
 ) -> dict:
     """Write the vector store (and ANN, by ``settings.ann``) of an existing index from its tiles,
-    e.g. an index from before format 2; no raster is read. ``queries``: unit query vectors to
-    calibrate the ANN on (:func:`geosearch.vectors.write_store`). Returns the store's meta entry."""
+    e.g. an index from before format 2; no raster is read. A current store is kept unless
+    ``rebuild`` (e.g. other ANN codes). ``queries``: unit query vectors to calibrate the ANN on
+    (:func:`geosearch.vectors.write_store`). Returns the store's meta entry."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"index not found: {path}")
@@ -294,7 +305,7 @@ def upgrade_index(
             raise InputError(f"{path} is not a GeoSearch index")
         if not con.execute("SELECT count(*) FROM tiles").fetchone()[0]:
             raise InputError(f"index {path} has no tiles yet (build it with `geosearch index`)")
-        store = _current_store(con, path, meta, settings, queries)
+        store = _current_store(con, path, meta, settings, queries, rebuild)
         _write_meta(con, {"store": store, "format_version": FORMAT_VERSION})
         con.execute("CHECKPOINT")
     except duckdb.Error as exc:

@@ -135,6 +135,11 @@ def test_switch_is_automatic_and_recorded(tmp_path, use_settings):
     assert len([p for p in store_root(path).iterdir()]) == 1  # the old store version was removed
     use_settings(ann="off")
     assert TileIndex.open(path).info()["search"]["mode"] == "exact"
+    current = TileIndex.open(path).meta["store"]["id"]
+    same = upgrade_index(path, Settings(ann="auto", ann_min_tiles=1000, ann_codes="sq8"))  # current: kept
+    assert same["id"] == current
+    again = upgrade_index(path, Settings(ann="auto", ann_min_tiles=1000, ann_codes="sq8"), rebuild=True)
+    assert again["id"] != same["id"] and again["ann"]["how"] == "built"
 
 
 def test_adding_a_date_updates_the_ann_in_place(tmp_path, use_settings):

@@ -12,6 +12,9 @@ def register(sub) -> None:
     )
     p.add_argument("index")
     p.add_argument("--ann", choices=["auto", "on", "off"], default=None, help="default: GEOSEARCH_ANN (auto)")
+    p.add_argument(
+        "--rebuild", action="store_true", help="write the store and ANN anew even if current (other settings)"
+    )
     p.set_defaults(func=run)
 
 
@@ -22,7 +25,7 @@ def run(args) -> int:
     settings = get_settings()
     if args.ann:
         settings = settings.model_copy(update={"ann": args.ann})
-    entry = upgrade_index(args.index, settings)
+    entry = upgrade_index(args.index, settings, rebuild=args.rebuild)
     mode = entry["search"]
     print(
         f"{args.index}: {entry['count']} tiles in the vector store; search {mode['mode']} ({mode['reason']})"
