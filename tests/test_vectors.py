@@ -295,3 +295,28 @@ def test_build_with_ann_calibrates_on_the_models_text(tmp_path, tiny_settings):
     assert "SQ8" in mode["ann"]["kind"]  # too few tiles for PQ codebooks
     hits = search(index, np.asarray(index.embeddings[5]), 3)
     assert hits[0].tile_id == index.tile_ids[5] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_adding_a_date_through_build_index_keeps_the_ann(tmp_path, tiny_settings):
+    import faiss
+
+    a = write_raster(tmp_path / "a.tif", width=128, height=128, seed=1)
+    b = write_raster(tmp_path / "b.tif", width=128, height=128, seed=2)
+    out = tmp_path / "t.duckdb"
+    s = tiny_settings.model_copy(update={"ann": "on", "proposals": False})
+    build_index([a], out, settings=s, progress=False, date="2020-01-01")
+    first = TileIndex.open(out).meta["store"]
+    build_index([b], out, settings=s, progress=False, date="2021-01-01")
+    index = TileIndex.open(out)
+    entry = index.meta["store"]
+    assert entry["count"] == 2 * first["count"] and entry["ann"]["how"] == "updated"
+    assert index.complete and index.date_list == ["2020-01-01", "2021-01-01"]
+    assert [p.name for p in store_root(out).iterdir()] == [entry["id"]]
+    emb = np.ascontiguousarray(index.embeddings[:], dtype=np.float32)
+    ids = index.store.ann().search(emb, 1)[1][:, 0]
+    assert np.allclose(np.sum(emb[ids] * emb, axis=1), 1, atol=5e-3)  # itself, or its twin at the other date
+    ann = index.store.ann()
+    stored = np.concatenate(
+        [faiss.rev_swig_ptr(ann.invlists.get_ids(i), ann.invlists.list_size(i)) for i in range(ann.nlist)]
+    )
+    assert np.array_equal(np.sort(stored), np.arange(len(index)))  # every row once, renumbered
