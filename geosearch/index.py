@@ -20,6 +20,11 @@ mosaic must have the same CRS and pixel size and overlap the first one, else
 Building commits every batch in its own transaction, so a killed build leaves a consistent index
 and a rerun embeds only the tiles that are missing. Opening an index with another model, mosaic or
 tiling than the one it was built with raises :class:`IndexMismatchError` instead of mixing them.
+
+Format 2: when a build completes, the tiles' arrays and embeddings are also written as a
+memory-mapped vector store beside the file (``INDEX.store/``, with an ANN for large indexes; see
+:mod:`geosearch.vectors`), which the meta key ``store`` points at. Searches open that store and
+read nothing up front; the ``embedding`` BLOBs stay in ``tiles`` as the build journal.
 """
 
 from __future__ import annotations
