@@ -115,10 +115,38 @@ def phase_search(path: Path, mode: str, queries: int, truth_file: Path) -> dict:
             rec = [len(set(a) & set(b)) / len(b) for a, b in zip(r["ids"], truth[label])]
             r["recall_at_10"] = round(float(np.mean(rec)), 4)
             r["recall_at_10_min"] = round(float(np.min(rec)), 2)
+        out["nprobe_sweep"] = _sweep(index, qs, truth["all"]) if index.store.ann_meta else []
     for r in results.values():
         del r["ids"]
     out["search"] = results
     return out
+
+
+def _sweep(index, qs, truth: list[list[str]]) -> list[dict]:
+    """Recall@10 and latency of unfiltered ANN searches at nprobe from 8 to 4x the calibrated one:
+    the curve that the calibrated point sits on, to extrapolate from."""
+    import numpy as np
+
+    from geosearch.search import search
+    from geosearch.settings import get_settings
+
+    meta = index.store.ann_meta
+    rows = []
+    nprobe = 8
+    while nprobe <= min(int(meta["nlist"]), 4 * int(meta["nprobe"])):
+        os.environ["GEOSEARCH_ANN_NPROBE"] = str(nprobe)
+        get_settings.cache_clear()
+        ms, rec = [], []
+        for q, want in zip(qs, truth):
+            t0 = time.perf_counter()
+            hits = search(index, q, 10)
+            ms.append((time.perf_counter() - t0) * 1000)
+            rec.append(len({h.tile_id for h in hits} & set(want)) / len(want))
+        rows.append({"nprobe": nprobe, **_percentiles(ms), "recall_at_10": round(float(np.mean(rec)), 4)})
+        nprobe *= 2
+    os.environ.pop("GEOSEARCH_ANN_NPROBE", None)
+    get_settings.cache_clear()
+    return rows
 
 
 def _child(args: list[str], env: dict) -> dict:
