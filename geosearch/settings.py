@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     # vector store; its candidates are rescored exactly, and area / scale / date filters stay exact
     ann: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="auto: an ANN for indexes of at least ann_min_tiles tiles, exact search below; "
-        "on: an ANN whatever the size; off: exact search (and no ANN built)",
+        description="auto: an ANN for indexes of at least ann_min_tiles tiles, exact search below, "
+        "and a filtered search exact when scanning its tiles costs less; on: an ANN whatever the size, "
+        "used for every search above ann_exact_below tiles; off: exact search (and no ANN built)",
     )
     ann_min_tiles: int = Field(200_000, ge=1, description="ann=auto builds an ANN from this many tiles")
     ann_exact_below: int = Field(

@@ -101,7 +101,7 @@ def test_ann_recall_with_exact_filters(ann_index, use_settings):
         for q in vectors.queries(20):
             use_settings(ann="off")
             exact = search(index, q, 10, **f)
-            use_settings(ann="auto", ann_exact_below=0)
+            use_settings(ann="on", ann_exact_below=0)  # on: through the ANN whatever the filter
             approx = search(index, q, 10, **f)
             got_r += recall(np.array([h.tile_id for h in approx]), np.array([h.tile_id for h in exact]))
             n += 1
@@ -320,3 +320,16 @@ def test_adding_a_date_through_build_index_keeps_the_ann(tmp_path, tiny_settings
         [faiss.rev_swig_ptr(ann.invlists.get_ids(i), ann.invlists.list_size(i)) for i in range(ann.nlist)]
     )
     assert np.array_equal(np.sort(stored), np.arange(len(index)))  # every row once, renumbered
+
+
+def test_auto_answers_a_narrow_filter_exactly(ann_index):
+    """ann=auto: a filter whose rows cost less to scan than the probes they would need is exact."""
+    index = TileIndex.open(ann_index[0])
+    q = ann_index[1].queries(1)[0]
+    auto = Settings(ann="auto", ann_exact_below=0)
+    assert index.store.search(q, 10, None, auto) is not None  # no filter: the ANN
+    narrow = np.zeros(len(index), bool)
+    narrow[:300] = True
+    assert index.store.search(q, 10, narrow, auto) is None  # 300 rows: scanned
+    ids, _ = index.store.search(q, 10, narrow, Settings(ann="on", ann_exact_below=0))
+    assert len(ids) == 10 and narrow[ids].all()
