@@ -419,8 +419,8 @@ def _exact_top(vectors: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
     """Exact top-k rows for each query, in one pass over the (memory-mapped) vectors."""
     best_s = np.full((len(q), 0), -np.inf, np.float32)
     best_i = np.zeros((len(q), 0), np.int64)
-    for start in range(0, len(vectors), 8 * _CHUNK):
-        s = q @ np.asarray(vectors[start : start + 8 * _CHUNK], dtype=np.float32).T
+    for start in range(0, len(vectors), 2 * _CHUNK):
+        s = q @ np.asarray(vectors[start : start + 2 * _CHUNK], dtype=np.float32).T
         s_all = np.concatenate([best_s, s], axis=1)
         i_all = np.concatenate(
             [best_i, np.broadcast_to(np.arange(start, start + s.shape[1]), s.shape)], axis=1
