@@ -742,6 +742,16 @@ class TileIndex:
             "stopped; rerun the same geosearch index command to finish it"
         )
 
+    def upgrade_note(self) -> str | None:
+        """A line for a complete index without a vector store (older format): it was loaded into
+        memory, and ``geosearch upgrade`` makes opening it instant."""
+        if self.store is not None or not self.complete:
+            return None
+        return (
+            f"index {self.path.name} is in an older format: its {len(self)} embeddings were loaded into "
+            f"memory on opening; geosearch upgrade {self.path} makes opening instant"
+        )
+
     @property
     def bounds_wgs84(self) -> Bounds:
         return tuple(self.meta["bounds_wgs84"])  # type: ignore[return-value]

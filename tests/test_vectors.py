@@ -190,6 +190,7 @@ def test_format_1_index_opens_and_upgrades(tmp_path, tiny_settings):
     assert old.store is None and not isinstance(old.embeddings, np.memmap)
     mode = old.info()["search"]
     assert mode["mode"] == "exact" and f"geosearch upgrade {path}" in mode["reason"]
+    assert f"geosearch upgrade {path}" in old.upgrade_note() and new.upgrade_note() is None
     assert [h.tile_id for h in search(old, np.asarray(old.embeddings[3]), 5)] == want
     proc = subprocess.run(
         [sys.executable, "-m", "geosearch_server", "upgrade", str(path)], capture_output=True, text=True

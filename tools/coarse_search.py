@@ -90,6 +90,7 @@ def run(inp: CoarseSearchInput, ws: Workspace, progress: ProgressFn | None = Non
         for x in hits
     ]
     warnings = [] if h.index.complete else [h.index.incomplete_note()]
+    warnings += [n for n in [h.index.upgrade_note()] if n]
     return CoarseSearchOutput(
         index=h.name, prompts=pos, negative_prompts=neg, tiles=tiles, score_stats=stats, warnings=warnings
     )
