@@ -65,6 +65,7 @@ from geosearch.vectors import (
     ann_wanted,
     open_store,
     remove_stale,
+    store_missing,
     store_root,
     write_store,
 )
@@ -652,6 +653,7 @@ class TileIndex:
     _proposals: ProposalSet | None = field(default=None, repr=False)
     policy: FilePolicy = field(default=OPEN, repr=False)
     store: VectorStore | None = field(default=None, repr=False)
+    store_note: str | None = field(default=None, repr=False)  # why a format 2 index has no store open
 
     @classmethod
     def open(cls, path: str | Path, policy: FilePolicy = OPEN) -> TileIndex:
@@ -684,8 +686,13 @@ class TileIndex:
             except duckdb.CatalogException:  # index from before multi-date support
                 mosaics = {}
             entry = meta.get("store")
-            if entry and con.execute("SELECT count(*) FROM tiles").fetchone()[0] == entry.get("count"):
-                store = open_store(path, entry)  # a build adding a date has more tiles: loaded below
+            note = None
+            if entry and con.execute("SELECT count(*) FROM tiles").fetchone()[0] != entry.get("count"):
+                entry = None  # a build adding a date has more tiles than its store: loaded below
+            if entry and store_missing(path, entry):  # the file copied without its folder: loaded below
+                note = f"its vector store {store_root(path).name}/{entry['id']} is missing"
+            elif entry:
+                store = open_store(path, entry)
                 return cls(
                     path=path,
                     meta=meta,
@@ -716,6 +723,7 @@ class TileIndex:
         return cls(
             path=path,
             meta=meta,
+            store_note=note,
             tile_ids=np.asarray(cols["tile_id"], dtype=object),
             scales=np.asarray(cols["scale_m"], dtype=np.float64),
             bounds=np.column_stack([cols[c] for c in ("x0", "y0", "x1", "y1")]).astype(np.float64),
@@ -747,9 +755,10 @@ class TileIndex:
         memory, and ``geosearch upgrade`` makes opening it instant."""
         if self.store is not None or not self.complete:
             return None
+        why = self.store_note or "is in an older format"
         return (
-            f"index {self.path.name} is in an older format: its {len(self)} embeddings were loaded into "
-            f"memory on opening; geosearch upgrade {self.path} makes opening instant"
+            f"index {self.path.name} {why}: its {len(self)} embeddings were loaded into memory on "
+            f"opening; geosearch upgrade {self.path} makes opening instant"
         )
 
     @property
@@ -918,10 +927,12 @@ class TileIndex:
         """How the top-k search of this index runs: exact or through its ANN, and why."""
         settings = settings or get_settings()
         if self.store is None:
+            why = (
+                self.store_note or "no vector store (an index from before format 2, or a build adding tiles)"
+            )
             return {
                 "mode": "exact",
-                "reason": "no vector store (an index from before format 2, or a build adding tiles): "
-                f"arrays loaded into memory; write one with: geosearch upgrade {self.path}",
+                "reason": f"{why}: arrays loaded into memory; write one with: geosearch upgrade {self.path}",
             }
         out = dict(self.store.entry.get("search") or {"mode": "exact"})
         ann = self.store.ann_meta

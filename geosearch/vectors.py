@@ -68,8 +68,17 @@ CALIBRATION_PROMPTS = (
 
 
 def store_root(index_path: str | Path) -> Path:
-    """The folder beside an index that holds its store versions."""
-    return Path(str(index_path) + ".store")
+    """The folder beside an index that holds its store versions (beside the real file when the
+    index is reached through a symlink)."""
+    return Path(os.path.realpath(index_path) + ".store")
+
+
+def store_missing(index_path: Path, entry: dict) -> bool:
+    """Whether the store folder that ``entry`` names is absent altogether (the index file was
+    copied or moved without it): the index can then still be read from DuckDB."""
+    sid = str(entry.get("id", ""))
+    root = store_root(index_path)
+    return bool(_ID.match(sid)) and not root.is_symlink() and not os.path.lexists(root / sid)
 
 
 @dataclass

@@ -334,3 +334,20 @@ def test_auto_answers_a_narrow_filter_exactly(ann_index):
     assert index.store.search(q, 10, narrow, auto) is None  # 300 rows: scanned
     ids, _ = index.store.search(q, 10, narrow, Settings(ann="on", ann_exact_below=0))
     assert len(ids) == 10 and narrow[ids].all()
+
+
+def test_copied_without_its_store_or_reached_by_a_link(tmp_path):
+    path = tmp_path / "c.duckdb"
+    write_synthetic_index(path, 400, dim=16, vectors=SyntheticVectors(dim=16, clusters=8))
+    upgrade_index(path, Settings())
+    link = tmp_path / "link.duckdb"
+    link.symlink_to(path)
+    linked = TileIndex.open(link)  # the store beside the real file
+    assert linked.store is not None and isinstance(linked.embeddings, np.memmap)
+    copy = tmp_path / "copy.duckdb"
+    shutil.copy(path, copy)  # the file alone: read from DuckDB, and said so
+    alone = TileIndex.open(copy)
+    assert alone.store is None and np.array_equal(alone.embeddings, linked.embeddings)
+    assert "is missing" in alone.info()["search"]["reason"] and "geosearch upgrade" in alone.upgrade_note()
+    upgrade_index(copy, Settings())
+    assert TileIndex.open(copy).store is not None
