@@ -1,8 +1,8 @@
 """Coarse search: text (or a vector) against every tile, cosine top-k, optional area / scale / date.
 
-The top-k runs through the index's ANN when it has one (:mod:`geosearch.vectors`: IVF-SQ8
-candidates rescored with the exact float32 vectors, filters applied exactly), else as an exact
-scan; :meth:`TileIndex.search_mode` says which.
+The top-k runs through the index's ANN when it has one (:mod:`geosearch.vectors`: IVF candidates
+rescored with the exact float32 vectors, filters applied exactly), else as an exact scan;
+:meth:`TileIndex.search_mode` says which.
 """
 
 from __future__ import annotations
