@@ -488,7 +488,10 @@ def _write_ann(
     with atomic_path(folder / ANN_FILE) as tmp:
         faiss.write_index(index, str(tmp))
     t_cal = time.perf_counter()
-    given = queries() if queries is not None else None
+    try:
+        given = queries() if queries is not None else None
+    except Exception:  # noqa: BLE001 - calibration is best effort: the data's own queries then
+        given = None
     cal = _calibrate(index, vectors, settings.ann_rerank, settings.ann_target_recall, given)
     return {
         "kind": _kind(index),
