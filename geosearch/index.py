@@ -20,12 +20,18 @@ mosaic must have the same CRS and pixel size and overlap the first one, else
 Building commits every batch in its own transaction, so a killed build leaves a consistent index
 and a rerun embeds only the tiles that are missing. Opening an index with another model, mosaic or
 tiling than the one it was built with raises :class:`IndexMismatchError` instead of mixing them.
+
+Format 2: when a build completes, the tiles' arrays and embeddings are also written as a
+memory-mapped vector store beside the file (``INDEX.store/``, with an ANN for large indexes; see
+:mod:`geosearch.vectors`), which the meta key ``store`` points at. Searches open that store and
+read nothing up front; the ``embedding`` BLOBs stay in ``tiles`` as the build journal.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -56,8 +62,18 @@ from geosearch.remote import canonical_url, is_url, url_name
 from geosearch.sandbox import OPEN, FilePolicy, is_virtual
 from geosearch.settings import Settings, get_settings
 from geosearch.tiling import Tile, plan_tiles, tiles_for_mosaic, valid_fractions
+from geosearch.vectors import (
+    CALIBRATION_PROMPTS,
+    VectorStore,
+    ann_wanted,
+    open_store,
+    remove_stale,
+    store_missing,
+    store_root,
+    write_store,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a memory-mapped vector store (and ANN) beside the DuckDB file
 _PROPOSALS_LOCK = threading.Lock()
 
 SCHEMA = """
@@ -149,6 +165,7 @@ def build_index(
         _check_overwritable(out, mosaic)
         out.unlink()
         Path(str(out) + ".wal").unlink(missing_ok=True)
+        shutil.rmtree(store_root(out), ignore_errors=True)
     if out.exists() and out.is_dir():
         raise InputError(f"index path is a folder: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -225,14 +242,19 @@ def build_index(
             p_model, p_read = _build_proposals(con, mosaic, emb_model, settings, date, progress)
             model_seconds += p_model
             read_seconds += p_read
+        meta = _read_meta(con)
+        store = _current_store(
+            con, out, meta, settings, lambda: emb_model.encode_text(list(CALIBRATION_PROMPTS))
+        )
         report.seconds = time.perf_counter() - t_start
         report.model_seconds, report.read_seconds = model_seconds, read_seconds
-        meta = _read_meta(con)
         first = grid is mosaic and meta.get("date") == date
-        _write_meta(
+        _write_meta(  # the switch to the new store and ``complete`` in one transaction
             con,
             {
                 "status": "complete",
+                "format_version": FORMAT_VERSION,
+                "store": store,
                 "build_seconds": float(meta.get("build_seconds", 0)) + report.seconds,
                 "model_seconds": float(meta.get("model_seconds", 0)) + model_seconds,
                 "tiles_embedded": con.execute("SELECT count(*) FROM tiles").fetchone()[0],
@@ -240,6 +262,7 @@ def build_index(
             },
         )
         con.execute("CHECKPOINT")
+        remove_stale(out, store["id"])
     except duckdb.Error as exc:  # a full disk, a damaged file...: named, and the build resumes
         raise db.describe_error(exc, str(out)) from exc
     finally:
@@ -248,6 +271,60 @@ def build_index(
         except duckdb.Error:
             pass
     return report
+
+
+def _current_store(
+    con, path: Path, meta: dict, settings: Settings, queries=None, rebuild: bool = False
+) -> dict:
+    """The meta entry of a store matching the ``tiles`` table: the current one when it still
+    does (a rerun of a finished build), else a newly written one (its ANN updated when only
+    dates were added)."""
+    prev = meta.get("store")
+    n = con.execute("SELECT count(*) FROM tiles").fetchone()[0]
+    if (
+        not rebuild
+        and prev
+        and prev.get("count") == n
+        and bool(prev.get("ann")) == ann_wanted(n, settings)[0]
+    ):
+        try:
+            open_store(path, prev)
+            return prev
+        except GeoSearchError:
+            pass  # damaged or deleted: written anew below
+    return write_store(con, path, settings, None if rebuild else prev, queries)
+
+
+def upgrade_index(
+    path: str | Path,
+    settings: Settings | None = None,
+    queries: Callable[[], np.ndarray] | None = None,
+    rebuild: bool = False,
+) -> dict:
+    """Write the vector store (and ANN, by ``settings.ann``) of an existing index from its tiles,
+    e.g. an index from before format 2; no raster is read. A current store is kept unless
+    ``rebuild`` (e.g. other ANN codes). ``queries``: unit query vectors to calibrate the ANN on
+    (:func:`geosearch.vectors.write_store`). Returns the store's meta entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"index not found: {path}")
+    settings = settings or get_settings()
+    con = db.connect(path, spatial=False)
+    try:
+        meta = _read_meta(con)
+        if "model_id" not in meta:
+            raise InputError(f"{path} is not a GeoSearch index")
+        if not con.execute("SELECT count(*) FROM tiles").fetchone()[0]:
+            raise InputError(f"index {path} has no tiles yet (build it with `geosearch index`)")
+        store = _current_store(con, path, meta, settings, queries, rebuild)
+        _write_meta(con, {"store": store, "format_version": FORMAT_VERSION})
+        con.execute("CHECKPOINT")
+    except duckdb.Error as exc:
+        raise db.describe_error(exc, str(path)) from exc
+    finally:
+        con.close()
+    remove_stale(path, store["id"])
+    return store
 
 
 def _embed_windows(
@@ -562,7 +639,9 @@ class ProposalSet:
 
 @dataclass
 class TileIndex:
-    """An index loaded for search: tile arrays and the embedding matrix in memory (read-only)."""
+    """An index opened for search (read-only). Format 2 indexes map their arrays from the vector
+    store (nothing is read until used, so opening costs the same at any size); format 1 indexes,
+    and one whose build is adding tiles, load them from DuckDB into memory."""
 
     path: Path
     meta: dict
@@ -578,6 +657,8 @@ class TileIndex:
     _polys84: list | None = field(default=None, repr=False)
     _proposals: ProposalSet | None = field(default=None, repr=False)
     policy: FilePolicy = field(default=OPEN, repr=False)
+    store: VectorStore | None = field(default=None, repr=False)
+    store_note: str | None = field(default=None, repr=False)  # why a format 2 index has no store open
 
     @classmethod
     def open(cls, path: str | Path, policy: FilePolicy = OPEN) -> TileIndex:
@@ -602,8 +683,6 @@ class TileIndex:
                     f"index {path.name} was written by a newer GeoSearch (format {version}, this one reads "
                     f"{FORMAT_VERSION}): upgrade geosearch"
                 )
-            cols = con.execute("""SELECT tile_id, scale_m, x0, y0, x1, y1, date, embedding FROM tiles
-                                  ORDER BY scale_m, tile_id, date NULLS FIRST""").fetchnumpy()
             try:
                 mosaics = {
                     d: json.loads(desc)
@@ -611,6 +690,28 @@ class TileIndex:
                 }
             except duckdb.CatalogException:  # index from before multi-date support
                 mosaics = {}
+            entry = meta.get("store")
+            note = None
+            if entry and con.execute("SELECT count(*) FROM tiles").fetchone()[0] != entry.get("count"):
+                entry = None  # a build adding a date has more tiles than its store: loaded below
+            if entry and store_missing(path, entry):  # the file copied without its folder: loaded below
+                note = f"its vector store {store_root(path).name}/{entry['id']} is missing"
+            elif entry:
+                store = open_store(path, entry)
+                return cls(
+                    path=path,
+                    meta=meta,
+                    tile_ids=store.tile_ids,
+                    scales=store.scales,
+                    bounds=store.bounds,
+                    embeddings=store.vectors,
+                    dates=store.dates(),
+                    mosaics=mosaics,
+                    policy=policy,
+                    store=store,
+                )
+            cols = con.execute("""SELECT tile_id, scale_m, x0, y0, x1, y1, date, embedding FROM tiles
+                                  ORDER BY scale_m, tile_id, date NULLS FIRST""").fetchnumpy()
         except duckdb.Error as exc:
             raise db.describe_error(exc, str(path)) from exc
         finally:
@@ -627,6 +728,7 @@ class TileIndex:
         return cls(
             path=path,
             meta=meta,
+            store_note=note,
             tile_ids=np.asarray(cols["tile_id"], dtype=object),
             scales=np.asarray(cols["scale_m"], dtype=np.float64),
             bounds=np.column_stack([cols[c] for c in ("x0", "y0", "x1", "y1")]).astype(np.float64),
@@ -653,6 +755,17 @@ class TileIndex:
             "stopped; rerun the same geosearch index command to finish it"
         )
 
+    def upgrade_note(self) -> str | None:
+        """A line for a complete index without a vector store (older format): it was loaded into
+        memory, and ``geosearch upgrade`` makes opening it instant."""
+        if self.store is not None or not self.complete:
+            return None
+        why = self.store_note or "is in an older format"
+        return (
+            f"index {self.path.name} {why}: its {len(self)} embeddings were loaded into memory on "
+            f"opening; geosearch upgrade {self.path} makes opening instant"
+        )
+
     @property
     def bounds_wgs84(self) -> Bounds:
         return tuple(self.meta["bounds_wgs84"])  # type: ignore[return-value]
@@ -664,6 +777,8 @@ class TileIndex:
     @property
     def date_list(self) -> list[str]:
         """The dates held by the index, oldest first (empty for an undated index)."""
+        if self.store is not None:
+            return self.store.labels
         return sorted({str(d) for d in self.dates if d is not None})
 
     def provenance(self) -> dict:
@@ -814,9 +929,35 @@ class TileIndex:
     def area_to_mosaic_crs(self, geom, crs):
         return reproject_geom(geom, crs, self.crs)
 
+    def search_mode(self, settings: Settings | None = None) -> dict:
+        """How the top-k search of this index runs: exact or through its ANN, and why."""
+        settings = settings or get_settings()
+        if self.store is None:
+            why = (
+                self.store_note or "no vector store (an index from before format 2, or a build adding tiles)"
+            )
+            return {
+                "mode": "exact",
+                "reason": f"{why}: arrays loaded into memory; write one with: geosearch upgrade {self.path}",
+            }
+        out = dict(self.store.entry.get("search") or {"mode": "exact"})
+        ann = self.store.ann_meta
+        if ann:
+            out["ann"] = {
+                **ann,
+                "nprobe": settings.ann_nprobe or ann["nprobe"],
+                "rerank": settings.ann_rerank,
+            }
+            if settings.ann == "off":
+                out.update(mode="exact", reason="ann=off at search time")
+        return out
+
     def info(self) -> dict:
         m = self.meta
-        per_scale = {f"{s:g}": int((self.scales == s).sum()) for s in np.unique(self.scales)}
+        if self.store is not None:
+            per_scale = dict(self.store.entry["tiles_per_scale_m"])
+        else:
+            per_scale = {f"{s:g}": int((self.scales == s).sum()) for s in np.unique(self.scales)}
         return {
             "path": str(self.path),
             "status": m.get("status"),
@@ -833,6 +974,8 @@ class TileIndex:
             "date": m.get("date"),
             "dates": self.date_list,
             "proposals": {k: v for k, v in m.items() if k.startswith("proposals")},
+            "format_version": int(m.get("format_version", 1)),
+            "search": self.search_mode(),
         }
 
 

@@ -1,4 +1,9 @@
-"""Coarse search: text (or a vector) against every tile, exact cosine top-k, optional area."""
+"""Coarse search: text (or a vector) against every tile, cosine top-k, optional area / scale / date.
+
+The top-k runs through the index's ANN when it has one (:mod:`geosearch.vectors`: IVF candidates
+rescored with the exact float32 vectors, filters applied exactly), else as an exact scan;
+:meth:`TileIndex.search_mode` says which.
+"""
 
 from __future__ import annotations
 
@@ -56,8 +61,14 @@ def text_vector(index: TileIndex, texts: str | list[str]) -> np.ndarray:
 def area_mask(index: TileIndex, area, area_crs) -> np.ndarray:
     """Tiles intersecting ``area`` (any CRS); refuses an area entirely outside the mosaic."""
     geom = index.area_to_mosaic_crs(area, area_crs)
-    boxes = shapely.box(index.bounds[:, 0], index.bounds[:, 1], index.bounds[:, 2], index.bounds[:, 3])
-    mask = shapely.intersects(boxes, geom)
+    b = index.bounds
+    gx0, gy0, gx1, gy1 = geom.bounds
+    # a box test on the arrays first: shapely geometries only for the tiles near the area
+    near = np.flatnonzero((b[:, 0] <= gx1) & (b[:, 2] >= gx0) & (b[:, 1] <= gy1) & (b[:, 3] >= gy0))
+    mask = np.zeros(len(b), bool)
+    if len(near):
+        nb = np.asarray(b[near])
+        mask[near] = shapely.intersects(shapely.box(nb[:, 0], nb[:, 1], nb[:, 2], nb[:, 3]), geom)
     if not mask.any():
         raise InputError(
             "the search area does not overlap the indexed mosaic "
@@ -66,11 +77,65 @@ def area_mask(index: TileIndex, area, area_crs) -> np.ndarray:
     return mask
 
 
-def scores(index: TileIndex, query: str | list[str] | np.ndarray) -> np.ndarray:
+def query_vec(index: TileIndex, query: str | list[str] | np.ndarray) -> np.ndarray:
     vec = query if isinstance(query, np.ndarray) else text_vector(index, query)
     if vec.shape[-1] != index.embeddings.shape[1]:
         raise InputError(f"query vector has dimension {vec.shape[-1]}, index has {index.embeddings.shape[1]}")
-    return index.embeddings @ vec.astype(np.float32)
+    return vec.astype(np.float32)
+
+
+def scores(index: TileIndex, query: str | list[str] | np.ndarray) -> np.ndarray:
+    """Exact scores of every tile (a full scan: the top-k of :func:`search` avoids it)."""
+    return index.embeddings @ query_vec(index, query)
+
+
+STATS_SAMPLE = 20_000
+
+
+def score_stats(index: TileIndex, vec: np.ndarray, best: float | None = None) -> dict[str, float]:
+    """mean / std / max / median of the tile scores: over every tile, or for an index with a vector
+    store and more than ``STATS_SAMPLE`` tiles over an evenly spaced sample of them (``max`` is
+    then the best hit's score when given), so that describing a search does not scan the index."""
+    vec = vec.astype(np.float32)
+    n = len(index)
+    if index.store is None or n <= STATS_SAMPLE:
+        s = index.embeddings @ vec
+    else:
+        s = index.store.rows(np.linspace(0, n - 1, STATS_SAMPLE).astype(np.int64)) @ vec
+    out = {
+        "mean": float(s.mean()),
+        "std": float(s.std()),
+        "max": float(s.max()),
+        "median": float(np.median(s)),
+    }
+    if len(s) < n:
+        out["max"] = max(out["max"], best if best is not None else out["max"])
+        out["sampled_tiles"] = float(len(s))
+    return out
+
+
+def ranked(
+    index: TileIndex, vec: np.ndarray, k: int, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best tile positions (descending, ties by position) within ``mask`` and their exact
+    scores: through the ANN when the index has one and the filter leaves enough tiles, else by
+    an exact scan (of the masked rows only, when they are few)."""
+    from geosearch.settings import get_settings
+
+    vec = vec.astype(np.float32)
+    if index.store is not None:
+        found = index.store.search(vec, k, mask, get_settings())
+        if found is not None:
+            return found
+    emb = index.embeddings
+    if mask is not None and mask.sum() < len(mask) // 4:
+        rows = np.flatnonzero(mask)
+        sub = np.asarray(emb[rows]) @ vec
+        order = top_k(sub, k)
+        return rows[order], sub[order]
+    s = emb @ vec
+    order = top_k(s, k, mask)
+    return order, s[order]
 
 
 def top_k(values: np.ndarray, k: int, mask: np.ndarray | None = None) -> np.ndarray:
@@ -100,30 +165,35 @@ def search(
     """Top-k tiles for a text query (or prompt list, or query vector)."""
     if k < 1:
         raise InputError("k must be at least 1")
-    s = scores(index, query)
-    mask = np.ones(len(index), bool)
+    vec = query_vec(index, query)
+    mask = None
     if area is not None:
-        mask &= area_mask(index, area, area_crs)
+        mask = area_mask(index, area, area_crs)
     if scales:
-        mask &= np.isin(index.scales, np.asarray(scales, dtype=float))
+        if index.store is not None:
+            at = index.store.scale_mask(scales)
+        else:
+            at = np.isin(index.scales, np.asarray(scales, dtype=float))
+        mask = at if mask is None else mask & at
         if not mask.any():
             raise InputError(f"no tiles at scale(s) {scales}; index has {sorted(set(index.scales.tolist()))}")
     if date is not None:
-        if date not in set(index.dates.tolist()):
+        if date not in index.date_list:
             raise InputError(
                 f"no tiles dated {date!r} in the index; dates: {', '.join(index.date_list) or 'none'}"
             )
-        mask &= index.dates == date
-    order = top_k(s, k, mask)
+        on = index.store.date_mask(date) if index.store is not None else index.dates == date
+        mask = on if mask is None else mask & on
+    order, s = ranked(index, vec, k, mask)
     polys = boxes_to_wgs84(index.bounds[order], index.crs) if len(order) else []
     hits = []
-    for rank, (i, poly) in enumerate(zip(order, polys), start=1):
+    for rank, (i, score, poly) in enumerate(zip(order, s, polys), start=1):
         hits.append(
             SearchHit(
                 rank,
                 str(index.tile_ids[i]),
                 float(index.scales[i]),
-                float(s[i]),
+                float(score),
                 tuple(index.bounds[i]),
                 tuple(poly.bounds),
                 poly,

@@ -62,6 +62,26 @@ class Settings(BaseSettings):
 
     # Search
     text_cache_size: int = 1024
+    # Approximate nearest neighbours (geosearch.vectors): an IVF-SQ8 index written with the index's
+    # vector store; its candidates are rescored exactly, and area / scale / date filters stay exact
+    ann: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="auto: an ANN for indexes of at least ann_min_tiles tiles, exact search below, "
+        "and a filtered search exact when scanning its tiles costs less; on: an ANN whatever the size, "
+        "used for every search above ann_exact_below tiles; off: exact search (and no ANN built)",
+    )
+    ann_min_tiles: int = Field(200_000, ge=1, description="ann=auto builds an ANN from this many tiles")
+    ann_exact_below: int = Field(
+        20_000, ge=0, description="a search (after its filters) over at most this many tiles is exact"
+    )
+    ann_nprobe: int = Field(0, ge=0, description="IVF lists probed per query; 0: the index's calibrated one")
+    ann_target_recall: float = Field(
+        0.97, gt=0, le=1, description="recall@10 the nprobe calibrated at build time aims for"
+    )
+    ann_codes: Literal["pq", "sq8"] = Field(
+        "pq", description="ANN codes: pq (d/4 bytes a vector) or sq8 (d bytes); both rescored exactly"
+    )
+    ann_rerank: int = Field(100, ge=1, description="ANN candidates rescored with the exact float32 vectors")
 
     # The answering chain (geosearch.chain): coarse-to-fine pyramid, segmentation, reranking,
     # abstention. Every eval result records these values; MethodContext.options may override any

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "geosearch_server.commands.search",
     "geosearch_server.commands.info",
     "geosearch_server.commands.relocate",
+    "geosearch_server.commands.upgrade",
     "geosearch_server.commands.models",
     "geosearch_server.commands.train",
     "geosearch_server.commands.eval",

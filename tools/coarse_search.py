@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from geosearch.query import parse_query, query_from_prompts
 from geosearch.refine.common import query_vector
-from geosearch.search import search
+from geosearch.search import score_stats, search
 from geosearch_tools.common import (
     ProgressFn,
     Prompts,
@@ -47,7 +46,10 @@ class CoarseSearchOutput(BaseModel):
     prompts: list[str]
     negative_prompts: list[str]
     tiles: list[TileOut]
-    score_stats: dict[str, float] = Field(description="mean / std / max of all tile scores for these prompts")
+    score_stats: dict[str, float] = Field(
+        description="mean / std / max / median of all tile scores for these prompts (over an even sample of "
+        "sampled_tiles tiles in a large index)"
+    )
     warnings: list[str] = Field(default_factory=list, description="e.g. the index is only partly built")
 
 
@@ -71,13 +73,7 @@ def run(inp: CoarseSearchInput, ws: Workspace, progress: ProgressFn | None = Non
         report(progress, 1, 2, "ranking tiles")
         area = parse_area(inp.area)
         hits = search(h.index, vec, inp.k, area=area, scales=inp.scales_m)
-        s = h.index.embeddings @ vec
-        stats = {
-            "mean": float(s.mean()),
-            "std": float(s.std()),
-            "max": float(s.max()),
-            "median": float(np.median(s)),
-        }
+        stats = score_stats(h.index, vec, hits[0].score if hits else None)
     report(progress, 2, 2, "done")
     from shapely.geometry import mapping
 
@@ -94,6 +90,7 @@ def run(inp: CoarseSearchInput, ws: Workspace, progress: ProgressFn | None = Non
         for x in hits
     ]
     warnings = [] if h.index.complete else [h.index.incomplete_note()]
+    warnings += [n for n in [h.index.upgrade_note()] if n]
     return CoarseSearchOutput(
         index=h.name, prompts=pos, negative_prompts=neg, tiles=tiles, score_stats=stats, warnings=warnings
     )

@@ -48,6 +48,8 @@ def hits_geojson(hits) -> dict:
 
 
 def run(args) -> int:
+    import sys
+
     from geosearch.errors import InputError
     from geosearch.index import TileIndex
     from geosearch.search import search
@@ -56,9 +58,9 @@ def run(args) -> int:
         raise InputError("empty query: give some words to search for")
     index = TileIndex.open(args.index)
     if not index.complete:
-        import sys
-
         print(f"warning: {index.incomplete_note()}", file=sys.stderr)
+    if index.upgrade_note():
+        print(f"note: {index.upgrade_note()}", file=sys.stderr)
     area, crs = parse_area(args)
     hits = search(index, args.text, args.k, area=area, area_crs=crs, scales=args.scales)
     if args.format == "geojson":
