@@ -59,15 +59,22 @@ def augment(
     theta[:, 0, 0], theta[:, 1, 1] = sx, sy
     theta[:, 0, 2], theta[:, 1, 2] = tx, ty
     if cfg.dihedral:
-        k = torch.randint(0, 4, (n,), generator=gen)
-        flip = torch.randint(0, 2, (n,), generator=gen).float() * 2 - 1
-        cos = torch.tensor([1.0, 0.0, -1.0, 0.0])[k]
-        sin = torch.tensor([0.0, 1.0, 0.0, -1.0])[k]
-        rot = torch.stack([torch.stack([cos * flip, -sin], -1), torch.stack([sin * flip, cos], -1)], 1)
-        theta[:, :, :2] = theta[:, :, :2] @ rot
+        random_dihedral(theta, gen)
     grid = F.affine_grid(theta.to(x.device), [n, 3, size, size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return colour_jitter(x, gen, cfg)
+
+
+def random_dihedral(theta: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Compose each (n, 2, 3) affine of a batch with a random 90 degree rotation and flip, in place."""
+    n = theta.shape[0]
+    k = torch.randint(0, 4, (n,), generator=gen)
+    flip = torch.randint(0, 2, (n,), generator=gen).float() * 2 - 1
+    cos = torch.tensor([1.0, 0.0, -1.0, 0.0])[k]
+    sin = torch.tensor([0.0, 1.0, 0.0, -1.0])[k]
+    rot = torch.stack([torch.stack([cos * flip, -sin], -1), torch.stack([sin * flip, cos], -1)], 1)
+    theta[:, :, :2] = theta[:, :, :2] @ rot
+    return theta
 
 
 def colour_jitter(

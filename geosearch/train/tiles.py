@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from geosearch.train.augment import AugmentConfig, colour_jitter
+from geosearch.train.augment import AugmentConfig, colour_jitter, random_dihedral
 
 # Groups of AID classes that look alike from above; each class's confusables are the others of its
 # groups. Names not present in a dataset are ignored.
@@ -165,12 +165,8 @@ def tile_crops(
     theta = torch.zeros(m, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = side / 3
     theta[:, 0, 2], theta[:, 1, 2] = cx / 1.5 - 1, cy / 1.5 - 1
-    k = torch.randint(0, 4, (m,), generator=gen)
-    flip = torch.randint(0, 2, (m,), generator=gen).float() * 2 - 1
-    cos = torch.tensor([1.0, 0.0, -1.0, 0.0])[k]
-    sin = torch.tensor([0.0, 1.0, 0.0, -1.0])[k]
-    rot = torch.stack([torch.stack([cos * flip, -sin], -1), torch.stack([sin * flip, cos], -1)], 1)
-    theta[:, :, :2] = theta[:, :, :2] @ rot
+    if aug.dihedral:
+        random_dihedral(theta, gen)
     # resample at twice the size and average down: large crops shrink ~8x, and a plain bilinear
     # resample would alias where the index reads from overviews
     grid = F.affine_grid(theta.to(canvas.device), [m, 3, 2 * size, 2 * size], align_corners=False)
