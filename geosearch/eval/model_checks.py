@@ -14,27 +14,16 @@ evaluation only, and nothing here trains, tunes or chooses anything.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from geosearch.errors import InputError
+from geosearch.train.data import load_source
 
 POINTING_SPLITS = ("dev", "test")
 POINTING_TEMPLATE = "an aerial image of a {c}"
-
-
-def _manifest_rows(data_dir: Path, split: str) -> list[dict]:
-    manifest = data_dir / "manifest.jsonl"
-    if not manifest.is_file():
-        raise InputError(f"AID/RSICD manifest not found: {manifest}")
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("split") == split]
-    if not rows:
-        raise InputError(f"no {split!r} rows in {manifest}")
-    return sorted(rows, key=lambda r: r["path"])
 
 
 def pointing(
@@ -58,18 +47,19 @@ def pointing(
     if split not in POINTING_SPLITS:
         raise InputError(f"pointing uses the dev or test split, not {split!r}")
     data_dir = Path(data_dir) if data_dir else DEFAULT_DATA
-    rows = _manifest_rows(data_dir, split)
+    manifest = data_dir / "manifest.jsonl"
+    if not manifest.is_file():
+        raise InputError(f"AID/RSICD manifest not found: {manifest}")
+    records = sorted(load_source(manifest, split).records, key=lambda r: r.path)
     rng = np.random.default_rng(seed)
-    by_class: dict[str, list[dict]] = {}
-    for r in rows:
-        by_class.setdefault(r["class"], []).append(r)
-    classes = sorted(by_class)
+    by_class: dict[str, list] = {}
+    for r in records:
+        by_class.setdefault(r.label, []).append(r)
     chips = []
-    for i, cls in enumerate(classes):
+    for i, cls in enumerate(sorted(by_class)):
         r = by_class[cls][int(rng.integers(len(by_class[cls])))]
-        chips.append(
-            Chip(r["path"], cls, [], split, 1.0, CHIP_PX, (i % cols) * CHIP_PX, (i // cols) * CHIP_PX)
-        )
+        col, row = (i % cols) * CHIP_PX, (i // cols) * CHIP_PX
+        chips.append(Chip(str(r.path), cls, [], split, 1.0, CHIP_PX, col, row))
     n_rows = -(-len(chips) // cols)
     width, height = cols * CHIP_PX, n_rows * CHIP_PX
 
@@ -186,6 +176,4 @@ def _aid_classes() -> list[str]:
     from geosearch.eval.aid_bench import DEFAULT_DATA
 
     manifest = DEFAULT_DATA / "manifest.jsonl"
-    if not manifest.is_file():
-        return []
-    return sorted({json.loads(line)["class"] for line in manifest.read_text().splitlines() if line.strip()})
+    return load_source(manifest, None).classes if manifest.is_file() else []
