@@ -142,34 +142,37 @@ def _param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
 
 @torch.inference_mode()
 def encode_split(
-    model: torch.nn.Module, images: np.ndarray, size: int, device: torch.device, batch: int = 256
+    model: torch.nn.Module,
+    images: np.ndarray | torch.Tensor,
+    size: int,
+    device: torch.device,
+    batch: int = 256,
 ) -> np.ndarray:
+    """Unit image embeddings of uint8 NHWC images, or of float NCHW crops already at ``size``."""
     was_training = model.visual.training
     model.visual.eval()
     out = []
     for i in range(0, len(images), batch):
-        x = to_float(torch.from_numpy(images[i : i + batch]).to(device), size)
+        part = images[i : i + batch]
+        if isinstance(part, torch.Tensor) and part.is_floating_point():
+            x = part.to(device)
+        else:
+            x = to_float(torch.as_tensor(part).to(device), size)
         x = normalize(x, MEAN, STD).contiguous(memory_format=torch.channels_last)
         out.append(F.normalize(model.visual(x).float(), dim=-1).cpu().numpy())
     model.visual.train(was_training)
     return np.concatenate(out)
 
 
-@torch.inference_mode()
-def _tile_accuracy(model: torch.nn.Module, tiles: tuple[torch.Tensor, torch.Tensor], class_text) -> float:
+def _tile_accuracy(
+    model: torch.nn.Module, tiles: tuple[torch.Tensor, torch.Tensor], class_text: torch.Tensor
+) -> float:
     """Zero-shot accuracy on tile-like validation crops that one class covers (generic ones left out)."""
     x_all, target = tiles
-    keep = target < class_text.shape[0]
-    was_training = model.visual.training
-    model.visual.eval()
-    preds = []
-    device = class_text.device
-    for i in range(0, len(x_all), 256):
-        x = normalize(x_all[i : i + 256].to(device), MEAN, STD).contiguous(memory_format=torch.channels_last)
-        preds.append((F.normalize(model.visual(x).float(), dim=-1) @ class_text.T).argmax(dim=1).cpu())
-    model.visual.train(was_training)
-    pred = torch.cat(preds)
-    return float((pred[keep] == target[keep]).float().mean()) if keep.any() else 0.0
+    keep = (target < class_text.shape[0]).numpy()
+    feats = encode_split(model, x_all, x_all.shape[-1], class_text.device)
+    pred = (feats @ class_text.float().cpu().numpy().T).argmax(axis=1)
+    return float((pred[keep] == target.numpy()[keep]).mean()) if keep.any() else 0.0
 
 
 def train(cfg: TrainConfig) -> TrainResult:
