@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import duckdb
@@ -104,6 +105,11 @@ CREATE TABLE IF NOT EXISTS proposals (
 
 @dataclass
 class BuildReport:
+    """What a build did. ``model_seconds``: wall time inside the image tower; ``read_seconds``:
+    time the model waited for window reads (reads overlap the model, so this is only the part
+    that did not), plus proposal segmentation; the rest of ``seconds`` is planning, writing and the
+    vector store."""
+
     tiles_total: int
     tiles_embedded: int
     tiles_skipped_nodata: int
@@ -225,18 +231,18 @@ def build_index(
         report = BuildReport(planned_total, 0, 0, 0.0, 0.0, 0.0, mosaic.area_km2)
         batch = max(1, settings.batch_size)
         bar = _progress(planned_total, len(done), progress)
-        model_seconds = read_seconds = 0.0
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            for start in range(0, len(todo), batch):
-                chunk = todo[start : start + batch]
-                emb, t_read, t_model = _embed_windows(pool, mosaic, emb_model, [t.bounds for t, _ in chunk])
-                read_seconds += t_read
-                model_seconds += t_model
-                _insert_tiles(con, mosaic, [t for t, _ in chunk], np.array([f for _, f in chunk]), emb, date)
-                report.tiles_embedded += len(chunk)
-                bar.update(len(chunk))
-                if on_batch:
-                    on_batch(len(done) + report.tiles_embedded, planned_total)
+        chunks = [todo[s : s + batch] for s in range(0, len(todo), batch)]
+
+        def write_tiles(chunk: list, emb: np.ndarray) -> None:
+            _insert_tiles(con, mosaic, [t for t, _ in chunk], np.array([f for _, f in chunk]), emb, date)
+            report.tiles_embedded += len(chunk)
+            bar.update(len(chunk))
+            if on_batch:
+                on_batch(len(done) + report.tiles_embedded, planned_total)
+
+        model_seconds, read_seconds = _embed_stream(
+            mosaic, emb_model, chunks, lambda chunk: [t.bounds for t, _ in chunk], write_tiles
+        )
         bar.close()
         if settings.proposals:
             p_model, p_read = _build_proposals(con, mosaic, emb_model, settings, date, progress)
@@ -327,17 +333,44 @@ def upgrade_index(
     return store
 
 
-def _embed_windows(
-    pool, mosaic: Mosaic, emb_model: EmbeddingModel, windows
-) -> tuple[np.ndarray, float, float]:
-    """Read windows at the model's input size (in the pool's threads) and embed them; returns the
-    embeddings, the read seconds and the model seconds."""
+def _embed_stream(
+    mosaic: Mosaic,
+    emb_model: EmbeddingModel,
+    chunks: Sequence,
+    windows_of: Callable[[Any], list],
+    write: Callable[[Any, np.ndarray], None],
+) -> tuple[float, float]:
+    """Embed the windows of each chunk and hand the embeddings to ``write``, in chunk order, as a
+    three-stage pipeline: the next chunk's windows are read (GDAL, in two threads) and the last
+    chunk is written (DuckDB, in one writer thread) while the model embeds the current one, so
+    the build's wall time is the model's plus what does not overlap. Returns (model seconds,
+    seconds spent waiting for reads). An error in any stage stops the build; what was written
+    stays (the build resumes)."""
     size = emb_model.image_size
-    t0 = time.perf_counter()
-    images = list(pool.map(lambda b: mosaic.read(b, size).rgb, windows))
-    t1 = time.perf_counter()
-    emb = emb_model.encode_images(np.stack(images))
-    return emb, t1 - t0, time.perf_counter() - t1
+    model_seconds = wait_seconds = 0.0
+    if not chunks:
+        return model_seconds, wait_seconds
+    with ThreadPoolExecutor(max_workers=2) as readers, ThreadPoolExecutor(max_workers=1) as writer:
+
+        def read(chunk) -> list:
+            return [readers.submit(mosaic.read, b, size) for b in windows_of(chunk)]
+
+        pending = read(chunks[0])
+        written = None
+        for i, chunk in enumerate(chunks):
+            t0 = time.perf_counter()
+            images = np.stack([f.result().rgb for f in pending])
+            wait_seconds += time.perf_counter() - t0
+            if i + 1 < len(chunks):
+                pending = read(chunks[i + 1])
+            t0 = time.perf_counter()
+            emb = emb_model.encode_images(images)
+            model_seconds += time.perf_counter() - t0
+            if written is not None:
+                written.result()  # one write in flight: rows land in order, errors surface here
+            written = writer.submit(write, chunk, emb)
+        written.result()
+    return model_seconds, wait_seconds
 
 
 def _build_proposals(
@@ -373,32 +406,35 @@ def _build_proposals(
     todo = [(i, p) for i, p in enumerate(props) if i not in done]
     _write_meta(con, {key: {"status": "building", "settings": ps.as_dict(), "count": len(props)}})
     bar = _progress(len(props), len(done), progress, "proposals")
-    model_seconds = read_seconds = 0.0
     batch = max(1, settings.batch_size)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for start in range(0, len(todo), batch):
-            chunk = todo[start : start + batch]
-            wins = [own_extent_window(p.bounds, mosaic.bounds) for _, p in chunk]
-            emb, t_read, t_model = _embed_windows(pool, mosaic, emb_model, wins)
-            read_seconds += t_read
-            model_seconds += t_model
-            frame = pd.DataFrame(
-                {
-                    "prop_id": [i for i, _ in chunk],
-                    "date": [date] * len(chunk),
-                    "level": [p.level for _, p in chunk],
-                    "n_segments": [p.n_segments for _, p in chunk],
-                    "x0": [p.bounds[0] for _, p in chunk],
-                    "y0": [p.bounds[1] for _, p in chunk],
-                    "x1": [p.bounds[2] for _, p in chunk],
-                    "y1": [p.bounds[3] for _, p in chunk],
-                    "outline": [shapely.to_wkb(p.polygon) for _, p in chunk],
-                    "embedding": [e.astype("<f4").tobytes() for e in emb],
-                }
-            )
-            with db.transaction(con, new_props=frame):
-                con.execute("INSERT INTO proposals SELECT * FROM new_props")
-            bar.update(len(chunk))
+    chunks = [todo[s : s + batch] for s in range(0, len(todo), batch)]
+
+    def write_proposals(chunk: list, emb: np.ndarray) -> None:
+        frame = pd.DataFrame(
+            {
+                "prop_id": [i for i, _ in chunk],
+                "date": [date] * len(chunk),
+                "level": [p.level for _, p in chunk],
+                "n_segments": [p.n_segments for _, p in chunk],
+                "x0": [p.bounds[0] for _, p in chunk],
+                "y0": [p.bounds[1] for _, p in chunk],
+                "x1": [p.bounds[2] for _, p in chunk],
+                "y1": [p.bounds[3] for _, p in chunk],
+                "outline": [shapely.to_wkb(p.polygon) for _, p in chunk],
+                "embedding": [e.astype("<f4").tobytes() for e in emb],
+            }
+        )
+        with db.transaction(con, new_props=frame):
+            con.execute("INSERT INTO proposals SELECT * FROM new_props")
+        bar.update(len(chunk))
+
+    model_seconds, read_seconds = _embed_stream(
+        mosaic,
+        emb_model,
+        chunks,
+        lambda chunk: [own_extent_window(p.bounds, mosaic.bounds) for _, p in chunk],
+        write_proposals,
+    )
     bar.close()
     _write_meta(
         con,

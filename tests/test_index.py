@@ -97,6 +97,37 @@ def test_resume_after_kill(tmp_path, raster):
     assert len(set(full.tile_ids)) == 58
 
 
+def test_failed_write_stops_the_pipelined_build_and_it_resumes(tmp_path, raster, monkeypatch):
+    """Reads, model and writes overlap (index._embed_stream): an error in the writer stage stops
+    the build with that error, the batches written before it stay, and a rerun gives the same
+    index as an uninterrupted build."""
+    import geosearch.index as index_mod
+
+    s = Settings(model="geosearch-tiny", batch_size=4, scales_m=[64.0, 128.0])
+    clean = tmp_path / "clean.duckdb"
+    build_index([raster], clean, settings=s, progress=False)
+    real_insert, calls = index_mod._insert_tiles, []
+
+    def failing_insert(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError("disk full (test)")
+        return real_insert(*args, **kwargs)
+
+    monkeypatch.setattr(index_mod, "_insert_tiles", failing_insert)
+    out = tmp_path / "f.duckdb"
+    with pytest.raises(OSError, match="disk full"):
+        build_index([raster], out, settings=s, progress=False)
+    assert len(calls) == 4  # nothing was written after the failed batch
+    partial = TileIndex.open(out)
+    assert len(partial) == 12 and not partial.complete
+    monkeypatch.setattr(index_mod, "_insert_tiles", real_insert)
+    assert build_index([raster], out, settings=s, progress=False).tiles_embedded == 58 - 12
+    a, b = TileIndex.open(clean), TileIndex.open(out)
+    assert list(a.tile_ids) == list(b.tile_ids)
+    assert np.abs(np.asarray(a.embeddings) - np.asarray(b.embeddings)).max() < 1e-6
+
+
 def test_open_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
         TileIndex.open(tmp_path / "none.duckdb")
