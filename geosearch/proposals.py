@@ -33,6 +33,7 @@ import hashlib
 import heapq
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -492,10 +493,13 @@ def _blocks(extent_px: int, block: int, overlap: int) -> list[int]:
     return sorted({min(i * stride, extent_px - block) for i in range(n)})
 
 
-def propose_mosaic(mosaic: Mosaic, ps: ProposalSettings | None = None) -> list[Proposal]:
+def propose_mosaic(
+    mosaic: Mosaic, ps: ProposalSettings | None = None, cancel: threading.Event | None = None
+) -> list[Proposal]:
     """Every proposal of the mosaic (mosaic CRS), deduplicated, best first. The backend
     (``ps.backend``) turns each block into candidates; a backend that cannot run here (SAM
-    without its weights) is refused with an :class:`InputError` before anything is read."""
+    without its weights) is refused with an :class:`InputError` before anything is read.
+    ``cancel``: when set (a failed build), it stops before the next block and returns nothing."""
     ps = ps or ProposalSettings()
     check_backend(ps)
     sam = _load_sam(ps) if ps.uses_sam else None
@@ -511,6 +515,8 @@ def propose_mosaic(mosaic: Mosaic, ps: ProposalSettings | None = None) -> list[P
     found: list[tuple] = []
     for by in _blocks(height_px, ps.block_px, overlap):
         for bx in _blocks(width_px, ps.block_px, overlap):
+            if cancel is not None and cancel.is_set():
+                return []
             w = min(ps.block_px, width_px - bx)
             h = min(ps.block_px, height_px - by)
             x0 = mb[0] + bx * px_x

@@ -182,6 +182,46 @@ def test_proposals_follow_outlines_and_resume(tmp_path):
     assert plain.proposals() is None  # the chain then refines the pyramid's windows instead
 
 
+def test_segmentation_overlaps_the_tiles_and_stops_when_the_build_fails(tmp_path, monkeypatch):
+    """The proposals are segmented in a thread while the tiles are embedded: the segmentation
+    starts before the first tile batch is written, and a build that fails stops it (it sees
+    its cancel event) instead of leaving it running."""
+    import threading
+
+    import geosearch.index as index_mod
+    import geosearch.proposals as proposals_mod
+
+    img = np.zeros((3, 400, 400), np.uint8)
+    img[0], img[1], img[2] = 60, 150, 60
+    _write(tmp_path / "f.tif", img)
+    events: list[str] = []
+    cancelled = threading.Event()
+
+    def slow_propose(mosaic, ps=None, cancel=None):
+        events.append("segmentation started")
+        if cancel is not None and cancel.wait(30):
+            cancelled.set()
+        return []
+
+    def failing_insert(*args, **kwargs):
+        events.append("tiles written")
+        raise OSError("disk full (test)")
+
+    monkeypatch.setattr(proposals_mod, "propose_mosaic", slow_propose)
+    monkeypatch.setattr(index_mod, "_insert_tiles", failing_insert)
+    settings = Settings(scales_m=[128.0], overlap=0.5)
+    with pytest.raises(OSError, match="disk full"):
+        build_index(
+            [tmp_path / "f.tif"],
+            tmp_path / "f.duckdb",
+            model=colour_model(32),
+            settings=settings,
+            progress=False,
+        )
+    assert events[0] == "segmentation started"
+    assert cancelled.is_set()  # and build_index returned only after the thread had stopped
+
+
 def test_one_per_thing_drops_overlaps_and_pieces():
     from geosearch.refine.proposed import one_per_thing
 
