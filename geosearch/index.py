@@ -40,7 +40,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import duckdb
@@ -59,7 +59,6 @@ from geosearch.errors import (
 from geosearch.fileio import check_regular_file
 from geosearch.geo import Bounds, as_crs, boxes_to_wgs84, reproject_geom
 from geosearch.models import EmbeddingModel, get_model
-from geosearch.mosaic import Mosaic, open_mosaic
 from geosearch.remote import canonical_url, is_url, url_name
 from geosearch.sandbox import OPEN, FilePolicy, is_virtual
 from geosearch.settings import Settings, get_settings
@@ -74,6 +73,9 @@ from geosearch.vectors import (
     store_root,
     write_store,
 )
+
+if TYPE_CHECKING:  # rasterio (~0.1 s) loads only for a build or a read, not to search
+    from geosearch.mosaic import Mosaic
 
 FORMAT_VERSION = 2  # 2: a memory-mapped vector store (and ANN) beside the DuckDB file
 _PROPOSALS_LOCK = threading.Lock()
@@ -156,15 +158,21 @@ def build_index(
     date: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     asset: str | None = None,
+    embed_tiles: TileEmbedder | None = None,
 ) -> BuildReport:
     """Embed every valid tile of the mosaic into the index at ``out`` (resumable). ``inputs`` are
-    rasters, folders, URLs or STAC Items / ItemCollections (``asset``: which asset of the Items)."""
+    rasters, folders, URLs or STAC Items / ItemCollections (``asset``: which asset of the Items).
+    ``embed_tiles``: what embeds the missing tiles (default :func:`embed_tiles_locally`; a Ray
+    build passes :class:`geosearch.distributed.RayTileEmbedder`); planning, resume, proposals and
+    the vector store are the same either way."""
     settings = settings or get_settings()
     if settings.proposals:  # a proposal backend that cannot run here is refused before any work
         from geosearch.proposals import ProposalSettings, check_backend
 
         check_backend(ProposalSettings.from_settings(settings))
     t_start = time.perf_counter()
+    from geosearch.mosaic import open_mosaic
+
     mosaic = open_mosaic(inputs, bands=bands, stretch=stretch, asset=asset)  # type: ignore[arg-type]
     emb_model = model if isinstance(model, EmbeddingModel) else get_model(model, settings=settings)
     out = Path(out)
@@ -243,8 +251,8 @@ def build_index(
             if on_batch:
                 on_batch(len(done) + report.tiles_embedded, planned_total)
 
-        model_seconds, read_seconds = _embed_stream(
-            mosaic, emb_model, chunks, lambda chunk: [t.bounds for t, _ in chunk], write_tiles
+        model_seconds, read_seconds = (embed_tiles or embed_tiles_locally)(
+            mosaic, emb_model, chunks, write_tiles
         )
         bar.close()
         if settings.proposals:
@@ -335,6 +343,25 @@ def upgrade_index(
         con.close()
     remove_stale(path, store["id"])
     return store
+
+
+TileChunk = list[tuple[Tile, float]]  # tiles still to embed, with their valid share
+# (mosaic, model, chunks, write) -> (model seconds, read seconds): embeds every chunk and hands
+# each chunk with its embeddings to ``write`` (which inserts them into the index)
+TileEmbedder = Callable[
+    [Mosaic, EmbeddingModel, Sequence[TileChunk], Callable[[TileChunk, np.ndarray], None]],
+    tuple[float, float],
+]
+
+
+def embed_tiles_locally(
+    mosaic: Mosaic,
+    emb_model: EmbeddingModel,
+    chunks: Sequence[TileChunk],
+    write: Callable[[TileChunk, np.ndarray], None],
+) -> tuple[float, float]:
+    """The single-process :data:`TileEmbedder`: the read / embed / write pipeline in this process."""
+    return _embed_stream(mosaic, emb_model, chunks, lambda chunk: [t.bounds for t, _ in chunk], write)
 
 
 def _embed_stream(
@@ -967,6 +994,8 @@ class TileIndex:
                 f"mosaic file(s) of index {self.path.name} not found; looked for: {'; '.join(missing[:3])}. "
                 f"Moved them? point the index at the new place: geosearch relocate {self.path} NEW_FOLDER"
             )
+        from geosearch.mosaic import open_mosaic
+
         return open_mosaic(
             files,
             bands=m["rgb_bands"],
@@ -1101,6 +1130,8 @@ def relocate_index(path: str | Path, locations: Sequence[str | Path]) -> dict:
                         f"{name!r} is there more than once: {cands[0]}, {cands[1]}; give the folder"
                     )
                 files.append(cands[0])
+            from geosearch.mosaic import open_mosaic
+
             mosaic = open_mosaic(files, bands=desc["rgb_bands"], stretch=desc["stretch"], expand_stac=False)
             if mosaic.fingerprint() != fingerprint:
                 raise InputError(

@@ -12,13 +12,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from rasterio.transform import rowcol
 
 from geosearch.errors import InputError
 from geosearch.geo import Bounds
-from geosearch.mosaic import Mosaic
+
+if TYPE_CHECKING:
+    from geosearch.mosaic import Mosaic
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ def valid_fractions(mosaic: Mosaic, tiles: Sequence[Tile]) -> np.ndarray:
     """Share of valid (non-nodata) pixels in each tile, from one coarse mask of the mosaic."""
     if not tiles:
         return np.zeros(0)
+    from rasterio.transform import rowcol
+
     mask, transform = mosaic.valid_mask()
     integral = np.pad(mask.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     out = np.empty(len(tiles))

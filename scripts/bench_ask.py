@@ -1,15 +1,18 @@
-"""End-to-end latency of ``geosearch ask``: each run is a fresh process, as a user types it.
+"""End-to-end latency of ``geosearch ask`` (or ``search``): each run is a fresh process, as a user types it.
 
 Usage:
     python scripts/bench_ask.py INDEX [--query TEXT ...] [--queries FILE] [-n 5] [--out results/bench-ask.json]
-                                [--threads N] [--warmup 1] [--no-timings] [-- EXTRA ASK ARGS]
+                                [--threads N] [--warmup 1] [--no-timings] [--command search]
+                                [-- EXTRA ARGS]
 
 Runs ``geosearch ask INDEX QUERY --timings`` ``n`` times for every query (rounds interleave the
 queries, so a burst of load elsewhere spreads over all of them) and writes JSON: wall seconds per
 run from spawn to exit (p50 / p95 / min / max), the phases each run reports with ``--timings``
 (process start, parse_args, imports, index_open, model_load, the chain = answer minus open and
 load, output, exit) and the machine (cores, load average at start and end). ``--queries`` takes a
-text file (one query a line) or a benchmark's ``queries.jsonl`` (its ``text`` fields). On a shared
+text file (one query a line) or a benchmark's ``queries.jsonl`` (its ``text`` fields).
+``--command search`` times ``geosearch search INDEX QUERY`` instead (wall time only: search has
+no ``--timings``). On a shared
 machine the load average says how much of the machine the runs had; repeat and compare medians.
 """
 
@@ -75,8 +78,10 @@ def ask_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "geosearch_server"]
 
 
-def one_run(cmd: list[str], index: str, query: str, extra: list[str], env: dict, timings: bool) -> dict:
-    argv = [*cmd, "ask", index, query, *(["--timings"] if timings else []), *extra]
+def one_run(
+    cmd: list[str], index: str, query: str, extra: list[str], env: dict, timings: bool, command: str = "ask"
+) -> dict:
+    argv = [*cmd, command, index, query, *(["--timings"] if timings else []), *extra]
     t0 = time.time()
     proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     t1 = time.time()
@@ -130,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-timings", action="store_true", help="do not pass --timings (a geosearch without it): wall only"
     )
+    ap.add_argument("--command", choices=["ask", "search"], default="ask", help="the command timed")
     args = ap.parse_args(argv)
+    timings = not args.no_timings and args.command == "ask"
 
     queries = read_queries(args)
     env = dict(os.environ)
@@ -141,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for _ in range(args.warmup):
-        one_run(cmd, index, queries[0], extra, env, not args.no_timings)
+        one_run(cmd, index, queries[0], extra, env, timings, args.command)
     runs = []
     for r in range(args.n):
         for q in queries:
-            run = one_run(cmd, index, q, extra, env, not args.no_timings)
+            run = one_run(cmd, index, q, extra, env, timings, args.command)
             run["round"] = r
             runs.append(run)
             status = f"{run['wall_s']:.2f} s" if run["rc"] == 0 else f"rc {run['rc']}: {run.get('error')}"
@@ -154,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     timed = [r for r in ok if "phases" in r]
     names = list(dict.fromkeys(k for r in timed for k in r["phases"]))
     result = {
-        "benchmark": "geosearch ask, one fresh process per run",
-        "command": [*cmd, "ask", index, "QUERY", "--timings", *extra],
+        "benchmark": f"geosearch {args.command}, one fresh process per run",
+        "command": [*cmd, args.command, index, "QUERY", *(["--timings"] if timings else []), *extra],
         "index": index,
         "queries": queries,
         "runs_per_query": args.n,

@@ -97,6 +97,8 @@ def test_plain_torch_towers_equal_the_open_clip_model(starter):
         "Farmland NEAR water, with   spaces\tand\nnewlines",
         "Café naïve résumé &amp; &lt;html&gt; mojibake Ã©tÃ©",
         "a [SEP] b [CLS] [MASK] [UNK]",
+        "  plain ASCII, 'quoted' \"twice\" -- a/b (c) 50% off?!  ",  # the path without ftfy
+        "fish & chips &amp; more",
         "中文 字符 emoji 🚀 ﬁ ligature 1,234.5 km²",
         "",
         " ".join(["storage tanks next to a parking lot"] * 30),  # truncated at 64 tokens

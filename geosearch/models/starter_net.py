@@ -304,6 +304,10 @@ def build_starter_net(
 
 
 def _clean(text: str) -> str:
+    if text.isascii() and text.isprintable() and "&" not in text:
+        # what ftfy and html.unescape leave unchanged (they fix mojibake, control characters and
+        # entities): most queries, which then skip ftfy's import (~0.15 s of a 2 s search)
+        return " ".join(text.split())
     import ftfy
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
