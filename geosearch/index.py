@@ -349,7 +349,7 @@ TileChunk = list[tuple[Tile, float]]  # tiles still to embed, with their valid s
 # (mosaic, model, chunks, write) -> (model seconds, read seconds): embeds every chunk and hands
 # each chunk with its embeddings to ``write`` (which inserts them into the index)
 TileEmbedder = Callable[
-    [Mosaic, EmbeddingModel, Sequence[TileChunk], Callable[[TileChunk, np.ndarray], None]],
+    ["Mosaic", EmbeddingModel, Sequence[TileChunk], Callable[[TileChunk, np.ndarray], None]],
     tuple[float, float],
 ]
 
