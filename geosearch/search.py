@@ -7,7 +7,8 @@ rescored with the exact float32 vectors, filters applied exactly), else as an ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import shapely
@@ -28,8 +29,10 @@ class SearchHit:
     bbox_wgs84: Bounds
     polygon_wgs84: object  # shapely Polygon (EPSG:4326)
     date: str | None = None
+    index: str | None = None  # the shard's file name, for a search over several indexes
 
     def as_dict(self) -> dict:
+        shard = {"index": self.index} if self.index is not None else {}
         return {
             "rank": self.rank,
             "tile_id": self.tile_id,
@@ -39,6 +42,7 @@ class SearchHit:
             "bbox_wgs84": list(self.bbox_wgs84),
             "polygon_wgs84": mapping(self.polygon_wgs84),
             "date": self.date,
+            **shard,
         }
 
 
@@ -201,3 +205,46 @@ def search(
             )
         )
     return hits
+
+
+def search_shards(
+    indexes: Sequence[TileIndex],
+    query: str | list[str] | np.ndarray,
+    k: int = 10,
+    *,
+    area=None,
+    area_crs="EPSG:4326",
+    scales: list[float] | None = None,
+    date: str | None = None,
+) -> list[SearchHit]:
+    """Top-k over several indexes of one model: the shards of an area too large for one index
+    (docs/scale.md). The query is embedded once; each shard returns its own top-k with exact
+    scores, so merging by score gives the top-k of the union. A shard that the area, scales or
+    date leave out is skipped; when every shard is, the first shard's reason is raised."""
+    if not indexes:
+        raise InputError("no index to search")
+    if k < 1:
+        raise InputError("k must be at least 1")
+    models = {ix.meta.get("model_id") for ix in indexes}
+    if len(models) > 1:
+        names = ", ".join(f"{ix.path.name}: {ix.meta.get('model_id')}" for ix in indexes)
+        raise InputError(
+            f"the shards were built with different models, so their scores do not compare ({names})"
+        )
+    vec = query_vec(indexes[0], query)
+    names = [ix.path.name for ix in indexes]
+    if len(set(names)) < len(names):  # shards named alike in different folders: full paths
+        names = [str(ix.path) for ix in indexes]
+    found: list[tuple[float, int, int, SearchHit]] = []
+    refused: list[InputError] = []
+    for i, (ix, name) in enumerate(zip(indexes, names)):
+        try:
+            hits = search(ix, vec, k, area=area, area_crs=area_crs, scales=scales, date=date)
+        except InputError as exc:  # this shard lies outside the area, or lacks the scale / date
+            refused.append(exc)
+            continue
+        found += [(-h.score, i, h.rank, replace(h, index=name)) for h in hits]
+    if len(refused) == len(indexes):
+        raise refused[0]
+    found.sort(key=lambda t: t[:3])
+    return [replace(t[3], rank=r) for r, t in enumerate(found[:k], start=1)]

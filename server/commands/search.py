@@ -9,7 +9,9 @@ from geosearch_server.commands._common import format_table
 
 def register(sub) -> None:
     p = sub.add_parser("search", help="rank tiles of an index by a text query")
-    p.add_argument("index")
+    p.add_argument(
+        "index", help="index file, or a quoted glob of shard indexes of one model ('province/*.duckdb')"
+    )
     p.add_argument("text")
     p.add_argument("-k", type=int, default=10)
     area = p.add_mutually_exclusive_group()
@@ -47,22 +49,41 @@ def hits_geojson(hits) -> dict:
     }
 
 
+def index_paths(arg: str) -> list[str]:
+    """An index path as given, or the sorted files a glob pattern matches (shards)."""
+    import glob
+    import os
+
+    from geosearch.errors import InputError
+
+    if os.path.exists(arg) or not glob.has_magic(arg):
+        return [arg]
+    found = sorted(p for p in glob.glob(arg) if os.path.isfile(p))
+    if not found:
+        raise InputError(f"no index file matches {arg!r}")
+    return found
+
+
 def run(args) -> int:
     import sys
 
     from geosearch.errors import InputError
     from geosearch.index import TileIndex
-    from geosearch.search import search
+    from geosearch.search import search, search_shards
 
     if not args.text.strip():
         raise InputError("empty query: give some words to search for")
-    index = TileIndex.open(args.index)
-    if not index.complete:
-        print(f"warning: {index.incomplete_note()}", file=sys.stderr)
-    if index.upgrade_note():
-        print(f"note: {index.upgrade_note()}", file=sys.stderr)
+    indexes = [TileIndex.open(path) for path in index_paths(args.index)]
+    for index in indexes:
+        if not index.complete:
+            print(f"warning: {index.incomplete_note()}", file=sys.stderr)
+        if index.upgrade_note():
+            print(f"note: {index.upgrade_note()}", file=sys.stderr)
     area, crs = parse_area(args)
-    hits = search(index, args.text, args.k, area=area, area_crs=crs, scales=args.scales)
+    if len(indexes) == 1:
+        hits = search(indexes[0], args.text, args.k, area=area, area_crs=crs, scales=args.scales)
+    else:
+        hits = search_shards(indexes, args.text, args.k, area=area, area_crs=crs, scales=args.scales)
     if args.format == "geojson":
         print(json.dumps(hits_geojson(hits)))
     elif args.format == "json":
@@ -75,8 +96,10 @@ def run(args) -> int:
                 "scale_m": h.scale_m,
                 "tile_id": h.tile_id,
                 "bbox_wgs84": [round(v, 6) for v in h.bbox_wgs84],
+                "index": h.index,
             }
             for h in hits
         ]
-        print(format_table(rows, ["rank", "score", "scale_m", "tile_id", "bbox_wgs84"]))
+        shards = ["index"] if len(indexes) > 1 else []
+        print(format_table(rows, ["rank", "score", "scale_m", "tile_id", *shards, "bbox_wgs84"]))
     return 0
