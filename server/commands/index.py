@@ -52,6 +52,20 @@ def register(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="rebuild from scratch if the index exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="auto|ADDRESS",
+        help="embed the tiles on Ray Data actors (pip install 'geosearch[ray]'): auto joins or starts "
+        "a local Ray runtime, HOST:PORT joins a cluster; this process plans, writes proposals and merges",
+    )
+    p.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Ray actors embedding tiles (default: one per GPU, else one per 2 CPUs of the cluster)",
+    )
     p.set_defaults(func=run)
 
 
@@ -82,12 +96,8 @@ def settings_from_args(args):
 
 
 def run(args) -> int:
-    from geosearch.index import build_index
-
     settings = settings_from_args(args)
-    report = build_index(
-        args.mosaic,
-        args.out,
+    kwargs = dict(
         model=settings.model,
         settings=settings,
         bands=args.bands,
@@ -97,5 +107,20 @@ def run(args) -> int:
         date=args.date,
         asset=args.asset,
     )
+    if getattr(args, "ray", None):  # Ray is imported only on this path
+        from geosearch.distributed import build_index_ray
+
+        report, stats = build_index_ray(
+            args.mosaic, args.out, address=args.ray, workers=args.ray_workers, **kwargs
+        )
+        print(json.dumps({"index": args.out, **report.as_dict(), "ray": stats.as_dict()}, indent=2))
+        return 0
+    if getattr(args, "ray_workers", None) is not None:
+        from geosearch.errors import InputError
+
+        raise InputError("--ray-workers needs --ray auto|ADDRESS")
+    from geosearch.index import build_index
+
+    report = build_index(args.mosaic, args.out, **kwargs)
     print(json.dumps({"index": args.out, **report.as_dict()}, indent=2))
     return 0
