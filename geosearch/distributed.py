@@ -63,6 +63,7 @@ class RayStats:
     shards_computed: int = 0
     tiles_computed: int = 0
     embed_seconds: float = 0.0  # driver wall time from submitting the shards to the last shard on disk
+    first_shard_seconds: float = 0.0  # ... to the first one: mostly the actors' start (torch, the model)
     merge_seconds: float = 0.0
     worker_model_seconds: float = 0.0  # summed over workers (they run in parallel)
     worker_read_seconds: float = 0.0
@@ -70,7 +71,13 @@ class RayStats:
 
     def as_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "shard_names"}
-        for k in ("embed_seconds", "merge_seconds", "worker_model_seconds", "worker_read_seconds"):
+        for k in (
+            "embed_seconds",
+            "first_shard_seconds",
+            "merge_seconds",
+            "worker_model_seconds",
+            "worker_read_seconds",
+        ):
             out[k] = round(out[k], 3)
         out["tiles_per_s"] = round(self.tiles_computed / self.embed_seconds, 2) if self.embed_seconds else 0.0
         return out
@@ -124,6 +131,7 @@ def connect(address: str = "auto", timeout: float = CONNECT_TIMEOUT_S) -> bool:
         kwargs["address"] = address
     else:
         kwargs["include_dashboard"] = False
+        kwargs["logging_level"] = logging.ERROR  # a local runtime's start-up notes
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
@@ -228,7 +236,8 @@ class RayTileEmbedder:
     files, then merges them through the build's writer (see the module docstring).
 
     ``workers``: actors (default: one per GPU of the cluster, else one per two CPUs);
-    ``shard_tiles``: tiles per shard (default ``SHARD_BATCHES`` model batches);
+    ``shard_tiles``: tiles per shard (default ``SHARD_BATCHES`` model batches, or fewer so that
+    each actor gets two shards at least);
     ``on_shard(done, total)``: called after each shard file is written."""
 
     def __init__(
@@ -244,7 +253,7 @@ class RayTileEmbedder:
         self.root = shard_root(out)
         self.settings = settings
         self.workers = workers
-        self.shard_tiles = max(1, shard_tiles or SHARD_BATCHES * max(1, settings.batch_size))
+        self.shard_tiles = shard_tiles
         self.progress = progress
         self.on_shard = on_shard
         self.stats = RayStats()
@@ -282,11 +291,10 @@ class RayTileEmbedder:
             self.stats.shard_names.append(path.stem)
         self.stats.shards_reused = len(self.stats.shard_names)
         rest = [(t, f) for t, f in todo if t.tile_id not in covered]
-        shards = [rest[s : s + self.shard_tiles] for s in range(0, len(rest), self.shard_tiles)]
-        self.stats.shards_total = self.stats.shards_reused + len(shards)
+        self.stats.shards_total = self.stats.shards_reused
         t0 = time.perf_counter()
-        if shards:
-            self._run(mosaic, emb_model, shards, len(todo) - len(rest))
+        if rest:
+            self._run(mosaic, emb_model, rest, len(todo) - len(rest))
         self.stats.embed_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         self._merge(wanted, write)
@@ -294,7 +302,8 @@ class RayTileEmbedder:
         _clear(self.root)  # every shard is in the index now
         return self.stats.embed_seconds, 0.0
 
-    def _run(self, mosaic: Mosaic, emb_model: EmbeddingModel, shards: list[TileChunk], initial: int) -> None:
+    def _run(self, mosaic: Mosaic, emb_model: EmbeddingModel, rest: TileChunk, initial: int) -> None:
+        """Embed the tiles of ``rest`` on an actor pool, writing each shard's file as it arrives."""
         ray = import_ray()
         from ray.data import DataContext
 
@@ -312,6 +321,12 @@ class RayTileEmbedder:
         self.stats.address = ray.get_runtime_context().gcs_address
         self.stats.workers, self.stats.threads_per_worker = workers, threads
         self.stats.gpus_per_worker = 1.0 if use_gpu else 0.0
+        # up to SHARD_BATCHES model batches per shard, fewer for a small build so every actor gets some
+        per = self.shard_tiles or min(
+            SHARD_BATCHES * max(1, self.settings.batch_size), max(1, -(-len(rest) // (2 * workers)))
+        )
+        shards = [rest[s : s + per] for s in range(0, len(rest), per)]
+        self.stats.shards_total += len(shards)
         model_settings = self.settings.model_dump(include=set(_MODEL_FIELDS))
         model_settings.update(model=emb_model.name, threads=threads, device="cuda" if use_gpu else "cpu")
         mosaic_args = {
@@ -346,8 +361,11 @@ class RayTileEmbedder:
         total = sum(len(s) for s in shards) + initial
         bar = _progress(total, initial, self.progress, "embedding (ray)")
         rows_iter = ds.iter_rows()
+        t0 = time.perf_counter()
         try:
             for row in rows_iter:
+                if not self.stats.first_shard_seconds:
+                    self.stats.first_shard_seconds = time.perf_counter() - t0
                 name = str(row["shard"])
                 shard = by_name[name]
                 emb = np.frombuffer(row["embedding"], "<f4").reshape(len(shard), int(row["dim"]))
