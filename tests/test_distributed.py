@@ -154,3 +154,16 @@ def test_ray_is_imported_only_by_ray_builds(raster, tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"rc": 0, "ray": False}
+
+
+def test_cli_without_ray_installed_is_a_one_line_error(raster, tmp_path, monkeypatch, capsys):
+    from geosearch_server.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    out = tmp_path / "n.duckdb"
+    assert main(["index", str(raster), "--out", str(out), "--ray", "auto", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'geosearch[ray]'" in err[0], err
+    assert main(["index", str(raster), "--out", str(out), "--ray-workers", "2"]) == 2
+    assert "--ray-workers needs --ray" in capsys.readouterr().err
+    assert not out.exists()
