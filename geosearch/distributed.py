@@ -238,7 +238,9 @@ class RayTileEmbedder:
     ``workers``: actors (default: one per GPU of the cluster, else one per two CPUs);
     ``shard_tiles``: tiles per shard (default ``SHARD_BATCHES`` model batches, or fewer so that
     each actor gets two shards at least);
-    ``on_shard(done, total)``: called after each shard file is written."""
+    ``on_shard(done, total)``: called after each shard file is written. It returns (the Ray
+    phase's wall time, 0): the build report's ``model_seconds`` is then the time the driver waited
+    for the actors (reads included; their own split is in :attr:`stats`)."""
 
     def __init__(
         self,
