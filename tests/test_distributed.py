@@ -81,9 +81,13 @@ def test_ray_build_equals_single_process_build(ray_local, raster, local_index, t
     assert again.tiles_embedded == 0 and stats2.shards_total == 0
 
 
-def test_killed_ray_build_resumes_from_its_shards(ray_local, raster, local_index, tmp_path):
+def test_killed_ray_build_resumes_from_its_shards(ray_local, raster, local_index, tmp_path, monkeypatch):
     """A build that dies after 3 shards are on disk: the rerun reuses those files (same inodes,
-    same bytes) and embeds only the other shards, and the index equals an uninterrupted build."""
+    same bytes) and embeds only the other shards. That rerun dies in turn while merging, after 3
+    shards are in DuckDB: the third run embeds nothing and merges the other 5. The index equals an
+    uninterrupted build."""
+    import geosearch.index as index_mod
+
     out = tmp_path / "k.duckdb"
 
     def die_after_three(done: int, total: int) -> None:
@@ -112,18 +116,33 @@ def test_killed_ray_build_resumes_from_its_shards(ray_local, raster, local_index
         if not seen:  # the first new shard: the old ones are still the very same files
             seen.update({p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in shards})
 
-    report, stats = build_index_ray(
-        [raster],
-        out,
-        settings=SETTINGS,
-        workers=1,
-        shard_tiles=SHARD_TILES,
-        progress=False,
-        on_shard=check_untouched,
-    )
+    real_insert, inserts = index_mod._insert_tiles, []
+
+    def insert_then_die(*args, **kwargs):
+        inserts.append(1)
+        if len(inserts) == 4:
+            raise OSError("disk full (test)")
+        return real_insert(*args, **kwargs)
+
+    monkeypatch.setattr(index_mod, "_insert_tiles", insert_then_die)
+    with pytest.raises(OSError, match="disk full"):
+        build_index_ray(
+            [raster],
+            out,
+            settings=SETTINGS,
+            workers=1,
+            shard_tiles=SHARD_TILES,
+            progress=False,
+            on_shard=check_untouched,
+        )
     assert seen == before
-    assert stats.shards_reused == 3 and stats.shards_computed == 5 and stats.tiles_computed == 58 - 24
-    assert report.tiles_embedded == 58  # all merged by this run: the killed one merged nothing
+    assert len(list(shard_root(out).glob("*.npz"))) == 8  # all on disk; 3 merged (one transaction each)
+    assert len(TileIndex.open(out)) == 24
+    monkeypatch.setattr(index_mod, "_insert_tiles", real_insert)
+
+    report, stats = build_index_ray([raster], out, settings=SETTINGS, shard_tiles=SHARD_TILES, progress=False)
+    assert stats.shards_computed == 0 and stats.shards_reused == 5  # the 3 merged ones are skipped
+    assert report.tiles_embedded == 58 - 24
     assert not shard_root(out).exists()
     assert_same_index(local_index, TileIndex.open(out))
 
