@@ -11,7 +11,10 @@ says so and exits 0 when it is absent) it measures, in this order and in the sam
 2. local: a single-process tile-only build (proposals off, as ``geosearch index --proposals none``):
    embeddings/s, its ratio to raw, and the build report's split (model / read wait / the rest:
    planning, DuckDB writes, vector store);
-3. ray: the same build with ``--ray auto --ray-workers N`` (a local Ray runtime; its start is timed
+3. default: the build as ``geosearch index`` runs it, with region proposals (segmented in a thread
+   while the tiles embed, then embedded): tiles + proposals embedded per second, its ratio to raw
+   and the build report's share of time outside the model;
+4. ray: the tile-only build with ``--ray auto --ray-workers N`` (a local Ray runtime; its start is timed
    apart): tiles/s over the whole build and over the Ray phase, and the ratio to raw.
 
 Each part records ``os.getloadavg()`` before and after, so a busy machine shows in the numbers. It
@@ -105,7 +108,8 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="default: the settings' model (the starter)")
     ap.add_argument("--workers", type=int, default=2, help="Ray actors (default 2)")
     ap.add_argument("--raw-seconds", type=float, default=10.0, help="least time for the raw measurement")
-    ap.add_argument("--skip-ray", action="store_true", help="parts 1 and 2 only")
+    ap.add_argument("--skip-ray", action="store_true", help="no Ray build")
+    ap.add_argument("--skip-default", action="store_true", help="no default build (with proposals)")
     args = ap.parse_args()
 
     import warnings
@@ -127,9 +131,10 @@ def main() -> int:
     from geosearch.settings import get_settings
     from geosearch.tiling import tiles_for_mosaic
 
-    settings = get_settings().model_copy(update={"proposals": False})
+    base = get_settings()
     if args.model:
-        settings = settings.model_copy(update={"model": args.model})
+        base = base.model_copy(update={"model": args.model})
+    settings = base.model_copy(update={"proposals": False})
     with tempfile.TemporaryDirectory(prefix="bench_build.") as tmp_dir:
         tmp = Path(tmp_dir)
         mosaic = open_mosaic([image])
@@ -184,6 +189,28 @@ def main() -> int:
             "load_after": load(),
         }
         print(f"local: {rate:.1f} tiles/s ({rate / raw['tiles_per_s']:.2f} of raw)", flush=True)
+
+        if not args.skip_default:  # the default build: proposals segmented while the tiles embed
+            before = load()
+            out = tmp / "default.duckdb"
+            report = build_index([image], out, model=model, settings=base, progress=False)
+            import duckdb
+
+            with duckdb.connect(str(out), read_only=True) as con:
+                proposals = con.execute("SELECT count(*) FROM proposals").fetchone()[0]
+            embedded = report.tiles_embedded + proposals
+            result["default"] = {
+                "tiles": report.tiles_embedded,
+                "proposals": proposals,
+                "seconds": round(report.seconds, 3),
+                "embeddings_per_s": round(embedded / report.seconds, 2),
+                "ratio_to_raw": round(embedded / report.seconds / raw["tiles_per_s"], 3),
+                "model_seconds": round(report.model_seconds, 3),
+                "share_outside_model": report.as_dict()["share_outside_model"],
+                "load_before": before,
+                "load_after": load(),
+            }
+            print(f"default (proposals): {result['default']}", flush=True)
 
         if not args.skip_ray:
             result["ray"] = ray_part(image, tmp, model, settings, args.workers, raw["tiles_per_s"])
