@@ -113,6 +113,27 @@ class VectorStore:
             raise DatabaseDamagedError(f"the vector store {self.folder} is shorter than it records")
         return np.frombuffer(buf, dtype="<f4").reshape(len(positions), -1)
 
+    def warm(self) -> threading.Thread:
+        """Read the ANN file and the per-tile arrays (not the float32 vectors, which searches
+        read row by row) through the page cache in a daemon thread, and return it. A long-running
+        server calls this when it opens an index: at 10^7 tiles, searches from a cold cache wait
+        on the disk for the inverted lists they probe (p50 ~30-45 ms) where warm ones take ~5 ms."""
+        files = [self.folder / ANN_FILE] if self.ann_meta is not None else []
+        files += [self.folder / name for name in ARRAYS[1:]]
+
+        def read_all() -> None:
+            for path in files:
+                try:
+                    with open(path, "rb", buffering=0) as f:
+                        while f.read(8 << 20):
+                            pass
+                except OSError:  # a file gone since opening: the search that needs it will say so
+                    continue
+
+        thread = threading.Thread(target=read_all, name=f"warm {self.folder.name}", daemon=True)
+        thread.start()
+        return thread
+
     def __del__(self):
         if self._fd is not None:
             os.close(self._fd)

@@ -351,3 +351,37 @@ def test_copied_without_its_store_or_reached_by_a_link(tmp_path):
     assert "is missing" in alone.info()["search"]["reason"] and "geosearch upgrade" in alone.upgrade_note()
     upgrade_index(copy, Settings())
     assert TileIndex.open(copy).store is not None
+
+
+def test_warm_reads_the_ann_and_tile_arrays_but_not_the_vectors(ann_index, monkeypatch):
+    import builtins
+
+    import geosearch.vectors as vectors_module
+
+    path, vectors = ann_index
+    index = TileIndex.open(path)
+    want = [h.tile_id for h in search(index, vectors.queries(1, seed=3)[0], 10)]
+    read: dict[str, int] = {}
+
+    def spy(file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        name = str(file).rsplit("/", 1)[-1]
+        real = f.read
+
+        def counted(n=-1):
+            chunk = real(n)
+            read[name] = read.get(name, 0) + len(chunk)
+            return chunk
+
+        f.read = counted
+        return f
+
+    monkeypatch.setattr(vectors_module, "open", spy, raising=False)
+    thread = index.store.warm()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and thread.daemon
+    folder = index.store.folder
+    for name in ("ann.faiss", "tile_ids.npy", "scales.npy", "bounds.npy", "dates.npy"):
+        assert read[name] == (folder / name).stat().st_size, name  # every byte, through the page cache
+    assert "vectors.f32.npy" not in read  # the float32 rows are read per query, never all at once
+    assert [h.tile_id for h in search(index, vectors.queries(1, seed=3)[0], 10)] == want

@@ -220,6 +220,7 @@ class Workspace:
         settings=None,
         cache_size: int = 8,
         restrict: bool | None = None,
+        warm: bool = True,
     ):
         from geosearch.settings import get_settings
 
@@ -244,6 +245,7 @@ class Workspace:
         self._opening: dict[Path, threading.Lock] = {}
         self._refused: dict[Path, tuple[float, InputError]] = {}
         self._cache_size = cache_size
+        self.warm = warm  # read an opened index's ANN and arrays ahead (not for a one-shot CLI)
         self.answers: OrderedDict[str, dict] = OrderedDict()
         self.previews: OrderedDict[str, bytes] = OrderedDict()
         self._llm_complete: Callable[[str], str] | None = None
@@ -318,6 +320,8 @@ class Workspace:
                 raise
             with phase("model_load"):
                 index.model(self.settings)
+            if self.warm and index.store is not None:  # a server searches again: warm them up now
+                index.store.warm()
             h = IndexHandle(self.display_name(path), path, index, mtime=mtime)
             with self._lock:
                 self._indexes[path] = h

@@ -75,7 +75,7 @@ def _run(args) -> int:
                 raise InputError(f"{flag} {target!r}: the folder {folder} does not exist")
             if Path(target).is_dir():
                 raise InputError(f"{flag} {target!r} is a folder: give a file name")
-    ws = Workspace([], restrict=False)
+    ws = Workspace([], restrict=False, warm=False)  # one query: no read-ahead of the whole ANN
     path = str(ws.resolve(args.index))
     try:
         inp = t_answer.AnswerInput(
