@@ -58,7 +58,7 @@ def text_vector(index: TileIndex, texts: str | list[str]) -> np.ndarray:
     limit = get_settings().max_prompts
     if len(set(texts)) > limit:
         raise InputError(f"too many prompts: {len(set(texts))} (at most {limit}, GEOSEARCH_MAX_PROMPTS)")
-    vec = index.model().encode_text(texts).mean(axis=0)
+    vec = index.text_model().encode_text(texts).mean(axis=0)
     return vec / (np.linalg.norm(vec) + 1e-12)
 
 

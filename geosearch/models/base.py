@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -13,6 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from geosearch.checksums import sha256_cached, sha256_file  # noqa: F401 - re-exported
+from geosearch.models.text import TextCache
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -68,14 +69,20 @@ class EmbeddingModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 64
     text_cache_size: int = 1024
-    _text_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
-    _cache_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # unnormalised text features computed without torch (the starter's numpy text tower,
+    # geosearch.models.text): then every query is embedded by the same code with or without torch
+    text_features: Callable[[list[str]], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.model.eval().to(self.device)
         self.half = self.device.type == "cuda"
         if self.half:
             self.model.half()
+        self._texts = TextCache(self._text_features, self.text_cache_size, TEXT_BATCH)
+
+    @property
+    def _text_cache(self) -> OrderedDict:
+        return self._texts.entries
 
     @property
     def embed_dim(self) -> int:
@@ -126,92 +133,16 @@ class EmbeddingModel:
         return int(getattr(self.model, "embed_dim", 0) or self.encode_text(["x"]).shape[1])
 
     # -- text -------------------------------------------------------------------------------
-    @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> np.ndarray:
-        """Embed strings; results are cached per string (LRU, thread-safe). Correct for any number
-        of texts: the batch is assembled from what was computed, not from the cache after eviction."""
-        texts = list(texts)
-        if not texts:
-            return np.zeros((0, 1), np.float32)
-        unique = list(dict.fromkeys(texts))
-        with self._cache_lock:
-            got = {t: self._text_cache[t] for t in unique if t in self._text_cache}
-        missing = [t for t in unique if t not in got]
-        for start in range(0, len(missing), TEXT_BATCH):
-            chunk = missing[start : start + TEXT_BATCH]
-            tokens = self.tokenizer(chunk)
-            if isinstance(tokens, torch.Tensor):
-                tokens = tokens.to(self.device)
-            with torch_threads(
-                1 if self.device.type == "cpu" and len(chunk) <= 8 else torch.get_num_threads()
-            ):
-                feats = F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
-            got.update({t: v.astype(np.float32) for t, v in zip(chunk, feats)})
-        with self._cache_lock:
-            for t in unique:
-                self._text_cache[t] = got[t]
-                self._text_cache.move_to_end(t)
-            while len(self._text_cache) > self.text_cache_size:
-                self._text_cache.popitem(last=False)
-        return np.stack([got[t] for t in texts])
+        """Embed strings (unit vectors); cached per string (LRU, thread-safe)."""
+        return self._texts.encode(texts)
 
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-CHECKSUM_CACHE_ENTRIES = 64
-_checksum_lock = threading.Lock()
-
-
-def _file_key(st: os.stat_result) -> list[int]:
-    # any write changes the size or mtime; ctime and inode also change when a file is replaced or
-    # its mtime is set back by hand, so a stale entry never matches a different file
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-
-def sha256_cached(path: str | os.PathLike, cache_file: str | os.PathLike | None = None) -> str:
-    """:func:`sha256_file`, hashed once per file version: the digest is remembered in a small JSON
-    cache (``<cache_dir>/sha256.json``) keyed by the file's absolute path, size, mtime, ctime and
-    inode, and the file is hashed again whenever any of them changes. A missing, unreadable or
-    unwritable cache only costs the hashing."""
-    import json
-    from pathlib import Path
-
-    from geosearch.fileio import atomic_write_json
-
-    if cache_file is None:
-        from geosearch.settings import get_settings
-
-        cache_file = Path(get_settings().cache_dir) / "sha256.json"
-    cache_file = Path(cache_file)
-    path = Path(path).absolute()
-    key = _file_key(os.stat(path))
-    with _checksum_lock:
-        try:
-            entries = json.loads(cache_file.read_text())
-            if not isinstance(entries, dict):
-                entries = {}
-        except (OSError, ValueError):
-            entries = {}
-        hit = entries.get(str(path))
-        if isinstance(hit, dict) and hit.get("key") == key and isinstance(hit.get("sha256"), str):
-            return hit["sha256"]
-        digest = sha256_file(path)
-        if _file_key(os.stat(path)) != key:  # changed while hashing: do not remember it
-            return digest
-        entries.pop(str(path), None)
-        entries[str(path)] = {"key": key, "sha256": digest}
-        while len(entries) > CHECKSUM_CACHE_ENTRIES:
-            entries.pop(next(iter(entries)))
-        try:
-            atomic_write_json(cache_file, entries)
-        except OSError:
-            pass
-        return digest
+    @torch.inference_mode()
+    def _text_features(self, chunk: list[str]) -> np.ndarray:
+        if self.text_features is not None:
+            return self.text_features(chunk)
+        tokens = self.tokenizer(chunk)
+        if isinstance(tokens, torch.Tensor):
+            tokens = tokens.to(self.device)
+        with torch_threads(1 if self.device.type == "cpu" and len(chunk) <= 8 else torch.get_num_threads()):
+            return self.model.encode_text(tokens).float().cpu().numpy()

