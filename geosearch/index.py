@@ -110,9 +110,9 @@ CREATE TABLE IF NOT EXISTS proposals (
 @dataclass
 class BuildReport:
     """What a build did. ``model_seconds``: wall time inside the image tower; ``read_seconds``:
-    time the model waited for window reads (reads overlap the model, so this is only the part
-    that did not), plus proposal segmentation; the rest of ``seconds`` is planning, writing and the
-    vector store."""
+    time the model waited for window reads (and, without spare cores, for the writes that run
+    beside them; with spare cores reads overlap the model, so this is only the part that did not),
+    plus proposal segmentation; the rest of ``seconds`` is planning, writing and the vector store."""
 
     tiles_total: int
     tiles_embedded: int
@@ -245,7 +245,10 @@ def build_index(
         batch = max(1, settings.batch_size)
         bar = _progress(planned_total, len(done), progress)
         chunks = [todo[s : s + batch] for s in range(0, len(todo), batch)]
-        segmenting = _start_segmentation(con, mosaic, settings, date, stack)
+        # segmentation beside the tiles only where it does not slow the tower (spare_cores), or
+        # where the tiles are embedded elsewhere; else it runs after them
+        beside = embed_tiles is not None or spare_cores(emb_model)
+        segmenting = _start_segmentation(con, mosaic, settings, date, stack) if beside else None
 
         def write_tiles(chunk: list, emb: np.ndarray) -> None:
             _insert_tiles(con, mosaic, [t for t, _ in chunk], np.array([f for _, f in chunk]), emb, date)
@@ -377,13 +380,15 @@ def _embed_stream(
     """Embed the windows of each chunk and hand the embeddings to ``write``, in chunk order, as a
     three-stage pipeline: the next chunk's windows are read (GDAL, in two threads) and the last
     chunk is written (DuckDB, in one writer thread) while the model embeds the current one, so
-    the build's wall time is the model's plus what does not overlap. Returns (model seconds,
-    seconds spent waiting for reads). An error in any stage stops the build; what was written
-    stays (the build resumes)."""
+    the build's wall time is the model's plus what does not overlap. Without spare cores
+    (:func:`spare_cores`) the model runs alone and the reads of the next chunk run beside the
+    write of the last. Returns (model seconds, seconds the model waited for reads and writes).
+    An error in any stage stops the build; what was written stays (the build resumes)."""
     size = emb_model.image_size
     model_seconds = wait_seconds = 0.0
     if not chunks:
         return model_seconds, wait_seconds
+    overlap = spare_cores(emb_model)
     with ThreadPoolExecutor(max_workers=2) as readers, ThreadPoolExecutor(max_workers=1) as writer:
 
         def read(chunk) -> list:
@@ -394,17 +399,36 @@ def _embed_stream(
         for i, chunk in enumerate(chunks):
             t0 = time.perf_counter()
             images = np.stack([f.result().rgb for f in pending])
+            if not overlap and written is not None:
+                written.result()  # the model runs alone; one write in flight, rows land in order
             wait_seconds += time.perf_counter() - t0
-            if i + 1 < len(chunks):
+            if overlap and i + 1 < len(chunks):
                 pending = read(chunks[i + 1])
             t0 = time.perf_counter()
             emb = emb_model.encode_images(images)
             model_seconds += time.perf_counter() - t0
-            if written is not None:
+            if overlap and written is not None:
                 written.result()  # one write in flight: rows land in order, errors surface here
             written = writer.submit(write, chunk, emb)
+            if not overlap and i + 1 < len(chunks):
+                pending = read(chunks[i + 1])  # beside the write, not beside the model
         written.result()
     return model_seconds, wait_seconds
+
+
+def spare_cores(emb_model: EmbeddingModel) -> bool:
+    """Whether reads, writes and segmentation can run beside the image tower: a GPU runs it, or
+    the machine has more cores than its torch threads. Where the tower's threads already take
+    every core, work beside it costs more than its own CPU: each OpenMP op of the tower waits for
+    its slowest thread, and one of them waits for a core (measured on 2 cores: the tower took
+    33 s inside an overlapped build for tiles it embeds alone in 21 s). Then the stages take
+    turns, each on all the cores (reads in 2 threads)."""
+    if emb_model.device.type != "cpu":
+        return True
+    import torch
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable > torch.get_num_threads()
 
 
 @dataclass

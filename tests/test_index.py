@@ -97,11 +97,15 @@ def test_resume_after_kill(tmp_path, raster):
     assert len(set(full.tile_ids)) == 58
 
 
-def test_failed_write_stops_the_pipelined_build_and_it_resumes(tmp_path, raster, monkeypatch):
-    """Reads, model and writes overlap (index._embed_stream): an error in the writer stage stops
-    the build with that error, the batches written before it stay, and a rerun gives the same
-    index as an uninterrupted build."""
+@pytest.mark.parametrize("spare", [True, False])
+def test_failed_write_stops_the_pipelined_build_and_it_resumes(tmp_path, raster, monkeypatch, spare):
+    """Reads, model and writes overlap (index._embed_stream; without spare cores the model runs
+    alone, reads beside writes): an error in the writer stage stops the build with that error,
+    the batches written before it stay, and a rerun gives the same index as an uninterrupted
+    build."""
     import geosearch.index as index_mod
+
+    monkeypatch.setattr(index_mod, "spare_cores", lambda model: spare)
 
     s = Settings(model="geosearch-tiny", batch_size=4, scales_m=[64.0, 128.0])
     clean = tmp_path / "clean.duckdb"

@@ -182,10 +182,12 @@ def test_proposals_follow_outlines_and_resume(tmp_path):
     assert plain.proposals() is None  # the chain then refines the pyramid's windows instead
 
 
-def test_segmentation_overlaps_the_tiles_and_stops_when_the_build_fails(tmp_path, monkeypatch):
-    """The proposals are segmented in a thread while the tiles are embedded: the segmentation
-    starts before the first tile batch is written, and a build that fails stops it (it sees
-    its cancel event) instead of leaving it running."""
+@pytest.mark.parametrize("spare", [True, False])
+def test_segmentation_overlaps_the_tiles_and_stops_when_the_build_fails(tmp_path, monkeypatch, spare):
+    """With cores to spare beside the tower, the proposals are segmented in a thread while the
+    tiles are embedded: the segmentation starts before the first tile batch is written, and a
+    build that fails stops it (it sees its cancel event) instead of leaving it running. Without
+    (index.spare_cores), it runs after the tiles: a build failing on its tiles never starts it."""
     import threading
 
     import geosearch.index as index_mod
@@ -209,6 +211,7 @@ def test_segmentation_overlaps_the_tiles_and_stops_when_the_build_fails(tmp_path
 
     monkeypatch.setattr(proposals_mod, "propose_mosaic", slow_propose)
     monkeypatch.setattr(index_mod, "_insert_tiles", failing_insert)
+    monkeypatch.setattr(index_mod, "spare_cores", lambda model: spare)
     settings = Settings(scales_m=[128.0], overlap=0.5)
     with pytest.raises(OSError, match="disk full"):
         build_index(
@@ -218,6 +221,9 @@ def test_segmentation_overlaps_the_tiles_and_stops_when_the_build_fails(tmp_path
             settings=settings,
             progress=False,
         )
+    if not spare:
+        assert events == ["tiles written"]
+        return
     assert events[0] == "segmentation started"
     assert cancelled.is_set()  # and build_index returned only after the thread had stopped
 
