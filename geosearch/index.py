@@ -434,8 +434,8 @@ def spare_cores(emb_model: EmbeddingModel) -> bool:
 @dataclass
 class _Segmentation:
     """Proposal segmentation running in a thread while the tiles are embedded (it reads the
-    mosaic through its own per-thread handles): on 2 cores the image tower leaves about a quarter
-    of the CPU idle, which the segmentation fills."""
+    mosaic through its own per-thread handles), where the tower leaves cores to spare
+    (:func:`spare_cores`) or the tiles are embedded elsewhere (Ray)."""
 
     future: Future
     cancel: threading.Event
