@@ -339,13 +339,13 @@ class RayTileEmbedder:
             "percentiles": mosaic.percentiles,
             "expand_stac": False,
         }
-        by_name: dict[str, TileChunk] = {}
+        by_name: dict[str, tuple[list[str], np.ndarray]] = {}
         rows = []
         for shard in shards:
             ids = [t.tile_id for t, _ in shard]
             bounds = np.array([t.bounds for t, _ in shard], np.float64)
             name = _shard_name(ids, bounds)
-            by_name[name] = shard
+            by_name[name] = (ids, bounds)
             rows.append({"shard": name, "bounds": bounds.ravel().tolist()})
         ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
             _ShardEmbedder,
@@ -369,16 +369,15 @@ class RayTileEmbedder:
                 if not self.stats.first_shard_seconds:
                     self.stats.first_shard_seconds = time.perf_counter() - t0
                 name = str(row["shard"])
-                shard = by_name[name]
-                emb = np.frombuffer(row["embedding"], "<f4").reshape(len(shard), int(row["dim"]))
-                ids = [t.tile_id for t, _ in shard]
-                _write_shard(self.root / f"{name}.npz", ids, np.array([t.bounds for t, _ in shard]), emb)
+                ids, bounds = by_name[name]
+                emb = np.frombuffer(row["embedding"], "<f4").reshape(len(ids), int(row["dim"]))
+                _write_shard(self.root / f"{name}.npz", ids, bounds, emb)
                 self.stats.shard_names.append(name)
                 self.stats.shards_computed += 1
-                self.stats.tiles_computed += len(shard)
+                self.stats.tiles_computed += len(ids)
                 self.stats.worker_model_seconds += float(row["model_s"])
                 self.stats.worker_read_seconds += float(row["read_s"])
-                bar.update(len(shard))
+                bar.update(len(ids))
                 if self.on_shard:
                     self.on_shard(len(self.stats.shard_names), self.stats.shards_total)
         except Exception as exc:

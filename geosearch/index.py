@@ -1058,14 +1058,14 @@ class TileIndex:
         """What embeds a query for this index: its model when loaded; for the shipped starter,
         before that, the numpy text tower the model itself embeds text with (the same vectors,
         without loading torch or the image tower: a one-shot ``geosearch search`` saves ~1.7 s)."""
-        if self._model is None and self._text_model is None:
+        if self._model is not None:
+            return self._model
+        if self._text_model is None:
             from geosearch.models.text import starter_text
 
             size = (settings or get_settings()).text_cache_size
             self._text_model = starter_text(self.meta["model_id"], size)
-        if self._model is not None or self._text_model is None:
-            return self.model(settings)
-        return self._text_model
+        return self._text_model or self.model(settings)
 
     def attach_model(self, model: EmbeddingModel) -> None:
         if model.model_id != self.meta["model_id"]:

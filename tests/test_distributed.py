@@ -66,18 +66,23 @@ def assert_same_index(a: TileIndex, b: TileIndex) -> None:
     assert a.info()["tiles_per_scale_m"] == b.info()["tiles_per_scale_m"]
 
 
+def ray_build(raster, out, **kwargs):
+    """A Ray build of the test raster with the module's settings and shard size."""
+    return build_index_ray(
+        [raster], out, settings=SETTINGS, shard_tiles=SHARD_TILES, progress=False, **kwargs
+    )
+
+
 def test_ray_build_equals_single_process_build(ray_local, raster, local_index, tmp_path):
     out = tmp_path / "ray.duckdb"
-    report, stats = build_index_ray(
-        [raster], out, settings=SETTINGS, workers=2, shard_tiles=SHARD_TILES, progress=False
-    )
+    report, stats = ray_build(raster, out, workers=2)
     assert report.tiles_total == report.tiles_embedded == 58
     assert stats.workers == 2 and stats.shards_total == stats.shards_computed == 8
     assert stats.tiles_computed == 58 and stats.shards_reused == 0
     assert not shard_root(out).exists()  # merged, then removed
     assert_same_index(local_index, TileIndex.open(out))
     # a rerun of a complete build starts no actor and changes nothing
-    again, stats2 = build_index_ray([raster], out, settings=SETTINGS, shard_tiles=SHARD_TILES, progress=False)
+    again, stats2 = ray_build(raster, out)
     assert again.tiles_embedded == 0 and stats2.shards_total == 0
 
 
@@ -95,15 +100,7 @@ def test_killed_ray_build_resumes_from_its_shards(ray_local, raster, local_index
             raise KeyboardInterrupt  # what Ctrl-C does: it is no GeoSearchError either
 
     with pytest.raises(KeyboardInterrupt):
-        build_index_ray(
-            [raster],
-            out,
-            settings=SETTINGS,
-            workers=1,
-            shard_tiles=SHARD_TILES,
-            progress=False,
-            on_shard=die_after_three,
-        )
+        ray_build(raster, out, workers=1, on_shard=die_after_three)
     shards = sorted(shard_root(out).glob("*.npz"))
     assert len(shards) == 3
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in shards}
@@ -126,21 +123,13 @@ def test_killed_ray_build_resumes_from_its_shards(ray_local, raster, local_index
 
     monkeypatch.setattr(index_mod, "_insert_tiles", insert_then_die)
     with pytest.raises(OSError, match="disk full"):
-        build_index_ray(
-            [raster],
-            out,
-            settings=SETTINGS,
-            workers=1,
-            shard_tiles=SHARD_TILES,
-            progress=False,
-            on_shard=check_untouched,
-        )
+        ray_build(raster, out, workers=1, on_shard=check_untouched)
     assert seen == before
     assert len(list(shard_root(out).glob("*.npz"))) == 8  # all on disk; 3 merged (one transaction each)
     assert len(TileIndex.open(out)) == 24
     monkeypatch.setattr(index_mod, "_insert_tiles", real_insert)
 
-    report, stats = build_index_ray([raster], out, settings=SETTINGS, shard_tiles=SHARD_TILES, progress=False)
+    report, stats = ray_build(raster, out)
     assert stats.shards_computed == 0 and stats.shards_reused == 5  # the 3 merged ones are skipped
     assert report.tiles_embedded == 58 - 24
     assert not shard_root(out).exists()
