@@ -34,26 +34,21 @@ def test_erf_is_accurate():
     import math
 
     x = np.linspace(-7, 7, 20001)
-    assert np.abs(_erf(x) - np.array([math.erf(v) for v in x])).max() < 2e-7
+    assert np.abs(_erf(x) - np.array([math.erf(v) for v in x])).max() < 5e-7  # float32
 
 
 def test_numpy_text_tower_matches_the_torch_towers(starter):
-    import torch
-    import torch.nn.functional as F
-
-    assert starter.text_features is not None  # the starter embeds its text in numpy
-    with torch.inference_mode():  # the plain-torch tower (bit-for-bit open_clip's, test_starter_model)
-        ref = F.normalize(starter.model.encode_text(starter.tokenizer(TEXTS)).float(), dim=-1).numpy()
-    got = starter.encode_text(TEXTS)
+    light = starter_text(starter.model_id)
+    assert light is not None and light.model_id == starter.model_id
+    got = light.encode_text(TEXTS)
+    ref = starter.encode_text(TEXTS)  # the plain-torch tower (bit-for-bit open_clip's, test_starter_model)
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() < 2e-6
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-6)
-
-
-def test_starter_text_is_the_models_own_text_path(starter):
-    light = starter_text(starter.model_id)
-    assert light is not None and light.model_id == starter.model_id
-    assert np.array_equal(light.encode_text(TEXTS), starter.encode_text(TEXTS))
+    # a padded batch gives each text what it gets alone
+    alone = np.concatenate([light.cache.features([t]) for t in TEXTS])  # uncached, one at a time
+    alone /= np.linalg.norm(alone, axis=1, keepdims=True)
+    assert np.abs(alone - got).max() < 1e-6
     name, _, digest = starter.model_id.rpartition("@")
     assert starter_text(f"{name}@{'0' * 16}") is None  # other weights under the same name
     assert starter_text(f"geosearch-tiny@{digest}") is None  # another model

@@ -69,9 +69,6 @@ class EmbeddingModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 64
     text_cache_size: int = 1024
-    # unnormalised text features computed without torch (the starter's numpy text tower,
-    # geosearch.models.text): then every query is embedded by the same code with or without torch
-    text_features: Callable[[list[str]], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.model.eval().to(self.device)
@@ -139,8 +136,6 @@ class EmbeddingModel:
 
     @torch.inference_mode()
     def _text_features(self, chunk: list[str]) -> np.ndarray:
-        if self.text_features is not None:
-            return self.text_features(chunk)
         tokens = self.tokenizer(chunk)
         if isinstance(tokens, torch.Tensor):
             tokens = tokens.to(self.device)

@@ -27,7 +27,7 @@ from geosearch.errors import GeoSearchError, WeightsMissingError
 from geosearch.fileio import atomic_path
 from geosearch.models.base import EmbeddingModel, sha256_cached
 from geosearch.models.registry import CONFIG_DIR, ModelSpec, get_weight, register_model
-from geosearch.models.text import MINILM_SHA256, STARTER_WEIGHTS, minilm_text, verified_minilm_dir
+from geosearch.models.text import MINILM_SHA256, STARTER_WEIGHTS, verified_minilm_dir
 from geosearch.settings import Settings
 
 STARTER_NAME = "geosearch-starter"
@@ -205,13 +205,7 @@ def starter_model(
 ) -> EmbeddingModel:
     """An :class:`EmbeddingModel` over a starter file: the shipped one, or a ``geosearch train``
     run's ``best.safetensors`` given as ``geosearch-starter:PATH``."""
-    from geosearch.models.starter_net import StarterNet
-
     model, cfg, tokenizer = load_inference(path)
-    text_features = None
-    if isinstance(model, StarterNet):  # its text tower is MiniLM + mean pooling: embed text in numpy
-        context_length = int(cfg["text_cfg"].get("context_length", 64))
-        text_features = minilm_text(text_tower_dir(), context_length).features
     return EmbeddingModel(
         name=name,
         model_id=f"{name}@{sha256_cached(path)[:16]}",
@@ -223,7 +217,6 @@ def starter_model(
         device=device,
         batch_size=settings.batch_size,
         text_cache_size=settings.text_cache_size,
-        text_features=text_features,
     )
 
 
