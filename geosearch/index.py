@@ -378,8 +378,9 @@ def _embed_stream(
     write: Callable[[Any, np.ndarray], None],
 ) -> tuple[float, float]:
     """Embed the windows of each chunk and hand the embeddings to ``write``, in chunk order, as a
-    three-stage pipeline: the next chunk's windows are read (GDAL, in two threads) and the last
-    chunk is written (DuckDB, in one writer thread) while the model embeds the current one, so
+    three-stage pipeline: the next chunk's windows are read (:meth:`Mosaic.read_many`, in a
+    reader thread) and the last chunk is written (DuckDB, in a writer thread) while the model
+    embeds the current one, so
     the build's wall time is the model's plus what does not overlap. Without spare cores
     (:func:`spare_cores`) the model runs alone and the reads of the next chunk run beside the
     write of the last. Returns (model seconds, seconds the model waited for reads and writes).
@@ -389,16 +390,16 @@ def _embed_stream(
     if not chunks:
         return model_seconds, wait_seconds
     overlap = spare_cores(emb_model)
-    with ThreadPoolExecutor(max_workers=2) as readers, ThreadPoolExecutor(max_workers=1) as writer:
+    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
 
-        def read(chunk) -> list:
-            return [readers.submit(mosaic.read, b, size) for b in windows_of(chunk)]
+        def read(chunk) -> Future:
+            return reader.submit(mosaic.read_many, windows_of(chunk), size)
 
         pending = read(chunks[0])
         written = None
         for i, chunk in enumerate(chunks):
             t0 = time.perf_counter()
-            images = np.stack([f.result().rgb for f in pending])
+            images = np.stack([img.rgb for img in pending.result()])
             if not overlap and written is not None:
                 written.result()  # the model runs alone; one write in flight, rows land in order
             wait_seconds += time.perf_counter() - t0
@@ -422,7 +423,7 @@ def spare_cores(emb_model: EmbeddingModel) -> bool:
     every core, work beside it costs more than its own CPU: each OpenMP op of the tower waits for
     its slowest thread, and one of them waits for a core (measured on 2 cores: the tower took
     33 s inside an overlapped build for tiles it embeds alone in 21 s). Then the stages take
-    turns, each on all the cores (reads in 2 threads)."""
+    turns."""
     if emb_model.device.type != "cpu":
         return True
     import torch

@@ -13,9 +13,12 @@ input to index; a STAC Item or ItemCollection becomes the hrefs of its image ass
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -286,6 +289,8 @@ class Mosaic:
         self.percentiles = percentiles
         self.stats = ReadStats()
         self._stretch_params = stretch_params
+        self._segments: OrderedDict = OrderedDict()  # read_many's strips
+        self._segments_lock = threading.Lock()
 
     # -- description ------------------------------------------------------------------------
     def _check_bands(self, bands: Sequence[int] | None) -> tuple[int, int, int]:
@@ -403,6 +408,86 @@ class Mosaic:
         raw.rgb = self.to_rgb(rgb_bands, raw.mask)
         return raw
 
+    def read_many(self, windows: Sequence[Bounds], size: int) -> list[ImageData]:
+        """Read windows into ``size`` x ``size`` pixels each (a build's tiles), in order.
+
+        A window whose left edge falls on the output pixel grid anchored at the mosaic's origin
+        (the tiles of a scale, whose stride is a whole number of output pixels) is cut from a
+        *segment*: a strip of that row, ``_SEGMENT_WINDOWS`` windows wide at fixed places, read in
+        one call where one source covers it and kept in a small cache. Overlapping tiles are then
+        resampled once instead of up to four times, and GDAL is called once per strip (a
+        build's reads: 2.9x cheaper on NAIP). GDAL's resampled reads take their kernel's
+        neighbours from beyond the window, so the pixels equal window-by-window reads up to
+        rounding (on aid-dev, 4 of 12 415 tiles differ by 1 in one pixel), and they do not depend
+        on how windows are batched (a Ray shard and a local chunk read the same segments). Other
+        windows are read one by one."""
+        out: list[ImageData] = []
+        for b in windows:
+            seg = self._segment_of(b, size)
+            if seg is None:
+                out.append(self.read(b, size))
+                continue
+            rgb, mask, bands = self._segment(seg, size)
+            o = round((b[0] - seg[0]) / ((b[2] - b[0]) / size))
+            cols = slice(o, o + size)
+            self.stats.add(full_res=seg[5])
+            out.append(ImageData(rgb[:, cols], mask[:, cols], bands[:, :, cols], tuple(b), self.crs))  # type: ignore[arg-type]
+        return out
+
+    _SEGMENT_WINDOWS = 16  # window starts per segment: 16 window widths (96 px windows: 2.5 MB)
+    _SEGMENT_CACHE = 4  # segments kept: a row's current one and its neighbours
+
+    def _segment_of(self, b: Bounds, size: int) -> tuple | None:
+        """The segment ``b`` is cut from, (x0, y0, x1, y1, width in pixels, full_res), or None
+        to read ``b`` alone."""
+        px, py = (b[2] - b[0]) / size, (b[3] - b[1]) / size
+        if not (px > 0 and py > 0):
+            return None
+        col = (b[0] - self.bounds[0]) / px
+        if abs(col - round(col)) > 1e-6:
+            return None
+        src = next((s for s in self.sources if _contains(s.bounds, b)), None)
+        if src is None:
+            return None
+        span = self._SEGMENT_WINDOWS * size
+        first = round(col) // span * span
+        start = max(first, math.ceil((src.bounds[0] - self.bounds[0]) / px - 1e-6))
+        stop = min(first + span - 1 + size, math.floor((src.bounds[2] - self.bounds[0]) / px + 1e-6))
+        seg = (self.bounds[0] + start * px, b[1], self.bounds[0] + stop * px, b[3])
+        if stop - start <= size or any(s is not src and _overlaps(s.bounds, seg) for s in self.sources):
+            return None
+        full_res = px <= 1.5 * self.res[0] and py <= 1.5 * self.res[1]
+        return (*seg, stop - start, full_res)
+
+    def _segment(self, seg: tuple, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pixels of a segment (rgb, mask, bands), read once: a thread asking for a segment
+        that another thread is reading waits for it."""
+        key = (seg, size)
+        with self._segments_lock:
+            pending = self._segments.get(key)
+            owner = pending is None
+            if owner:
+                self._segments[key] = pending = Future()
+                while len(self._segments) > self._SEGMENT_CACHE:
+                    self._segments.popitem(last=False)
+            else:
+                self._segments.move_to_end(key)
+        if owner:
+            try:
+                pending.set_result(self._read_segment(seg, size))
+            except BaseException as exc:
+                with self._segments_lock:
+                    self._segments.pop(key, None)
+                pending.set_exception(exc)
+        return pending.result()
+
+    def _read_segment(self, seg: tuple, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        img = self._read_raw(seg[:4], (size, seg[4]), bands=self.bands, count_stats=False)
+        parts = (self.to_rgb(img.bands, img.mask), img.mask, img.bands)
+        for a in parts:
+            a.flags.writeable = False  # read_many hands out slices of it
+        return parts
+
     def _read_raw(
         self,
         bounds: Bounds,
@@ -485,6 +570,14 @@ class Mosaic:
 
     def wgs84_to_map(self, lon, lat):
         return transformer(WGS84, self.crs).transform(lon, lat)
+
+
+def _overlaps(a: Bounds, b: Bounds) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _contains(outer: Bounds, inner: Bounds) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and inner[2] <= outer[2] and inner[3] <= outer[3]
 
 
 def open_mosaic(inputs: Sequence[str | Path] | str | Path, **kwargs) -> Mosaic:

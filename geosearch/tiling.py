@@ -81,17 +81,15 @@ def valid_fractions(mosaic: Mosaic, tiles: Sequence[Tile]) -> np.ndarray:
 
     mask, transform = mosaic.valid_mask()
     integral = np.pad(mask.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    out = np.empty(len(tiles))
     h, w = mask.shape
-    for i, t in enumerate(tiles):
-        r0, c0 = rowcol(transform, t.bounds[0], t.bounds[3], op=math.floor)
-        r1, c1 = rowcol(transform, t.bounds[2], t.bounds[1], op=math.ceil)
-        r0, c0 = max(0, r0), max(0, c0)
-        r1, c1 = min(h, max(r1, r0 + 1)), min(w, max(c1, c0 + 1))
-        area = (r1 - r0) * (c1 - c0)
-        total = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
-        out[i] = total / area if area > 0 else 0.0
-    return out
+    b = np.array([t.bounds for t in tiles], np.float64)
+    r0, c0 = (np.asarray(v).astype(np.int64) for v in rowcol(transform, b[:, 0], b[:, 3], op=np.floor))
+    r1, c1 = (np.asarray(v).astype(np.int64) for v in rowcol(transform, b[:, 2], b[:, 1], op=np.ceil))
+    r0, c0 = np.maximum(r0, 0), np.maximum(c0, 0)
+    r1, c1 = np.minimum(h, np.maximum(r1, r0 + 1)), np.minimum(w, np.maximum(c1, c0 + 1))
+    area = (r1 - r0) * (c1 - c0)
+    total = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
+    return np.where(area > 0, total / np.maximum(area, 1), 0.0)
 
 
 def tiles_for_mosaic(

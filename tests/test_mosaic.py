@@ -103,3 +103,63 @@ def test_fingerprint_changes_with_content(tmp_path):
     a = open_mosaic(write_raster(tmp_path / "a.tif", seed=1)).fingerprint()
     b = open_mosaic(write_raster(tmp_path / "a.tif", seed=2)).fingerprint()
     assert a != b
+
+
+def _tile_windows(m, scales=(24.0, 40.0, 100.0)):
+    from geosearch.tiling import plan_tiles
+
+    return [t.bounds for t in plan_tiles(m, scales, 0.5)]
+
+
+def _assert_close_to_window_reads(m, windows, got, size):
+    """read_many equals window-by-window reads up to GDAL's rounding (at most 1, rare pixels)."""
+    diff = 0
+    for b, img in zip(windows, got, strict=True):
+        ref = m.read(b, size)
+        assert img.bounds == tuple(b) and img.rgb.shape == (size, size, 3)
+        assert np.array_equal(img.mask, ref.mask)
+        d = np.abs(img.bands - ref.bands)
+        assert d.max() <= 1.0
+        diff += int((d > 0).sum())
+    assert diff <= 1e-4 * len(windows) * size * size * 3
+
+
+def test_read_many_cuts_tiles_from_strips(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    data = (rng.random((3, 300, 420)) * 255).astype(np.uint8)
+    data[:, 40:60, :] = 0  # a nodata band across the rows
+    path = write_raster(tmp_path / "t.tif", width=420, height=300, data=data, res=(2.0, 2.0), nodata=0)
+    m = open_mosaic(path)
+    windows = _tile_windows(m)
+    calls = []
+    real = type(m)._read_raw
+    monkeypatch.setattr(type(m), "_read_raw", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    got = m.read_many(windows, 32)
+    assert len(calls) < len(windows) / 4  # overlapping tiles are cut from a few strips
+    assert m.stats.reads == len(windows)
+    monkeypatch.undo()
+    _assert_close_to_window_reads(m, windows, got, 32)
+    # the pixels of a window do not depend on how the windows are batched (Ray shards, resumes)
+    again = open_mosaic(path)
+    order = list(range(len(windows)))[::-1]
+    batched = {}
+    for s in range(0, len(order), 7):
+        part = order[s : s + 7]
+        for i, img in zip(part, again.read_many([windows[i] for i in part], 32)):
+            batched[i] = img
+    assert all(np.array_equal(batched[i].rgb, img.rgb) for i, img in enumerate(got))
+    with pytest.raises(ValueError):
+        got[0].rgb[0, 0, 0] = 1  # slices of a cached strip are read-only
+
+
+def test_read_many_across_files_and_off_grid(tmp_path):
+    rng = np.random.default_rng(4)
+    for name, x in (("a.tif", 500000), ("b.tif", 500200)):
+        data = (rng.random((3, 150, 100)) * 255).astype(np.uint8)
+        write_raster(
+            tmp_path / "m" / name, width=100, height=150, data=data, origin=(x, 4500000), res=(2.0, 2.0)
+        )
+    m = open_mosaic(tmp_path / "m")
+    windows = _tile_windows(m, (30.0, 70.0))
+    windows += [(500013.3, 4499800.0, 500043.3, 4499830.0), (500150.0, 4499900.0, 500250.0, 4500000.0)]
+    _assert_close_to_window_reads(m, windows, m.read_many(windows, 24), 24)
