@@ -571,23 +571,23 @@ def _insert_tiles(
     bounds = np.array([t.bounds for t in tiles], dtype=np.float64)
     polys = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
     polys84 = boxes_to_wgs84(bounds, mosaic.crs)
-    import pandas as pd  # only building needs it (~0.2 s to import)
+    import pyarrow as pa  # registers with DuckDB without a copy (a pandas frame cost 8 ms a chunk)
 
-    frame = pd.DataFrame(
+    frame = pa.table(
         {
             "tile_id": [t.tile_id for t in tiles],
-            "scale_m": [t.scale_m for t in tiles],
-            "row": [t.row for t in tiles],
-            "col": [t.col for t in tiles],
+            "scale_m": pa.array([t.scale_m for t in tiles], pa.float64()),
+            "row": pa.array([t.row for t in tiles], pa.int64()),
+            "col": pa.array([t.col for t in tiles], pa.int64()),
             "x0": bounds[:, 0],
             "y0": bounds[:, 1],
             "x1": bounds[:, 2],
             "y1": bounds[:, 3],
-            "wkb": list(shapely.to_wkb(polys)),
-            "wkb84": list(shapely.to_wkb(polys84)),
-            "valid_fraction": fracs.astype(float),
-            "date": [date] * len(tiles),
-            "embedding": [e.astype("<f4").tobytes() for e in emb],
+            "wkb": pa.array(shapely.to_wkb(polys), pa.binary()),
+            "wkb84": pa.array(shapely.to_wkb(polys84), pa.binary()),
+            "valid_fraction": fracs.astype(np.float64),
+            "date": pa.array([date] * len(tiles), pa.string()),
+            "embedding": pa.array([e.astype("<f4").tobytes() for e in emb], pa.binary()),
         }
     )
     with db.transaction(con, new_tiles=frame):
