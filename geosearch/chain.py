@@ -314,6 +314,9 @@ def calibrate(
     if vocab is not None:
         details["vocabulary"] = vocab.as_dict()
     best = regions[0].confidence if regions else None
+    # the confidence the threshold decides on; None where something else decides (an unknown
+    # word, nothing left after the relations): eval's abstention curve sweeps the threshold
+    details["best_confidence"] = None if (vocab is not None and vocab.unknown) or best is None else best
     if vocab is not None and vocab.unknown:  # nothing like it in what the model knows
         ans.abstained = True
         ans.reason = vocab.reason(q.look_for)

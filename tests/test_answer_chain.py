@@ -210,6 +210,12 @@ def test_negation_and_unchecked_relations_in_the_chain(chain_root):
         _inside_share(_mosaic(r.polygon_wgs84), water) > 0.99 for r in inside.regions
     )
     assert outside.details["relations_checked"] == ["not within:water"]
+    # what the abstention threshold decided on, recorded for eval's abstention curve
+    thr = outside.details["abstain_threshold"]
+    assert outside.details["best_confidence"] == outside.regions[0].confidence >= thr
+    blue = run_method("answer", index, "blue", 3)
+    assert blue.abstained and blue.near_misses and blue.details["best_confidence"] is not None
+    assert blue.details["best_confidence"] < thr
     roads = run_method("answer", index, "red next to a road", 3)
     assert roads.regions and all("relation_not_checkable" in r.flags for r in roads.regions)
     assert roads.details["relations_unchecked"]
@@ -265,6 +271,7 @@ def test_a_word_the_model_never_saw_gets_a_vocabulary_reason(chain_root, tmp_pat
         assert unknown.abstained and not unknown.regions
         assert unknown.reason.startswith("not found: the model knows nothing like 'asdkjh qwe'")
         assert unknown.details["vocabulary"]["unknown"]
+        assert unknown.details["best_confidence"] is None  # the vocabulary decided, not the threshold
         known = answer(idx, "red", 3, ctx)
         assert not known.details["vocabulary"]["unknown"]
         assert known.details["vocabulary"]["known_floor"] > 0.5

@@ -9,7 +9,8 @@ from shapely.geometry import box
 
 from geosearch.eval.metrics import (
     QueryScore,
-    abstention_sweep,
+    abstain_recall_at,
+    abstention_curve,
     aggregate,
     hit_curve,
     iou,
@@ -114,6 +115,17 @@ def test_per_type_and_curves():
     a = score([TRUTH["a"]], {"a": 2}, qtype="object")
     b = score([MISS, MISS, TRUTH["b"]], {"b": 2}, qtype="scene")
     assert hit_curve([a.first_hit_rank, b.first_hit_rank], 3) == [0.5, 0.5, 1.0]
-    sweep = abstention_sweep([0.9, 0.2, 0.5], [False, False, False], [True, True, False], steps=3)
-    assert sweep[0]["abstain_recall"] == 0.0 and sweep[-1]["abstain_recall"] == 1.0
-    assert sweep[-1]["false_abstain_rate"] == 1.0
+
+
+def test_abstention_curve_sweeps_below_the_served_threshold():
+    # answerable: 0.9, 0.6 (served: answered), 0.3 (served: abstained); absent: 0.5, 0.2, and one
+    # that something else decided (None: always abstains)
+    conf = [0.9, 0.6, 0.3, 0.5, 0.2, None]
+    answerable = [True, True, True, False, False, False]
+    curve = abstention_curve(conf, answerable)
+    assert curve[0] == {"threshold": 0.2, "abstain_recall": 1 / 3, "false_abstain_rate": 0.0}
+    assert curve[-1] == {"threshold": None, "abstain_recall": 1.0, "false_abstain_rate": 1.0}
+    assert [p["threshold"] for p in curve[:-1]] == [0.2, 0.3, 0.5, 0.6, 0.9]
+    assert abstain_recall_at(curve, 0.0) == 2 / 3  # t = 0.3: both absent scores below, no answerable
+    assert abstain_recall_at(curve, 1 / 3) == 1.0  # t = 0.6 abstains on 0.3 as well
+    assert abstention_curve([0.5], [True]) == []  # no absent query: no curve

@@ -27,7 +27,14 @@ from shapely.geometry import mapping
 
 from geosearch.errors import InputError
 from geosearch.eval.bench_format import Benchmark, load_benchmark
-from geosearch.eval.metrics import MAX_RESULTS, QueryScore, aggregate, match_ranked
+from geosearch.eval.metrics import (
+    MAX_RESULTS,
+    QueryScore,
+    abstain_recall_at,
+    abstention_curve,
+    aggregate,
+    match_ranked,
+)
 from geosearch.geo import WGS84, transformer, utm_crs_for
 from geosearch.index import TileIndex, build_index
 from geosearch.models import get_model
@@ -320,6 +327,7 @@ def evaluate(
                 "top1_confidence": None
                 if top is None or top.confidence is None
                 else round(float(top.confidence), 6),
+                "best_confidence": _best_confidence(run.answer, top),
                 "ap": round(s.average_precision(), 4),
                 "ndcg@10": round(s.ndcg(10), 4),
                 "rr": round(s.reciprocal_rank(), 4),
@@ -343,6 +351,7 @@ def evaluate(
         }
     )
     info = next(m for m in list_methods() if m.name == method)
+    curve = abstention_curve([q["best_confidence"] for q in per_query], [q["answerable"] for q in per_query])
     return {
         "format": RESULT_FORMAT,
         "bench": {
@@ -367,8 +376,30 @@ def evaluate(
         "metrics": metrics,
         "per_type": per_type,
         "cost": cost,
+        "abstention_curve": {
+            "abstain_recall_at_far": {f"{m:g}": abstain_recall_at(curve, m) for m in CURVE_FAR}
+            if curve
+            else {},
+            "points": curve,
+        },
         "per_query": per_query,
     }
+
+
+CURVE_FAR = (0.05, 0.1, 0.15)  # false_abstain_rate levels the abstention curve is read at
+
+
+def _best_confidence(answer, top) -> float | None:
+    """What the method's abstention threshold decides on: the chain records it (its best
+    candidate's confidence, also when it abstained); other methods, their top region's confidence,
+    else its score (None: no region, always an abstention in the curve)."""
+    if answer is None:
+        return None
+    if "best_confidence" in answer.details:
+        c = answer.details["best_confidence"]
+    else:
+        c = None if top is None else (top.confidence if top.confidence is not None else top.score)
+    return None if c is None else round(float(c), 6)
 
 
 SUMMARY_TAIL = ["map", "ndcg@10", "mrr", "abstain_recall", "false_abstain_rate", "fdr@10"]

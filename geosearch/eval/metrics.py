@@ -162,28 +162,32 @@ def hit_curve(first_hit_ranks: Sequence[int | None], max_k: int = MAX_RESULTS) -
     return [sum(1 for r in first_hit_ranks if r is not None and r <= k) / n for k in range(1, max_k + 1)]
 
 
-def abstention_sweep(
-    confidences: Sequence[float | None],
-    abstained: Sequence[bool],
-    answerable: Sequence[bool],
-    steps: int = 101,
-) -> list[dict]:
-    """abstain_recall vs false_abstain_rate when also abstaining below a confidence threshold.
-
-    ``confidences`` is the top-1 confidence (or score) per query; None (no result) always abstains.
-    """
-    vals = [c for c in confidences if c is not None]
-    if not vals:
-        return []
-    lo, hi = min(vals), max(vals)
+def abstention_curve(confidences: Sequence[float | None], answerable: Sequence[bool]) -> list[dict]:
+    """abstain_recall vs false_abstain_rate of "abstain when the confidence is below t", for every
+    threshold t that changes a decision. ``confidences``: what the method's threshold decides on
+    (for the chain, its best candidate's confidence, answered or not); None always abstains (an
+    abstention something else decided). The threshold also goes below the one that was served,
+    so methods can be compared at the same false_abstain_rate whatever operating point they were
+    fitted to."""
     n_abs = sum(1 for a in answerable if not a)
-    n_ans = sum(1 for a in answerable if a)
+    n_ans = len(answerable) - n_abs
+    if not n_abs or not n_ans:
+        return []
+    vals = sorted({float(c) for c in confidences if c is not None})
     out = []
-    for i in range(steps):
-        t = lo + (hi - lo) * i / (steps - 1) if steps > 1 else lo
-        t_eff = t + (EPS if i == steps - 1 else 0.0)  # the last step abstains on everything
-        decide = [a or c is None or c < t_eff for c, a in zip(confidences, abstained)]
-        rec = sum(d for d, a in zip(decide, answerable) if not a) / n_abs if n_abs else None
-        far = sum(d for d, a in zip(decide, answerable) if a) / n_ans if n_ans else None
-        out.append({"threshold": t, "abstain_recall": rec, "false_abstain_rate": far})
+    for t in [*vals, math.inf]:
+        decide = [c is None or c < t for c in confidences]
+        out.append(
+            {
+                "threshold": t if math.isfinite(t) else None,
+                "abstain_recall": sum(d for d, a in zip(decide, answerable) if not a) / n_abs,
+                "false_abstain_rate": sum(d for d, a in zip(decide, answerable) if a) / n_ans,
+            }
+        )
     return out
+
+
+def abstain_recall_at(curve: list[dict], max_false: float) -> float | None:
+    """The best abstain_recall of ``curve`` with false_abstain_rate <= ``max_false``."""
+    ok = [p["abstain_recall"] for p in curve if p["false_abstain_rate"] <= max_false + 1e-12]
+    return max(ok) if ok else None

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from geosearch.errors import InputError
-from geosearch.eval.metrics import abstention_sweep, hit_curve
+from geosearch.eval.metrics import abstention_curve, hit_curve
 from geosearch.fileio import atomic_path, atomic_write_text
 
 
@@ -78,18 +78,23 @@ def plot_recall(results: list[dict], out: Path) -> Path:
     return out
 
 
+def _best_confidence(q: dict) -> float | None:
+    """A query's confidence for the abstention curve: ``best_confidence`` where the result has it;
+    in older results the top-1 confidence (else score) of answered queries, None for abstained."""
+    if "best_confidence" in q:
+        return q["best_confidence"]
+    if q["abstained"]:
+        return None
+    return q["top1_confidence"] if q.get("top1_confidence") is not None else q.get("top1_score")
+
+
 def plot_abstention(results: list[dict], out: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
     for r in results:
         qs = r["per_query"]
-        conf = [q["top1_confidence"] if q.get("top1_confidence") is not None else q["top1_score"] for q in qs]
-        sweep = abstention_sweep(conf, [q["abstained"] for q in qs], [q["answerable"] for q in qs])
-        pts = [
-            (s["false_abstain_rate"], s["abstain_recall"])
-            for s in sweep
-            if s["false_abstain_rate"] is not None and s["abstain_recall"] is not None
-        ]
+        curve = abstention_curve([_best_confidence(q) for q in qs], [q["answerable"] for q in qs])
+        pts = [(p["false_abstain_rate"], p["abstain_recall"]) for p in curve]
         if not pts:
             continue
         x, y = zip(*pts)

@@ -191,6 +191,14 @@ def _evaluate(args) -> int:
         f"latency p50 {c['latency_p50_ms']} ms p95 {c['latency_p95_ms']} ms; "
         f"full-res reads/query {c['full_res_reads_per_query']}; peak RSS {c['peak_rss_mb']} MB"
     )
+    at = (result.get("abstention_curve") or {}).get("abstain_recall_at_far") or {}
+    if at:
+        print(
+            "abstention curve (the threshold swept): abstain_recall "
+            + ", ".join(
+                f"{'-' if v is None else f'{v:.4f}'} at false_abstain_rate <= {m}" for m, v in at.items()
+            )
+        )
     if args.out:
         print(f"wrote {args.out}")
     return 0
