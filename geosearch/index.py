@@ -271,6 +271,8 @@ def build_index(
         )
         report.seconds = time.perf_counter() - t_start
         report.model_seconds, report.read_seconds = model_seconds, read_seconds
+        # a rerun over a complete index (eval reuses one this way) embeds nothing: not build time
+        worked = model_seconds > 0 or meta.get("status") != "complete" or store != meta.get("store")
         first = grid is mosaic and meta.get("date") == date
         _write_meta(  # the switch to the new store and ``complete`` in one transaction
             con,
@@ -278,7 +280,7 @@ def build_index(
                 "status": "complete",
                 "format_version": FORMAT_VERSION,
                 "store": store,
-                "build_seconds": float(meta.get("build_seconds", 0)) + report.seconds,
+                "build_seconds": float(meta.get("build_seconds", 0)) + (report.seconds if worked else 0.0),
                 "model_seconds": float(meta.get("model_seconds", 0)) + model_seconds,
                 "tiles_embedded": con.execute("SELECT count(*) FROM tiles").fetchone()[0],
                 **({"area_km2": mosaic.area_km2} if first else {}),

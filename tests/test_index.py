@@ -39,9 +39,12 @@ def test_build_and_open(tmp_path, raster, tiny_settings):
 
 def test_rerun_is_incremental(tmp_path, raster, tiny_settings):
     build_index([raster], tmp_path / "i.duckdb", settings=tiny_settings, progress=False)
+    built = TileIndex.open(tmp_path / "i.duckdb").meta["build_seconds"]
     again = build_index([raster], tmp_path / "i.duckdb", settings=tiny_settings, progress=False)
-    assert again.tiles_embedded == 0
-    assert len(TileIndex.open(tmp_path / "i.duckdb")) == 58
+    assert again.tiles_embedded == 0 and again.seconds > 0
+    idx = TileIndex.open(tmp_path / "i.duckdb")
+    assert len(idx) == 58
+    assert idx.meta["build_seconds"] == built  # a rerun that embeds nothing is not build time
 
 
 def test_refuses_model_mismatch(tmp_path, raster, tiny_settings):
