@@ -91,17 +91,22 @@ def _best_confidence(q: dict) -> float | None:
 def plot_abstention(results: list[dict], out: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
-    for r in results:
+    n = len(results)
+    for i, r in enumerate(results):
         qs = r["per_query"]
         curve = abstention_curve([_best_confidence(q) for q in qs], [q["answerable"] for q in qs])
         pts = [(p["false_abstain_rate"], p["abstain_recall"]) for p in curve]
         if not pts:
             continue
         x, y = zip(*pts)
-        line = ax.plot(x, y, label=_label(r))[0]
+        # methods that share a confidence share a curve: the first result is drawn on top and the
+        # later ones wider beneath it, so each stays visible
+        line = ax.plot(x, y, label=_label(r), lw=1.5 + 1.5 * i, zorder=2 + n - i, alpha=0.9)[0]
         m = r["metrics"]
         if m.get("abstain_recall") is not None and m.get("false_abstain_rate") is not None:
-            ax.scatter([m["false_abstain_rate"]], [m["abstain_recall"]], color=line.get_color(), zorder=3)
+            ax.scatter(
+                [m["false_abstain_rate"]], [m["abstain_recall"]], color=line.get_color(), zorder=3 + 2 * n
+            )
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="chance")
     ax.set_xlabel("false_abstain_rate (answerable queries)")
     ax.set_ylabel("abstain_recall (absent queries)")
@@ -109,7 +114,7 @@ def plot_abstention(results: list[dict], out: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.set_title(
-        f"{results[0]['bench']['name']}: abstention trade-off\n(threshold on top-1 confidence/score)",
+        f"{results[0]['bench']['name']}: abstention trade-off\n(threshold swept on best confidence; dot: served point)",
         fontsize=9,
     )
     ax.legend(fontsize=7)
