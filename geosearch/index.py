@@ -378,12 +378,14 @@ def _embed_stream(
     chunks: Sequence,
     windows_of: Callable[[Any], list],
     write: Callable[[Any, np.ndarray], None],
+    *,
+    strips: bool = True,
 ) -> tuple[float, float]:
     """Embed the windows of each chunk and hand the embeddings to ``write``, in chunk order, as a
     three-stage pipeline: the next chunk's windows are read (:meth:`Mosaic.read_many`, in a
-    reader thread) and the last chunk is written (DuckDB, in a writer thread) while the model
-    embeds the current one, so
-    the build's wall time is the model's plus what does not overlap. Without spare cores
+    reader thread; ``strips``: tiles, cut from strips) and the last chunk is written (DuckDB, in
+    a writer thread) while the model embeds the current one, so the build's wall time is the
+    model's plus what does not overlap. Without spare cores
     (:func:`spare_cores`) the model runs alone and the reads of the next chunk run beside the
     write of the last. Returns (model seconds, seconds the model waited for reads and writes).
     An error in any stage stops the build; what was written stays (the build resumes)."""
@@ -395,7 +397,7 @@ def _embed_stream(
     with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
 
         def read(chunk) -> Future:
-            return reader.submit(mosaic.read_many, windows_of(chunk), size)
+            return reader.submit(mosaic.read_many, windows_of(chunk), size, strips=strips)
 
         pending = read(chunks[0])
         written = None
@@ -537,6 +539,7 @@ def _build_proposals(
         chunks,
         lambda chunk: [own_extent_window(p.bounds, mosaic.bounds) for _, p in chunk],
         write_proposals,
+        strips=False,
     )
     bar.close()
     _write_meta(

@@ -408,8 +408,10 @@ class Mosaic:
         raw.rgb = self.to_rgb(rgb_bands, raw.mask)
         return raw
 
-    def read_many(self, windows: Sequence[Bounds], size: int) -> list[ImageData]:
-        """Read windows into ``size`` x ``size`` pixels each (a build's tiles), in order.
+    def read_many(self, windows: Sequence[Bounds], size: int, *, strips: bool = True) -> list[ImageData]:
+        """Read windows into ``size`` x ``size`` pixels each (a build's tiles), in order;
+        ``strips=False`` reads each alone (windows of no common grid, like region proposals,
+        whose strips would be read for one window each).
 
         A window whose left edge falls on the output pixel grid anchored at the mosaic's origin
         (the tiles of a scale, whose stride is a whole number of output pixels) is cut from a
@@ -423,7 +425,7 @@ class Mosaic:
         windows are read one by one."""
         out: list[ImageData] = []
         for b in windows:
-            seg = self._segment_of(b, size)
+            seg = self._segment_of(b, size) if strips else None
             if seg is None:
                 out.append(self.read(b, size))
                 continue

@@ -150,6 +150,8 @@ def test_read_many_cuts_tiles_from_strips(tmp_path, monkeypatch):
     assert all(np.array_equal(batched[i].rgb, img.rgb) for i, img in enumerate(got))
     with pytest.raises(ValueError):
         got[0].rgb[0, 0, 0] = 1  # slices of a cached strip are read-only
+    alone = again.read_many(windows[:5], 32, strips=False)  # windows of no common grid (proposals)
+    assert all(np.array_equal(a.bands, again.read(b, 32).bands) for a, b in zip(alone, windows[:5]))
 
 
 def test_read_many_across_files_and_off_grid(tmp_path):
