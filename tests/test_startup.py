@@ -57,13 +57,15 @@ db.load_spatial = spy
 from geosearch_server.cli import main
 rc = main(["ask", sys.argv[1], "a bright square", "-k", "2", "--format", "geojson", "--timings"])
 heavy = sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)
-print("RESULT " + json.dumps({"rc": rc, "heavy": heavy, "spatial_loads": len(calls)}))
+print("RESULT " + json.dumps({"rc": rc, "heavy": heavy, "spatial_loads": len(calls), "torch": "torch" in sys.modules}))
 """
 
 
 def test_ask_imports_nothing_heavy_and_loads_no_spatial(starter_index):
     """The whole ask path in a fresh interpreter: answers, imports none of HEAVY, never loads the
-    spatial extension (no relation asked), and reports its phases with --timings."""
+    spatial extension (no relation asked), and reports its phases with --timings. Its answer comes
+    from the index's stored region proposals, which need no image tower: torch is never imported
+    (the starter's text tower runs in numpy)."""
     env = dict(os.environ, GEOSEARCH_MODEL="geosearch-starter")
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(starter_index), json.dumps(HEAVY)],
@@ -77,9 +79,10 @@ def test_ask_imports_nothing_heavy_and_loads_no_spatial(starter_index):
     assert result["rc"] == 0
     assert result["heavy"] == []
     assert result["spatial_loads"] == 0
+    assert result["torch"] is False
     timings = [line for line in proc.stderr.splitlines() if line.startswith("geosearch-timings ")]
     phases = json.loads(timings[-1].split(" ", 1)[1])["phases"]
-    assert {"imports", "index_open", "model_load", "answer"} <= set(phases)
+    assert {"imports", "index_open", "answer"} <= set(phases) and "model_load" not in phases
     answer = json.loads(proc.stdout.split("\n", 1)[0])
     assert answer["type"] == "FeatureCollection"
 

@@ -318,10 +318,13 @@ class Workspace:
                 while len(self._refused) > 64:
                     self._refused.pop(next(iter(self._refused)))
                 raise
-            with phase("model_load"):
-                index.model(self.settings)
-            if self.warm and index.store is not None:  # a server searches again: warm them up now
-                index.store.warm()
+            if self.warm:  # a server: the model now, and the store read ahead, for the next calls
+                with phase("model_load"):
+                    index.model(self.settings)
+                if index.store is not None:
+                    index.store.warm()
+            # one query (the CLI): the model loads when a step needs the image tower; the starter's
+            # text tower runs in numpy until then (an answer from stored proposals needs no torch)
             h = IndexHandle(self.display_name(path), path, index, mtime=mtime)
             with self._lock:
                 self._indexes[path] = h

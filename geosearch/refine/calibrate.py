@@ -88,7 +88,7 @@ def index_stats(index: TileIndex) -> IndexStats:
     key = (str(index.path), str(index.meta.get("model_id")), len(index))
     st = _STATS.get(key)
     if st is None:
-        g = index.model().encode_text(GENERIC_PROMPTS)
+        g = index.text_model().encode_text(GENERIC_PROMPTS)
         s = index.embeddings @ g.T
         st = IndexStats(float(s.max(axis=0).mean()), float(s.mean()), OrderedDict())
         _STATS[key] = st
@@ -163,7 +163,7 @@ def _bank(index: TileIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     key = ("bank", str(index.path), str(index.meta.get("model_id")), len(index))
     hit = _BANK.get(key)
     if hit is None:
-        b = index.model().encode_text([f"an aerial image of a {x}" for x in SCENE_BANK])
+        b = index.text_model().encode_text([f"an aerial image of a {x}" for x in SCENE_BANK])
         s = index.embeddings @ b.T
         arg = s.argmax(axis=1)
         top2 = np.sort(s, axis=1)[:, -2:]

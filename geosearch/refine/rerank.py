@@ -147,7 +147,7 @@ def rerank(
     if not cands:
         return cands
     vec = query_vector(index, prompts)
-    model = index.model()
+    model = index.text_model()  # text only here: no image tower for stored embeddings
     if embeddings is not None:
         emb = embeddings
         s_region = emb @ vec

@@ -65,7 +65,7 @@ def _floor(index: TileIndex, gallery) -> tuple[float, str] | None:
         if not concepts:
             _FLOORS[key] = None
         else:
-            vecs = index.model().encode_text(concepts)
+            vecs = index.text_model().encode_text(concepts)
             vecs = vecs / (np.linalg.norm(vecs, axis=1, keepdims=True) + 1e-12)
             refs = gallery.references(vecs)
             i = int(np.argmin(refs))
