@@ -20,8 +20,8 @@ N_DIMS = 16
 
 
 def main() -> None:
+    from geosearch.checksums import sha256_file
     from geosearch.models import get_model
-    from geosearch.models.base import sha256_file
     from geosearch.models.starter import WEIGHTS_PATH
 
     model = get_model("geosearch-starter", device="cpu")

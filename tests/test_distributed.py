@@ -15,6 +15,7 @@ import pytest
 from geosearch.errors import InputError
 from geosearch.index import TileIndex, build_index
 from geosearch.settings import Settings
+from tests.fixtures.faults import fail_nth_insert
 from tests.fixtures.rasters import write_raster
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'geosearch[ray]')")
@@ -113,15 +114,7 @@ def test_killed_ray_build_resumes_from_its_shards(ray_local, raster, local_index
         if not seen:  # the first new shard: the old ones are still the very same files
             seen.update({p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in shards})
 
-    real_insert, inserts = index_mod._insert_tiles, []
-
-    def insert_then_die(*args, **kwargs):
-        inserts.append(1)
-        if len(inserts) == 4:
-            raise OSError("disk full (test)")
-        return real_insert(*args, **kwargs)
-
-    monkeypatch.setattr(index_mod, "_insert_tiles", insert_then_die)
+    inserts, real_insert = fail_nth_insert(monkeypatch, 4)
     with pytest.raises(OSError, match="disk full"):
         ray_build(raster, out, workers=1, on_shard=check_untouched)
     assert seen == before

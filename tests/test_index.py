@@ -10,6 +10,7 @@ from geosearch import db
 from geosearch.errors import IndexMismatchError, InputError
 from geosearch.index import TileIndex, build_index
 from geosearch.settings import Settings
+from tests.fixtures.faults import fail_nth_insert
 from tests.fixtures.rasters import write_raster
 
 
@@ -113,15 +114,7 @@ def test_failed_write_stops_the_pipelined_build_and_it_resumes(tmp_path, raster,
     s = Settings(model="geosearch-tiny", batch_size=4, scales_m=[64.0, 128.0])
     clean = tmp_path / "clean.duckdb"
     build_index([raster], clean, settings=s, progress=False)
-    real_insert, calls = index_mod._insert_tiles, []
-
-    def failing_insert(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise OSError("disk full (test)")
-        return real_insert(*args, **kwargs)
-
-    monkeypatch.setattr(index_mod, "_insert_tiles", failing_insert)
+    calls, real_insert = fail_nth_insert(monkeypatch, 4)
     out = tmp_path / "f.duckdb"
     with pytest.raises(OSError, match="disk full"):
         build_index([raster], out, settings=s, progress=False)

