@@ -277,6 +277,8 @@ def calibrate(
     top = passed[: q.k]
     params = cal.load_calibration(index.meta.get("model_name"))
     s_all = [float(c.features.get("s_region", c.score)) for _, c in passed if not c.features.get("fill")]
+    embs = [c.embedding for _, c in passed if not c.features.get("fill") and c.embedding is not None]
+    best_embs = np.stack(embs[: cal.REF_REGIONS]) if embs else None
     gen = [c.features.get("s_generic") for _, c in top]
     confs, best_feats = cal.region_confidences(
         index,
@@ -287,6 +289,7 @@ def calibrate(
         ],
         params,
         all_scores=s_all,
+        embeddings=best_embs,
     )
 
     def region(key: str, c: Candidate, region_id: str, conf: float | None) -> Region:
@@ -329,7 +332,7 @@ def calibrate(
         )
     elif best is None or best < thr:
         ans.abstained = True
-        ans.reason = cal.abstain_reason(best, thr, best_feats)
+        ans.reason = cal.abstain_reason(best, thr, best_feats, cal.scene_labels(index, vec, best_embs))
     if ans.abstained:
         ans.near_misses = (regions + near)[: max(int(cfg["max_near_misses"]), len(near))]
         ans.regions = []

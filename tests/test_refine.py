@@ -177,6 +177,32 @@ def test_gallery_round_trip_and_reference(tmp_path):
         save_gallery(tmp_path / "empty.npz", np.zeros((0, 8)), [], "m@1", "empty")
 
 
+def test_gallery_agreement_compares_scene_labels(tmp_path):
+    """``g_agree``: regions whose nearest real scenes carry the query's label agree (1.0), regions
+    that look like another kind of scene do not (0.0), a mix is in between; an unlabelled gallery
+    offers no agreement."""
+    from geosearch.refine.gallery import read_gallery, save_gallery
+
+    rng = np.random.default_rng(3)
+    centres = np.eye(8, dtype=np.float32)[:3]  # three well-separated kinds of scene
+    emb = np.concatenate([c + 0.05 * rng.normal(size=(20, 8)) for c in centres]).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = ["Pond"] * 20 + ["River"] * 20 + ["Lake"] * 20
+    g = read_gallery(save_gallery(tmp_path / "m.gallery.npz", emb, labels, "m@1", "unit test"))
+    assert g.labelled
+    query = centres[0]
+    votes, names = g.label_votes(np.stack([query, centres[1]]))
+    assert names == ["Lake", "Pond", "River"] and votes.sum(axis=1) == pytest.approx([1.0, 1.0])
+    assert votes[0, names.index("Pond")] == pytest.approx(1.0)
+    assert votes[1, names.index("River")] == pytest.approx(1.0)
+    assert g.agreement(query, np.stack([centres[0]] * 3)) == pytest.approx(1.0)
+    assert g.agreement(query, np.stack([centres[1], centres[2]])) == pytest.approx(0.0)
+    assert g.agreement(query, np.stack([centres[0], centres[1]])) == pytest.approx(0.5)
+    assert g.nearest_label(np.stack([centres[2], centres[0]])) == ["Lake", "Pond"]
+    unlabelled = read_gallery(save_gallery(tmp_path / "u.gallery.npz", emb, [""] * 60, "m@1", "no labels"))
+    assert not unlabelled.labelled
+
+
 def test_gallery_refuses_other_splits(tmp_path):
     from geosearch.refine.gallery import build_gallery
     from geosearch.refine.testing import colour_model
@@ -197,12 +223,12 @@ def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
     index, _ = square_index
     model = index.model()
     emb = model.encode_images(
-        np.concatenate([_solid((220, 40, 40)), _solid((60, 150, 60)), _solid((40, 40, 220))])
+        np.concatenate([_solid((220, 40, 40), 12), _solid((60, 150, 60), 12), _solid((40, 40, 220), 12)])
     )
     G.save_gallery(
         tmp_path / "test-colour.gallery.npz",
         emb,
-        ["red"] * 4 + ["green"] * 4 + ["blue"] * 4,
+        ["red"] * 12 + ["green"] * 12 + ["blue"] * 12,
         model.model_id,
         "solid colours",
     )
@@ -214,10 +240,13 @@ def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
     # one region per thing: the one red square reaches the reference; blue falls far short
     assert present["d_ref1"] > -0.1 and absent["d_ref1"] < present["d_ref1"] - 0.3
     assert present["d_ref"] <= present["d_ref1"]  # the mean of the best three, one of them the square
+    # the red square's nearest real scenes are red like the query's; blue's best regions are not blue
+    assert present["g_agree"] > absent["g_agree"] + 0.2 and absent["g_agree"] < 0.2
     params = {"features": ["d_ref1"], "coef": [20.0], "intercept": 2.0, "threshold": 0.5, "calibrated": True}
     monkeypatch.setattr(calibrate, "load_calibration", lambda *a, **k: params)
     ans = run_method("answer", index, "a blue lake", 5)
     assert ans.abstained and "reference gallery" in ans.reason
+    assert "look most like" in ans.reason and "real examples of the query like blue" in ans.reason
     assert not run_method("answer", index, "red", 5).abstained
     # a gallery embedded with other weights is never used
     G.save_gallery(

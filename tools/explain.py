@@ -60,21 +60,29 @@ class ExplainOutput(BaseModel):
     explanation_source: str = "template"
 
 
-def _calibrations(idx, vec: np.ndarray, own: np.ndarray) -> tuple[list[tuple[float, dict]], bool]:
-    """Confidence and calibration features of each region from its own-extent score, the same way
-    the engine's methods and the planner calibrate (gallery reference ``d_ref`` when the model has one)."""
+def _calibrations(idx, vec: np.ndarray, emb: np.ndarray) -> tuple[list[tuple[float, dict]], bool]:
+    """Confidence and calibration features of each region from its own-extent embedding, the same
+    way the answering chain calibrates (gallery reference ``d_ref`` and agreement ``g_agree`` when
+    the model has a gallery)."""
     from geosearch.refine import calibrate
 
     params = calibrate.load_calibration(idx.meta.get("model_name"))
+    own = emb @ vec
     order = np.argsort(-own, kind="stable")
-    confs, top_feats = calibrate.region_confidences(idx, vec, [(float(own[i]), None) for i in order], params)
+    confs, top_feats = calibrate.region_confidences(
+        idx, vec, [(float(own[i]), None) for i in order], params, embeddings=emb[order]
+    )
     out: list[tuple[float, dict]] = [(0.0, {})] * len(own)
     for rank, (i, conf) in enumerate(zip(order, confs)):
         feats = (
             top_feats
             if rank == 0
             else {
-                **{k: v for k, v in top_feats.items() if k in ("d_ref", "ref_top", "z_top", "bank_count")},
+                **{
+                    k: v
+                    for k, v in top_feats.items()
+                    if k in ("d_ref", "ref_top", "z_top", "bank_count", "bank_margin", "g_agree")
+                },
                 **calibrate.features_for(idx, vec, float(own[i]), None),
             }
         )
@@ -123,7 +131,7 @@ def run(inp: ExplainInput, ws: Workspace, progress: ProgressFn | None = None) ->
                 rel_results[rid] = [RelationOut.from_engine(d) for d in checks]
         report(progress, 1, total, "calibrating")
         out: list[RegionExplanation] = []
-        cals, calibrated = _calibrations(idx, vec, emb @ vec)
+        cals, calibrated = _calibrations(idx, vec, emb)
         for i, ((rid, _g), region) in enumerate(zip(geoms, inp.regions)):
             e = emb[i]
             score = float(e @ vec)

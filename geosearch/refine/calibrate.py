@@ -17,16 +17,21 @@ z-score), ``bank_count`` / ``bank_margin`` (the query is mapped to its nearest s
 scene, and the best such tile's margin), ``bank_sim``, and, when the model has a reference gallery
 (:mod:`geosearch.refine.gallery`), ``ref_top`` (what the query's best real examples score).
 ``d_ref`` (:func:`reference_gap`, set by the methods once the regions are refined) is the mean
-own-extent score of the best regions minus ``ref_top``.
+own-extent score of the best regions minus ``ref_top``; ``g_agree``
+(:meth:`~geosearch.refine.gallery.Gallery.agreement`, from the best regions' own-extent embeddings)
+is how far their nearest real scenes carry the labels of the query's: ``d_ref`` asks whether the
+best regions score like real examples, ``g_agree`` whether they look like the same kind of scene
+(look-alikes score high but have other neighbours).
 
 ``confidence = sigmoid(b0 + b . x)`` over the features named in the fitted parameters, fitted by
 logistic regression (L2, Newton steps) on the dev *tuning* benchmark only, with label 1 for
 answerable queries and 0 for ``absent`` ones; lower-ranked regions get the top logit shifted by
 ``region_slope`` times their own-extent score gap to the best region. A query is
 answered "not found" when its best region's confidence is below ``threshold`` (chosen on the same
-tuning data so that at most 15 % of answerable queries abstain). Region features alone reached abstain_recall
-0.28 (false_abstain_rate <= 0.15) and ``bank_count`` 0.56 on one tuning benchmark but 0.28 on the
-reported one; ``d_ref`` is what the fitted starter calibration uses (docs/refinement.md).
+tuning data, by leave-one-bench-out cross-validation, for a false-abstain budget). Region features
+alone reached abstain_recall 0.28 (false_abstain_rate <= 0.15) and ``bank_count`` 0.56 on one
+tuning benchmark but 0.28 on the reported one; the fitted starter calibration uses ``d_ref``,
+``bank_margin`` and ``g_agree`` (docs/refinement.md).
 Fitted values live in ``calibration.json`` next to this module, with
 a note of the data and model that fitted them; for another model the hand-set fallback
 :data:`FALLBACK` is used and marked as uncalibrated.
@@ -231,6 +236,17 @@ def reference_gap(s_regions: list[float], query_feats: dict, n: int = REF_REGION
     return float(np.mean(best) - ref)
 
 
+def gallery_agreement(index: TileIndex, vec: np.ndarray, embeddings: np.ndarray | None) -> float | None:
+    """``g_agree`` of the best :data:`REF_REGIONS` regions (``None`` without a labelled gallery or
+    region embeddings)."""
+    if embeddings is None or not len(embeddings):
+        return None
+    gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
+    if gal is None or not gal.labelled:
+        return None
+    return gal.agreement(vec, np.asarray(embeddings, np.float32)[:REF_REGIONS])
+
+
 def region_confidences(
     index: TileIndex,
     vec: np.ndarray,
@@ -238,10 +254,12 @@ def region_confidences(
     params: dict,
     query_feats: dict | None = None,
     all_scores: list[float] | None = None,
+    embeddings: np.ndarray | None = None,
 ) -> tuple[list[float], dict]:
     """Calibrated confidence of ranked regions, given each one's own-extent score and (or ``None``)
     the generic prompts' score at the same crop. The query-level logit (fitted features, including
-    ``d_ref`` from the best own-extent scores among ``all_scores``, default the regions' own) is
+    ``d_ref`` from the best own-extent scores among ``all_scores``, default the regions' own, and
+    ``g_agree`` from ``embeddings``, the own-extent embeddings of the best regions, best first) is
     shifted by :func:`region_slope` times each region's score gap to the first region. Returns the
     confidences and the features of the first region (query-level + region-level)."""
     qf = dict(query_feats) if query_feats is not None else query_features(index, vec)
@@ -251,6 +269,9 @@ def region_confidences(
         qf["d_ref"] = d_ref
         qf["d_ref1"] = reference_gap(scores, qf, 1)
         qf["d_ref5"] = reference_gap(scores, qf, 5)
+    agree = gallery_agreement(index, vec, embeddings)
+    if agree is not None:
+        qf["g_agree"] = agree
     if not regions:
         return [], qf
     s_top = float(regions[0][0])
@@ -266,17 +287,38 @@ def region_confidences(
     return confs, best
 
 
-def abstain_reason(best: float | None, thr: float, f: dict) -> str:
+def scene_labels(
+    index: TileIndex, vec: np.ndarray, embeddings: np.ndarray | None
+) -> tuple[str, list[str]] | None:
+    """The gallery label nearest the query and those nearest each of the best regions (what
+    ``g_agree`` compares), for the "not found" sentence; ``None`` without a labelled gallery."""
+    if embeddings is None or not len(embeddings):
+        return None
+    gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
+    if gal is None or not gal.labelled:
+        return None
+    labels = gal.nearest_label(np.vstack([np.asarray(vec, np.float32)[None], embeddings[:REF_REGIONS]]))
+    return labels[0], labels[1:]
+
+
+def abstain_reason(
+    best: float | None, thr: float, f: dict, labels: tuple[str, list[str]] | None = None
+) -> str:
     """The "not found" sentence: by how much the best regions fall short of the gallery's real
-    examples (or, without a gallery, how they compare with the index and generic prompts)."""
+    examples and what real scenes they look like instead (or, without a gallery, how they compare
+    with the index and generic prompts)."""
     head = f"not found: best region confidence {0.0 if best is None else best:.2f} is below {thr:.2f}"
+    look = ""
+    if labels is not None and any(x != labels[0] for x in labels[1]):
+        seen = ", ".join(dict.fromkeys(labels[1]))
+        look = f"; they look most like {seen} scenes, real examples of the query like {labels[0]}"
     if "d_ref" in f:
         return (
             f"{head} (the best regions score {-f['d_ref']:.3f} below what real examples of the query "
-            f"score in the reference gallery)"
+            f"score in the reference gallery{look})"
             if f["d_ref"] < 0
             else f"{head} (the best regions score {f['d_ref']:.3f} above the gallery's real examples, "
-            f"which is still too little for this query)"
+            f"which is still too little for this query{look})"
         )
     return (
         f"{head} (its score is {f.get('z_index', 0):.1f} SD above this index's tile scores for the query "

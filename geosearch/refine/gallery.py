@@ -7,6 +7,10 @@ would score. The gallery does: it holds embeddings of real aerial scenes (for th
 7,976 AID/RSICD **train** chips), so :meth:`Gallery.reference` gives, for any query vector, the
 mean score of its best few real examples. The calibration feature ``d_ref`` (see
 :mod:`geosearch.refine.calibrate`) is how far the mosaic's best regions fall short of that.
+Its labels answer the second question a look-alike raises: do the best regions look like the same
+*kind* of real scene as the query's real examples (:meth:`Gallery.agreement`, feature ``g_agree``)?
+A pond query whose best regions have river and lake scenes as their nearest real neighbours is
+likely not in the mosaic, however high they score.
 
 Files are ``<model name>.gallery.npz``, looked up next to the packaged weights and in
 ``settings.models_dir``; they record the ``model_id`` they were embedded with, and a gallery of other
@@ -28,6 +32,7 @@ from geosearch.settings import Settings, get_settings
 
 PACKAGED_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
 REFERENCE_K = 3  # the reference is the mean score of the query's best K gallery scenes
+AGREE_K = 10  # labels of this many nearest gallery scenes describe a query or a region
 
 
 @dataclass
@@ -57,6 +62,36 @@ class Gallery:
         """Labels of the ``k`` best gallery scenes (shown in explanations)."""
         s = self.embeddings @ np.asarray(vec, np.float32)
         return [str(self.labels[i]) for i in np.argsort(-s)[:k]]
+
+    @property
+    def labelled(self) -> bool:
+        """Whether every scene has a label (what :meth:`agreement` needs)."""
+        return bool(len(self.labels)) and all(str(x) for x in self.labels)
+
+    def label_votes(self, vecs: np.ndarray, k: int = AGREE_K) -> tuple[np.ndarray, list[str]]:
+        """Share of each label among the ``k`` nearest gallery scenes of each row of ``vecs``
+        (unit vectors): ``(rows, labels)`` and the label names."""
+        names, codes = np.unique(np.asarray(self.labels, str), return_inverse=True)
+        v = np.atleast_2d(np.asarray(vecs, np.float32))
+        k = max(1, min(int(k), len(self.embeddings)))
+        s = v @ self.embeddings.T
+        near = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        votes = np.zeros((len(v), len(names)))
+        np.add.at(votes, (np.repeat(np.arange(len(v)), k), codes[near].ravel()), 1.0 / k)
+        return votes, [str(n) for n in names]
+
+    def agreement(self, query_vec: np.ndarray, region_embs: np.ndarray, k: int = AGREE_K) -> float:
+        """``g_agree``: mean over the regions of the overlap (dot product of label shares) between
+        the labels of a region's ``k`` nearest gallery scenes and those of the query's. 1: every
+        neighbour of both carries one label; 0: no label in common."""
+        regions = np.atleast_2d(np.asarray(region_embs, np.float32))
+        votes, _ = self.label_votes(np.vstack([np.asarray(query_vec, np.float32)[None], regions]), k)
+        return float((votes[1:] @ votes[0]).mean())
+
+    def nearest_label(self, vecs: np.ndarray, k: int = AGREE_K) -> list[str]:
+        """The most common label among the ``k`` nearest gallery scenes of each row."""
+        votes, names = self.label_votes(vecs, k)
+        return [names[i] for i in votes.argmax(axis=1)]
 
 
 def gallery_filename(model_name: str) -> str:

@@ -45,6 +45,8 @@ class Candidate:
     features: dict = field(default_factory=dict)  # rerank features (s_region, ...)
     flags: list[str] = field(default_factory=list)
     merged: int = 1
+    # own-extent image embedding (unit), set by the reranker: the gallery agreement reads it
+    embedding: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def bbox_wgs84(self) -> Bounds:

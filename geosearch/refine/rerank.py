@@ -172,6 +172,8 @@ def rerank(
         if extra_features is not None and i < len(extra_features):
             c.features.update(extra_features[i])
         src = float(c.features.get("s_source", c.score))
+        if emb is not None:
+            c.embedding = np.asarray(emb[i], np.float32)
         f = c.features
         f.update(
             {
