@@ -359,7 +359,13 @@ def explain(q: Query, ans: Answer) -> str:
             f'{"Best near-miss" if ans.abstained else "Best region"} for "{q.look_for}": {b.region_id}, '
             f"own-extent score "
             f"{s:.3f}{conf}"
-            + (f" (d_ref {f['d_ref']:+.3f} against the reference gallery)" if "d_ref" in f else "")
+            + (
+                f" (d_ref {f['d_ref']:+.3f} against the reference gallery"
+                + (f"; scene-label agreement {f['g_agree']:.2f}" if "g_agree" in f else "")
+                + ")"
+                if "d_ref" in f
+                else ""
+            )
             + "."
         )
         if len(ans.regions) > 1:

@@ -247,7 +247,8 @@ def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
     ans = run_method("answer", index, "a blue lake", 5)
     assert ans.abstained and "reference gallery" in ans.reason
     assert "look most like" in ans.reason and "real examples of the query like blue" in ans.reason
-    assert not run_method("answer", index, "red", 5).abstained
+    red = run_method("answer", index, "red", 5)
+    assert not red.abstained and "scene-label agreement" in red.explanation
     # a gallery embedded with other weights is never used
     G.save_gallery(
         tmp_path / "test-colour.gallery.npz", emb, ["x"] * 12, "test-colour@other", "other weights"

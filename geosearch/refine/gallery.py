@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +69,15 @@ class Gallery:
         """Whether every scene has a label (what :meth:`agreement` needs)."""
         return bool(len(self.labels)) and all(str(x) for x in self.labels)
 
+    @cached_property
+    def _label_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted label names, each scene's index into them), computed once."""
+        return np.unique(np.asarray(self.labels, str), return_inverse=True)
+
     def label_votes(self, vecs: np.ndarray, k: int = AGREE_K) -> tuple[np.ndarray, list[str]]:
         """Share of each label among the ``k`` nearest gallery scenes of each row of ``vecs``
         (unit vectors): ``(rows, labels)`` and the label names."""
-        names, codes = np.unique(np.asarray(self.labels, str), return_inverse=True)
+        names, codes = self._label_codes
         v = np.atleast_2d(np.asarray(vecs, np.float32))
         k = max(1, min(int(k), len(self.embeddings)))
         s = v @ self.embeddings.T
