@@ -64,7 +64,7 @@ class Gallery:
         s = self.embeddings @ np.asarray(vec, np.float32)
         return [str(self.labels[i]) for i in np.argsort(-s)[:k]]
 
-    @property
+    @cached_property
     def labelled(self) -> bool:
         """Whether every scene has a label (what :meth:`agreement` needs)."""
         return bool(len(self.labels)) and all(str(x) for x in self.labels)
