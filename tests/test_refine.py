@@ -247,6 +247,10 @@ def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
     ans = run_method("answer", index, "a blue lake", 5)
     assert ans.abstained and "reference gallery" in ans.reason
     assert "look most like" in ans.reason and "real examples of the query like blue" in ans.reason
+    # a label shared with the query is not given as what the regions look like instead
+    r = calibrate.abstain_reason(0.2, 0.5, {"d_ref": -0.05}, ("Port", ["Port", "Bridge", "Bridge"]))
+    assert "2 of the best 3 look most like Bridge scenes, real examples of the query like Port" in r
+    assert "look most like" not in calibrate.abstain_reason(0.2, 0.5, {"d_ref": -0.05}, ("Port", ["Port"]))
     red = run_method("answer", index, "red", 5)
     assert not red.abstained and "scene-label agreement" in red.explanation
     # a gallery embedded with other weights is never used

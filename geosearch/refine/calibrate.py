@@ -309,9 +309,15 @@ def abstain_reason(
     with the index and generic prompts)."""
     head = f"not found: best region confidence {0.0 if best is None else best:.2f} is below {thr:.2f}"
     look = ""
-    if labels is not None and any(x != labels[0] for x in labels[1]):
-        seen = ", ".join(dict.fromkeys(labels[1]))
-        look = f"; they look most like {seen} scenes, real examples of the query like {labels[0]}"
+    others = [x for x in labels[1] if x != labels[0]] if labels is not None else []
+    if labels is not None and others:
+        seen = ", ".join(dict.fromkeys(others))
+        who = (
+            "they look"
+            if len(others) == len(labels[1])
+            else f"{len(others)} of the best {len(labels[1])} look"
+        )
+        look = f"; {who} most like {seen} scenes, real examples of the query like {labels[0]}"
     if "d_ref" in f:
         return (
             f"{head} (the best regions score {-f['d_ref']:.3f} below what real examples of the query "
