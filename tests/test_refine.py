@@ -251,6 +251,8 @@ def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
     r = calibrate.abstain_reason(0.2, 0.5, {"d_ref": -0.05}, ("Port", ["Port", "Bridge", "Bridge"]))
     assert "2 of the best 3 look most like Bridge scenes, real examples of the query like Port" in r
     assert "look most like" not in calibrate.abstain_reason(0.2, 0.5, {"d_ref": -0.05}, ("Port", ["Port"]))
+    one = calibrate.abstain_reason(0.2, 0.5, {"d_ref": -0.05}, ("Port", ["Port", "Bridge"]))
+    assert "1 of the best 2 looks most like Bridge scenes" in one
     red = run_method("answer", index, "red", 5)
     assert not red.abstained and "scene-label agreement" in red.explanation
     # a gallery embedded with other weights is never used

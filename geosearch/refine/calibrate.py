@@ -315,7 +315,7 @@ def abstain_reason(
         who = (
             "they look"
             if len(others) == len(labels[1])
-            else f"{len(others)} of the best {len(labels[1])} look"
+            else f"{len(others)} of the best {len(labels[1])} look{'s' if len(others) == 1 else ''}"
         )
         look = f"; {who} most like {seen} scenes, real examples of the query like {labels[0]}"
     if "d_ref" in f:
