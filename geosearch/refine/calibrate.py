@@ -48,7 +48,7 @@ import numpy as np
 
 from geosearch.fileio import atomic_write_text
 from geosearch.index import TileIndex
-from geosearch.refine.gallery import find_gallery
+from geosearch.refine.gallery import Gallery, find_gallery
 from geosearch.refine.rerank import GENERIC_PROMPTS
 
 CALIBRATION_PATH = Path(__file__).parent / "calibration.json"
@@ -236,15 +236,19 @@ def reference_gap(s_regions: list[float], query_feats: dict, n: int = REF_REGION
     return float(np.mean(best) - ref)
 
 
-def gallery_agreement(index: TileIndex, vec: np.ndarray, embeddings: np.ndarray | None) -> float | None:
-    """``g_agree`` of the best :data:`REF_REGIONS` regions (``None`` without a labelled gallery or
-    region embeddings)."""
+def _labelled_gallery(index: TileIndex, embeddings: np.ndarray | None) -> Gallery | None:
+    """The index model's gallery when it is labelled and there are region embeddings to compare."""
     if embeddings is None or not len(embeddings):
         return None
     gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
-    if gal is None or not gal.labelled:
-        return None
-    return gal.agreement(vec, np.asarray(embeddings, np.float32)[:REF_REGIONS])
+    return gal if gal is not None and gal.labelled else None
+
+
+def gallery_agreement(index: TileIndex, vec: np.ndarray, embeddings: np.ndarray | None) -> float | None:
+    """``g_agree`` of the best :data:`REF_REGIONS` regions (``None`` without a labelled gallery or
+    region embeddings)."""
+    gal = _labelled_gallery(index, embeddings)
+    return None if gal is None else gal.agreement(vec, np.asarray(embeddings, np.float32)[:REF_REGIONS])
 
 
 def region_confidences(
@@ -292,10 +296,8 @@ def scene_labels(
 ) -> tuple[str, list[str]] | None:
     """The gallery label nearest the query and those nearest each of the best regions (what
     ``g_agree`` compares), for the "not found" sentence; ``None`` without a labelled gallery."""
-    if embeddings is None or not len(embeddings):
-        return None
-    gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
-    if gal is None or not gal.labelled:
+    gal = _labelled_gallery(index, embeddings)
+    if gal is None:
         return None
     labels = gal.nearest_label(np.vstack([np.asarray(vec, np.float32)[None], embeddings[:REF_REGIONS]]))
     return labels[0], labels[1:]
