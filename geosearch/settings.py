@@ -123,6 +123,12 @@ class Settings(BaseSettings):
         0.02, ge=0, description="a proposal gives way to the largest one holding it that scores within this"
     )
     proposal_pyramid: bool = Field(False, description="also refine the pyramid's windows (reads, slower)")
+    proposal_w_specific: float = Field(
+        1.0, description="rerank weight of s_region - s_generic for proposals (option w_specific overrides)"
+    )
+    proposal_w_size: float = Field(
+        0.1, description="rerank weight of log2(side / 100 m) for proposals (option w_size overrides)"
+    )
 
     # Limits on what one request may ask (the server refuses more, in one line, before any work)
     max_query_chars: int = Field(2000, ge=10, description="characters in a query")
@@ -229,4 +235,6 @@ CHAIN_FIELDS = (
     "proposal_grow",
     "proposal_contain",
     "proposal_pyramid",
+    "proposal_w_specific",
+    "proposal_w_size",
 )

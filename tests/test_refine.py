@@ -141,6 +141,29 @@ def test_negative_prompts():
     assert any("pond" in n for n in negs) and any("stadium" in n for n in negs)
 
 
+def test_size_term_ranks_the_larger_of_two_equal_matches_first(square_index):
+    """``w_size``: of two regions the model scores alike, the larger one (less blown up) ranks
+    first, by ``w_size`` per doubling of its side; with ``w_size`` 0 the order is the score's."""
+    from geosearch.refine.rerank import RerankWeights, rerank, size_feature
+
+    index, _ = square_index
+    vec = index.text_model().encode_text(["red"])[0]
+    emb = np.stack([vec, vec]).astype(np.float32)
+
+    def ranked(size: float) -> list[tuple[float, float]]:
+        cands = [
+            Candidate(box(0, 0, 1, 1), box(0, 0, 1, 1), 0.5, (0, 0, 50, 50), scale_m=50.0),
+            Candidate(box(0, 0, 1, 1), box(0, 0, 1, 1), 0.5, (0, 0, 400, 400), scale_m=400.0),
+        ]
+        out = rerank(index, cands, vec, weights=RerankWeights(size=size), embeddings=emb, context=[0.0, 0.0])
+        return [(c.scale_m, c.score) for c in out]
+
+    assert [s for s, _ in ranked(0.0)] == [50.0, 400.0]
+    (big, top), (small, low) = ranked(0.1)
+    assert (big, small) == (400.0, 50.0) and top - low == pytest.approx(0.1 * 3)
+    assert size_feature(100.0) == 0.0 and size_feature(None) == 0.0 and size_feature(200.0) == 1.0
+
+
 def test_calibration_fit_and_threshold():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(2, 1, (80, 2)), rng.normal(-1, 1, (40, 2))])

@@ -4,8 +4,10 @@ Every proposal (:mod:`geosearch.proposals`) was embedded at its own extent when 
 built, so one matrix product scores all of them against the query. The best ``proposal_pool``
 (inside the query's area and dates) get the reranker's features from their stored embeddings
 (negative and generic prompts) and an ``s_context`` from the stored tiles around them (the tiles
-about twice the region's side that hold its centre), then one region per thing is kept
-(box NMS in metres, ``proposal_nms_iou``).
+about twice the region's side that hold its centre), and are ranked with the weights of
+:mod:`geosearch.refine.rerank` plus the settings' ``proposal_w_specific`` and ``proposal_w_size``
+(a larger region outranks a piece of it that the model scores alike), then one region per thing is
+kept (box NMS in metres, ``proposal_nms_iou``).
 """
 
 from __future__ import annotations
@@ -18,11 +20,6 @@ from geosearch.index import ProposalSet, TileIndex
 from geosearch.refine.heatmap import Candidate
 from geosearch.refine.regions import rerank_weights
 from geosearch.refine.rerank import rerank
-
-# Proposals are ranked with the specificity term on (s_region - s_generic: a region that matches the
-# query better than it matches "an aerial image"), unless a ``w_specific`` option says otherwise:
-# chosen on the tuning bench aid-dev-tune (hit@10 0.742 -> 0.750, map 0.142 -> 0.153).
-PROPOSAL_W_SPECIFIC = 1.0
 
 
 def proposal_mask(index: TileIndex, ps: ProposalSet, area, dates: list[str] | None) -> np.ndarray:
@@ -141,7 +138,9 @@ def proposal_candidates(
         cands,
         vec,
         negatives=negatives,
-        weights=rerank_weights({"w_specific": PROPOSAL_W_SPECIFIC, **cfg}),
+        weights=rerank_weights(
+            {"w_specific": cfg["proposal_w_specific"], "w_size": cfg["proposal_w_size"], **cfg}
+        ),
         embeddings=ps.embeddings[pool],
         context=ctx,
     )

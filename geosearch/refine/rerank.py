@@ -13,7 +13,11 @@ Each candidate gets these features (cosine similarities with the unit text vecto
 ``s_context``  the score of a square crop twice the region's side around it (only when
                ``w_context`` != 0): a region whose surroundings match as well as itself is
                probably a piece of something larger, so the contrast ``s_region - s_context``
-               rewards extents that fit the object.
+               rewards extents that fit the object;
+``s_size``     ``log2(side / 100 m)``, the candidate's longer side (``Candidate.scale_m``): the
+               model judges a small region from a crop blown up far beyond its training framing
+               (whole scenes), where its scores run high on pieces of things, so with ``w_size`` >
+               0 a smaller region needs a better score to outrank a larger one.
 
 Final score::
 
@@ -21,6 +25,7 @@ Final score::
             - w_neg * max(0, s_neg - s_region + neg_margin)
             + w_specific * (s_region - s_generic)
             + w_context * (s_region - s_context)
+            + w_size * s_size
             + sum(w_e * features[e] for e in extras)
 
 ``extras`` are hooks for relation results and GIS priors: any per-candidate feature (e.g.
@@ -28,7 +33,9 @@ Final score::
 
 Default weights (tuned on the dev *tuning* benchmark ``out/aid-dev-tune``, seed 7, only; see
 docs/refinement.md): w_region 1.0, w_source 0.5, w_neg 0.5, neg_margin 0.0, w_specific 0.0,
-w_context 1.0, extras {"relation": 0.2, "prior": 0.1}.
+w_context 1.0, w_size 0.0, extras {"relation": 0.2, "prior": 0.1}. The index's region proposals
+are ranked with ``w_specific`` and ``w_size`` of their own (settings ``proposal_w_specific`` and
+``proposal_w_size``, :mod:`geosearch.refine.proposed`).
 """
 
 from __future__ import annotations
@@ -96,7 +103,15 @@ class RerankWeights:
     neg_margin: float = 0.0
     specific: float = 0.0
     context: float = 1.0
+    size: float = 0.0
     extras: dict[str, float] = field(default_factory=lambda: {"relation": 0.2, "prior": 0.1})
+
+
+def size_feature(scale_m: float | None) -> float:
+    """``s_size``: log2 of the region's longer side over 100 m (0 when unknown)."""
+    if not scale_m or scale_m <= 0:
+        return 0.0
+    return float(np.log2(scale_m / 100.0))
 
 
 def hard_negatives(query: str) -> list[str]:
@@ -182,6 +197,7 @@ def rerank(
                 "s_neg": float(s_neg[i]),
                 "s_generic": float(s_gen[i]),
                 "s_context": float(s_ctx[i]),
+                "s_size": size_feature(c.scale_m),
             }
         )
         score = (
@@ -190,6 +206,7 @@ def rerank(
             - w.neg * max(0.0, f["s_neg"] - f["s_region"] + w.neg_margin) * (1.0 if negatives else 0.0)
             + w.specific * (f["s_region"] - f["s_generic"])
             + w.context * (f["s_region"] - f["s_context"])
+            + w.size * f["s_size"]
         )
         score += sum(wt * float(f.get(name, 0.0)) for name, wt in w.extras.items())
         c.score = float(score)
