@@ -276,6 +276,10 @@ def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
     assert "look most like" not in calibrate.abstain_reason(0.2, 0.5, {"d_ref": -0.05}, ("Port", ["Port"]))
     one = calibrate.abstain_reason(0.2, 0.5, {"d_ref": -0.05}, ("Port", ["Port", "Bridge"]))
     assert "1 of the best 2 looks most like Bridge scenes" in one
+    assert one.startswith("not found: best region confidence 0.20 is below 0.50 (")
+    # just under the threshold: enough decimals to tell them apart (not "0.81 is below 0.81")
+    close = calibrate.abstain_reason(0.8061, 0.8099, {"d_ref": -0.035})
+    assert close.startswith("not found: best region confidence 0.806 is below 0.810 (")
     red = run_method("answer", index, "red", 5)
     assert not red.abstained and "scene-label agreement" in red.explanation
     # a gallery embedded with other weights is never used

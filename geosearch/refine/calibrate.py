@@ -303,13 +303,24 @@ def scene_labels(
     return labels[0], labels[1:]
 
 
+def _distinct(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` with 2 decimals, or as many more (up to 4) as it takes to tell them apart:
+    a confidence just under the threshold must not read "0.81 is below 0.81"."""
+    for places in (2, 3, 4):
+        sa, sb = f"{a:.{places}f}", f"{b:.{places}f}"
+        if sa != sb:
+            break
+    return sa, sb
+
+
 def abstain_reason(
     best: float | None, thr: float, f: dict, labels: tuple[str, list[str]] | None = None
 ) -> str:
     """The "not found" sentence: by how much the best regions fall short of the gallery's real
     examples and what real scenes they look like instead (or, without a gallery, how they compare
     with the index and generic prompts)."""
-    head = f"not found: best region confidence {0.0 if best is None else best:.2f} is below {thr:.2f}"
+    conf, limit = _distinct(0.0 if best is None else best, thr)
+    head = f"not found: best region confidence {conf} is below {limit}"
     look = ""
     others = [x for x in labels[1] if x != labels[0]] if labels is not None else []
     if labels is not None and others:
