@@ -99,6 +99,10 @@ def _screenshot(page: Path, fragment: str, out: Path, size=(1200, 800)) -> np.nd
         "--disable-gpu",
         "--hide-scrollbars",
         "--force-device-scale-factor=1",
+        # wait for the inlined imagery to decode and paint before the shot (without these the shot
+        # could catch a page whose basemap was not drawn yet, and every pixel differs)
+        "--run-all-compositor-stages-before-draw",
+        "--virtual-time-budget=10000",
         f"--window-size={size[0]},{size[1]}",
         f"--screenshot={out}",
         page.resolve().as_uri() + "#" + fragment,
