@@ -74,17 +74,9 @@ def _calibrations(idx, vec: np.ndarray, emb: np.ndarray) -> tuple[list[tuple[flo
     )
     out: list[tuple[float, dict]] = [(0.0, {})] * len(own)
     for rank, (i, conf) in enumerate(zip(order, confs)):
+        # the query-level features are the top region's; the region-level ones are its own
         feats = (
-            top_feats
-            if rank == 0
-            else {
-                **{
-                    k: v
-                    for k, v in top_feats.items()
-                    if k in ("d_ref", "ref_top", "z_top", "bank_count", "bank_margin", "g_agree")
-                },
-                **calibrate.features_for(idx, vec, float(own[i]), None),
-            }
+            top_feats if rank == 0 else {**top_feats, **calibrate.features_for(idx, vec, float(own[i]), None)}
         )
         out[int(i)] = (
             float(conf),

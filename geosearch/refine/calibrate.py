@@ -30,8 +30,8 @@ answerable queries and 0 for ``absent`` ones; lower-ranked regions get the top l
 answered "not found" when its best region's confidence is below ``threshold`` (chosen on the same
 tuning data, by leave-one-bench-out cross-validation, for a false-abstain budget). Region features
 alone reached abstain_recall 0.28 (false_abstain_rate <= 0.15) and ``bank_count`` 0.56 on one
-tuning benchmark but 0.28 on the reported one; the fitted starter calibration uses ``d_ref`` and
-``bank_margin`` (``g_agree`` added nothing across nine dev benches; docs/refinement.md).
+tuning benchmark but 0.28 on the reported one; the fitted starter calibration uses ``d_ref``,
+``bank_margin`` and ``g_agree`` (leave-one-bench-out over nine dev benches; docs/refinement.md).
 Fitted values live in ``calibration.json`` next to this module, with
 a note of the data and model that fitted them; for another model the hand-set fallback
 :data:`FALLBACK` is used and marked as uncalibrated.
