@@ -65,12 +65,14 @@ class GeoSearch:
         area=None,
         scales: Sequence[float] | None = None,
         date: str | None = None,
+        context: float | None = None,
     ) -> Answer:
-        """Coarse tile search (no refinement, no abstention): the best tiles as regions."""
+        """Coarse tile search (no refinement, no abstention): the best tiles as regions, ranked with
+        their neighbourhood (``context``: its weight; default the setting ``search_context``)."""
         from geosearch.pipeline import hits_to_regions
         from geosearch.search import search
 
-        hits = search(self.index, text, k, area=_area(bbox, area), scales=scales, date=date)
+        hits = search(self.index, text, k, area=_area(bbox, area), scales=scales, date=date, context=context)
         ans = Answer(text, "search", hits_to_regions(hits), details={"provenance": self.index.provenance()})
         ans.index = self.index
         return ans

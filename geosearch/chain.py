@@ -162,6 +162,7 @@ def retrieve(index: TileIndex, q: Query, cfg: dict, *, zoom: bool | None = None)
         budget=int(cfg["pyramid_budget"]) if zoom else 0,
         keep=int(cfg["pyramid_keep"]),
         mask=mask,
+        context=float(cfg["search_context"]),
     )
     dates = sorted({str(d) for d in index.dates[mask]}) if mask is not None and index.date_list else None
     return Retrieval(vec, pr, notes, flags, dates)

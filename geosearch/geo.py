@@ -205,6 +205,35 @@ def nms_boxes(boxes: np.ndarray, n: int, iou_max: float, *, strict: bool = False
     return keep
 
 
+def neighbourhoods(bounds: np.ndarray, groups: np.ndarray, reach: float = 0.5):
+    """Row-normalised sparse (N, N) matrix whose row i averages over tile i's neighbourhood: the
+    tiles of its group (same scale and date) whose centres lie within ``reach`` times its side of
+    its own in x and in y, itself included (3 x 3 tiles on a grid with 50 % overlap)."""
+    from scipy import sparse
+    from scipy.spatial import cKDTree
+
+    b = np.asarray(bounds, float).reshape(-1, 4)
+    n = len(b)
+    centres = np.column_stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2])
+    sides = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+    rows, cols = [np.arange(n)], [np.arange(n)]
+    _, group = np.unique(np.asarray(groups, str), return_inverse=True)
+    for g in range(int(group.max()) + 1 if n else 0):
+        members = np.flatnonzero(group == g)
+        if len(members) < 2:
+            continue
+        pairs = cKDTree(centres[members]).query_pairs(
+            float(sides[members].max()) * reach * (1 + 1e-6), p=np.inf, output_type="ndarray"
+        )
+        if len(pairs):
+            i, j = members[pairs[:, 0]], members[pairs[:, 1]]
+            rows += [i, j]
+            cols += [j, i]
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    m = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
+    return sparse.diags(1.0 / np.asarray(m.sum(axis=1)).ravel()) @ m
+
+
 def square_around(bounds: Bounds, pad: float = 0.0) -> Bounds:
     """The square centred on ``bounds`` whose side is their longer side, times ``1 + pad``."""
     x0, y0, x1, y1 = bounds

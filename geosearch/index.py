@@ -57,7 +57,7 @@ from geosearch.errors import (
     InputError,
 )
 from geosearch.fileio import check_regular_file
-from geosearch.geo import Bounds, as_crs, boxes_to_wgs84, reproject_geom
+from geosearch.geo import Bounds, as_crs, boxes_to_wgs84, neighbourhoods, reproject_geom
 from geosearch.remote import canonical_url, is_url, url_name
 from geosearch.sandbox import OPEN, FilePolicy, is_virtual
 from geosearch.settings import Settings, get_settings
@@ -798,6 +798,7 @@ class TileIndex:
     _model: EmbeddingModel | None = field(default=None, repr=False)
     _text_model: StarterText | None = field(default=None, repr=False)
     _polys84: list | None = field(default=None, repr=False)
+    _neighbourhoods: object = field(default=None, repr=False)
     _proposals: ProposalSet | None = field(default=None, repr=False)
     policy: FilePolicy = field(default=OPEN, repr=False)
     store: VectorStore | None = field(default=None, repr=False)
@@ -985,6 +986,14 @@ class TileIndex:
             embeddings=emb,
             outlines=list(outl),
         )
+
+    def neighbourhoods(self):
+        """The tiles' neighbourhood-mean matrix (:func:`geosearch.geo.neighbourhoods`, per scale and
+        date), built on first use: coarse ranking weighs a tile's neighbours beside itself."""
+        if self._neighbourhoods is None:
+            groups = np.array([f"{s:g}|{d}" for s, d in zip(self.scales, self.dates)])
+            self._neighbourhoods = neighbourhoods(self.bounds, groups)
+        return self._neighbourhoods
 
     def polygons_wgs84(self) -> list:
         if self._polys84 is None:

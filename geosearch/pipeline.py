@@ -228,9 +228,12 @@ def single_scale(index: TileIndex, text: str, k: int, ctx: MethodContext) -> Ans
     scales = np.unique(index.scales)
     wanted = float(ctx.options.get("scale_m", scales[len(scales) // 2]))
     scale = float(scales[np.argmin(np.abs(scales - wanted))])
-    return Answer(text, "single-scale", hits_to_regions(search(index, text, k, scales=[scale])))
+    # a plain CLIP baseline: tiles ranked by their own score, without their neighbourhood
+    return Answer(text, "single-scale", hits_to_regions(search(index, text, k, scales=[scale], context=0)))
 
 
 @register_method("coarse", "multi-scale coarse tile search, no refinement")
 def coarse(index: TileIndex, text: str, k: int, ctx: MethodContext) -> Answer:
-    return Answer(text, "coarse", hits_to_regions(search(index, text, k)))
+    return Answer(
+        text, "coarse", hits_to_regions(search(index, text, k, context=ctx.options.get("search_context")))
+    )

@@ -1,5 +1,18 @@
 """Coarse search: text (or a vector) against every tile, cosine top-k, optional area / scale / date.
 
+Tiles are ranked by their cosine score; with ``search_context`` > 0 (``geosearch search --context
+W``, the ``coarse_search`` tool's ``context``) by that score averaged with their neighbourhood's
+(the same-scale tiles whose centres lie within half a side, itself included; W its weight), so that
+a tile that merely looks like the query, as a piece of something else, ranks below one inside a
+place that matches all around it. That answers "where is the X" over scenes larger than the tiles:
+on the dev pointing grid (one AID dev chip of ~1 km per class, five seeds) the top-1 tile lies in a
+chip of the queried class for 0.75 of the classes with W = 1, against 0.51 by own score. It also
+moves the top tiles to the smallest scale, inside things, away from tiles that fit a thing's
+extent: on the tuning bench ``aid-dev-tune`` (chips of 225-450 m) the ``coarse`` method's hit@10 at
+IoU 0.5 falls from 0.356 to 0.197. So it is off by default, and the answering chain (whose regions
+come from the index's proposals) is unchanged by it on the dev benches (the model card,
+geosearch/models/weights/MODEL_CARD.md, has the numbers).
+
 The top-k runs through the index's ANN when it has one (:mod:`geosearch.vectors`: IVF candidates
 rescored with the exact float32 vectors, filters applied exactly), else as an exact scan;
 :meth:`TileIndex.search_mode` says which.
@@ -29,6 +42,7 @@ class SearchHit:
     bbox_wgs84: Bounds
     polygon_wgs84: object  # shapely Polygon (EPSG:4326)
     date: str | None = None
+    tile_score: float | None = None  # the tile's own cosine score (``score`` also weighs its neighbours)
     index: str | None = None  # the shard's file name, for a search over several indexes
 
     def as_dict(self) -> dict:
@@ -38,6 +52,7 @@ class SearchHit:
             "tile_id": self.tile_id,
             "scale_m": self.scale_m,
             "score": round(self.score, 6),
+            "tile_score": None if self.tile_score is None else round(self.tile_score, 6),
             "bounds": list(self.bounds),
             "bbox_wgs84": list(self.bbox_wgs84),
             "polygon_wgs84": mapping(self.polygon_wgs84),
@@ -142,6 +157,31 @@ def ranked(
     return order, s[order]
 
 
+CONTEXT_POOL = 256  # tiles (best by own score) that the neighbourhood ranking reorders
+
+
+def context_ranked(
+    index: TileIndex, vec: np.ndarray, k: int, mask: np.ndarray | None = None, weight: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k best tile positions by ``(own + weight * neighbourhood mean) / (1 + weight)``, with
+    their own and ranking scores. The :data:`CONTEXT_POOL` best tiles by own score (within
+    ``mask``; through the ANN when the index has one) are reordered, reading only their
+    neighbours' vectors; neighbours outside ``mask`` still count as context. ``weight`` defaults
+    to the setting ``search_context``; 0 gives the plain top-k."""
+    from geosearch.settings import get_settings
+
+    w = float(get_settings().search_context if weight is None else weight)
+    order, own = ranked(index, vec, k if w <= 0 else max(k, CONTEXT_POOL), mask)
+    if w <= 0 or not len(order):
+        return order, own, own
+    rows = index.neighbourhoods()[order]
+    cols = np.unique(rows.indices)
+    near = np.asarray(index.embeddings[cols], np.float32) @ vec.astype(np.float32)
+    score = (own + w * (rows[:, cols] @ near)) / (1 + w)
+    best = np.lexsort((order, -score))[:k]
+    return order[best], own[best], score[best]
+
+
 def top_k(values: np.ndarray, k: int, mask: np.ndarray | None = None) -> np.ndarray:
     """Indices of the k largest values (descending), restricted to ``mask``; ties by position."""
     candidates = np.flatnonzero(mask) if mask is not None else np.arange(len(values))
@@ -165,8 +205,10 @@ def search(
     area_crs="EPSG:4326",
     scales: list[float] | None = None,
     date: str | None = None,
+    context: float | None = None,
 ) -> list[SearchHit]:
-    """Top-k tiles for a text query (or prompt list, or query vector)."""
+    """Top-k tiles for a text query (or prompt list, or query vector), ranked with their
+    neighbourhood (``context``: its weight, default the setting ``search_context``)."""
     if k < 1:
         raise InputError("k must be at least 1")
     vec = query_vec(index, query)
@@ -188,10 +230,10 @@ def search(
             )
         on = index.store.date_mask(date) if index.store is not None else index.dates == date
         mask = on if mask is None else mask & on
-    order, s = ranked(index, vec, k, mask)
+    order, own, s = context_ranked(index, vec, k, mask, context)
     polys = boxes_to_wgs84(index.bounds[order], index.crs) if len(order) else []
     hits = []
-    for rank, (i, score, poly) in enumerate(zip(order, s, polys), start=1):
+    for rank, (i, score, tile_score, poly) in enumerate(zip(order, s, own, polys), start=1):
         hits.append(
             SearchHit(
                 rank,
@@ -202,6 +244,7 @@ def search(
                 tuple(poly.bounds),
                 poly,
                 index.dates[i],
+                tile_score=float(tile_score),
             )
         )
     return hits
@@ -216,6 +259,7 @@ def search_shards(
     area_crs="EPSG:4326",
     scales: list[float] | None = None,
     date: str | None = None,
+    context: float | None = None,
 ) -> list[SearchHit]:
     """Top-k over several indexes of one model: the shards of an area too large for one index
     (docs/scale.md). The query is embedded once; each shard returns its own top-k with exact
@@ -239,7 +283,7 @@ def search_shards(
     refused: list[InputError] = []
     for i, (ix, name) in enumerate(zip(indexes, names)):
         try:
-            hits = search(ix, vec, k, area=area, area_crs=area_crs, scales=scales, date=date)
+            hits = search(ix, vec, k, area=area, area_crs=area_crs, scales=scales, date=date, context=context)
         except InputError as exc:  # this shard lies outside the area, or lacks the scale / date
             refused.append(exc)
             continue

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     # The answering chain (geosearch.chain): coarse-to-fine pyramid, segmentation, reranking,
     # abstention. Every eval result records these values; MethodContext.options may override any
     # of them by name for one call (``geosearch eval --option seg_windows=6``).
+    search_context: float = Field(
+        0.0,
+        ge=0,
+        description="coarse ranking: weight of a tile's neighbourhood (same-scale tiles within half a "
+        "side) against its own score; 0 (default) ranks tiles by their own score alone",
+    )
     pyramid_top_n: int = Field(4, ge=1, description="coarse tiles (NMS'd) zoomed into per query")
     pyramid_depth: int = Field(2, ge=0, description="zoom levels below a coarse tile")
     pyramid_budget: int = Field(54, ge=0, description="windows embedded on the fly per query")
@@ -211,6 +217,7 @@ def get_settings() -> Settings:
 
 
 CHAIN_FIELDS = (
+    "search_context",
     "pyramid_top_n",
     "pyramid_depth",
     "pyramid_budget",

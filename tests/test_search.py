@@ -23,7 +23,10 @@ def test_search_ranks_and_geometry(index):
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
     ref = index.embeddings @ index.model().encode_text(["a bright square"])[0]
-    assert scores[0] == pytest.approx(ref.max(), abs=1e-5)
+    for h in hits:  # each hit's own score; the ranking score weighs its neighbourhood too
+        assert h.tile_score == pytest.approx(ref[index.position(h.tile_id)], abs=1e-5)
+    plain = search(index, "a bright square", k=5, context=0)
+    assert plain[0].score == plain[0].tile_score == pytest.approx(ref.max(), abs=1e-5)
     mosaic84 = box(*index.bounds_wgs84)
     for h in hits:
         assert mosaic84.buffer(1e-9).contains(h.polygon_wgs84)
@@ -85,7 +88,7 @@ def test_a_search_over_shards_is_the_top_k_of_their_union(shards):
         for i, ix in enumerate(shards)
         for pos, s in enumerate(ix.embeddings @ vec)
     )[:8]
-    hits = search_shards(shards, "a bright square", k=8)
+    hits = search_shards(shards, "a bright square", k=8, context=0)  # ranked by own score: comparable
     assert [h.rank for h in hits] == list(range(1, 9))
     assert {h.index for h in hits} == {"shard0.duckdb", "shard1.duckdb"}  # both shards contribute
     assert [h.score for h in hits] == pytest.approx([-u[0] for u in union], abs=1e-5)
@@ -124,3 +127,59 @@ def test_geosearch_search_takes_a_glob_of_shards(shards, capsys):
     assert "shard" in capsys.readouterr().out  # the table names each hit's shard
     assert main(["search", str(shards[0].path.parent / "none*.duckdb"), "x"]) == 2
     assert "no index file matches" in capsys.readouterr().err
+
+
+def _grid_index(scores: np.ndarray, side: float = 128.0, dates=None) -> TileIndex:
+    """A synthetic index: one tile per cell of ``scores`` (rows x cols), tiles overlapping by half
+    (stride side / 2), each with a unit vector whose cosine with [1, 0, 0, ...] is its score."""
+    from pathlib import Path
+
+    rows, cols = scores.shape
+    stride = side / 2
+    bounds, emb = [], []
+    for r in range(rows):
+        for c in range(cols):
+            x0, y0 = 500_000 + c * stride, 4_500_000 - r * stride - side
+            bounds.append((x0, y0, x0 + side, y0 + side))
+            s = float(scores[r, c])
+            emb.append([s, np.sqrt(1 - s * s), 0.0, 0.0])
+    n = rows * cols
+    return TileIndex(
+        path=Path("synthetic.duckdb"),
+        meta={"crs": "EPSG:32633", "model_id": "synthetic"},
+        tile_ids=np.array([f"t{i}" for i in range(n)], dtype=object),
+        scales=np.full(n, side),
+        bounds=np.array(bounds, float),
+        embeddings=np.array(emb, np.float32),
+        dates=np.array(dates if dates is not None else [None] * n, dtype=object),
+    )
+
+
+def test_neighbourhoods_are_the_same_scale_and_date_tiles_around_each():
+    idx = _grid_index(np.zeros((4, 4)))
+    m = idx.neighbourhoods()
+    counts = np.diff(m.indptr).reshape(4, 4)
+    assert counts.tolist() == [[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]]
+    assert np.allclose(np.asarray(m.sum(axis=1)).ravel(), 1.0)  # a mean over each neighbourhood
+    # tiles of another date (or scale) at the same places are not each other's neighbours
+    two = _grid_index(np.zeros((2, 4)), dates=["2020"] * 4 + ["2022"] * 4)
+    two.bounds[4:] = two.bounds[:4]
+    assert np.diff(two.neighbourhoods().indptr).tolist() == [2, 3, 3, 2] * 2
+
+
+def test_a_tile_inside_a_matching_place_outranks_a_lone_look_alike():
+    scores = np.zeros((7, 7))
+    scores[0:3, 0:3] = 0.6  # a place that matches all around its centre tile (1, 1)
+    scores[1, 1] = 0.65
+    scores[5, 5] = 0.7  # one tile that scores higher alone, in a place that does not
+    idx = _grid_index(scores)
+    q = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    alone = search(idx, q, 2, context=0)
+    assert alone[0].tile_id == "t40" and alone[0].score == pytest.approx(0.7, abs=1e-6)
+    hits = search(idx, q, 2, context=1.0)
+    assert hits[0].tile_id == "t8"  # row 1, col 1
+    assert hits[0].tile_score == pytest.approx(0.65, abs=1e-6)
+    assert hits[0].score == pytest.approx((0.65 + (0.65 + 8 * 0.6) / 9) / 2, abs=1e-6)
+    lone = next(h for h in search(idx, q, 49, context=1.0) if h.tile_id == "t40")
+    assert lone.tile_score == pytest.approx(0.7, abs=1e-6)
+    assert lone.score == pytest.approx((0.7 + 0.7 / 9) / 2, abs=1e-6)  # its own score and its 9 tiles' mean

@@ -166,7 +166,7 @@ def test_adding_a_date_updates_the_ann_in_place(tmp_path, use_settings):
     rng = np.random.default_rng(3)
     for i in rng.choice(len(index), 20, replace=False):
         date = index.dates[i]
-        hits = search(index, np.asarray(index.embeddings[i]), 1, date=date)
+        hits = search(index, np.asarray(index.embeddings[i]), 1, date=date, context=0)  # a lookup
         assert (hits[0].tile_id, hits[0].date) == (index.tile_ids[i], date)
     for q in vectors.queries(10):
         use_settings(ann="off")
@@ -295,7 +295,7 @@ def test_build_with_ann_calibrates_on_the_models_text(tmp_path, tiny_settings):
     assert mode["mode"] == "ann" and mode["ann"]["calibration_queries"].endswith("text prompts")
     assert "SQ8" in mode["ann"]["kind"]  # too few tiles for PQ codebooks
     hits = search(index, np.asarray(index.embeddings[5]), 3)
-    assert hits[0].tile_id == index.tile_ids[5] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert hits[0].tile_id == index.tile_ids[5] and hits[0].tile_score == pytest.approx(1.0, abs=1e-5)
 
 
 def test_adding_a_date_through_build_index_keeps_the_ann(tmp_path, tiny_settings):

@@ -33,6 +33,14 @@ class CoarseSearchInput(StrictInput):
     )
     k: int = Field(10, ge=1, le=500)
     scales_m: list[float] | None = Field(None, max_length=32, description="restrict to these tile sizes (m)")
+    context: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="weight of each tile's neighbourhood (same-scale tiles within half a side) in the "
+        "ranking: 1 finds places whose surroundings match too (over scenes larger than the tiles); "
+        "default the server's search_context (0: each tile by its own score)",
+    )
 
     @model_validator(mode="after")
     def _one_query(self) -> CoarseSearchInput:
@@ -72,8 +80,8 @@ def run(inp: CoarseSearchInput, ws: Workspace, progress: ProgressFn | None = Non
         vec = query_vector(h.index, pos, neg)
         report(progress, 1, 2, "ranking tiles")
         area = parse_area(inp.area)
-        hits = search(h.index, vec, inp.k, area=area, scales=inp.scales_m)
-        stats = score_stats(h.index, vec, hits[0].score if hits else None)
+        hits = search(h.index, vec, inp.k, area=area, scales=inp.scales_m, context=inp.context)
+        stats = score_stats(h.index, vec, max((x.tile_score for x in hits), default=None))
     report(progress, 2, 2, "done")
     from shapely.geometry import mapping
 
@@ -83,6 +91,7 @@ def run(inp: CoarseSearchInput, ws: Workspace, progress: ProgressFn | None = Non
             id=x.tile_id,
             scale_m=x.scale_m,
             score=x.score,
+            tile_score=x.tile_score,
             bbox=list(x.bbox_wgs84),
             polygon=mapping(x.polygon_wgs84),
             date=x.date,

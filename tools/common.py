@@ -80,7 +80,11 @@ class TileOut(BaseModel):
     rank: int
     id: str = Field(description="tile id in the index")
     scale_m: float = Field(description="tile side in metres")
-    score: float = Field(description="cosine similarity with the query prompts")
+    score: float = Field(
+        description="ranking score: cosine similarity with the query prompts (coarse_search with a "
+        "context weight: averaged with that of the tile's neighbourhood)"
+    )
+    tile_score: float | None = Field(None, description="the tile's own cosine similarity with the prompts")
     bbox: list[float] = Field(description="[minx, miny, maxx, maxy] in EPSG:4326")
     polygon: dict[str, Any] = Field(description="GeoJSON Polygon in EPSG:4326")
     date: str | None = None

@@ -74,7 +74,8 @@ def pointing(
         index = TileIndex.open(Path(tmp) / "index.duckdb")
         per_class = {}
         for chip in chips:
-            hit = search(index, POINTING_TEMPLATE.format(c=class_phrase(chip.cls)), 1)[0]
+            text = POINTING_TEMPLATE.format(c=class_phrase(chip.cls))
+            hit = search(index, text, 1, context=settings.search_context)[0]
             x0, y0, x1, y1 = hit.bounds
             col = int(((x0 + x1) / 2 - ORIGIN[0]) / gsd_m // CHIP_PX)
             row = int((ORIGIN[1] - (y0 + y1) / 2) / gsd_m // CHIP_PX)
@@ -88,6 +89,7 @@ def pointing(
         "split": split,
         "gsd_m": gsd_m,
         "grid": [cols, n_rows],
+        "search_context": settings.search_context,
         "pointing": share,
         "classes": len(per_class),
         "per_class": per_class,

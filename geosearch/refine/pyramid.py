@@ -23,7 +23,7 @@ import numpy as np
 from geosearch.geo import Bounds, nms_boxes
 from geosearch.index import TileIndex
 from geosearch.refine.common import embed_windows, query_vector
-from geosearch.search import top_k
+from geosearch.search import context_ranked
 from geosearch.settings import get_settings
 from geosearch.tiling import tiles_for_mosaic
 
@@ -132,10 +132,13 @@ def coarse_candidates(
     nms_iou: float = 0.3,
     pool: int = 200,
     mask: np.ndarray | None = None,
+    context: float | None = None,
 ) -> list[Window]:
-    """Top-``n`` coarse tiles (among ``mask``) after greedy non-maximum suppression (distinct places)."""
+    """Top-``n`` coarse tiles (among ``mask``, ranked as coarse search ranks them: with their
+    neighbourhood, weight ``context``) after greedy non-maximum suppression (distinct places).
+    The windows carry the tiles' own scores."""
     s = index.embeddings @ vec
-    order = top_k(s, min(pool, len(s)), mask)
+    order = context_ranked(index, vec, min(pool, len(s)), mask, context)[0]
     keep = nms_boxes(index.bounds[order], n, nms_iou, strict=True)
     return [tile_window(index, int(order[j]), s) for j in keep]
 
@@ -167,6 +170,7 @@ def pyramid_search(
     nms_iou: float = 0.3,
     min_valid: float = 0.05,
     mask: np.ndarray | None = None,
+    context: float | None = None,
 ) -> PyramidResult:
     """Coarse-to-fine search: returns every scored window (best first) and the cost counters.
 
@@ -182,12 +186,12 @@ def pyramid_search(
     vec = query_vector(index, prompts)
     mosaic = index.mosaic()
     reads0 = mosaic.stats.full_res_reads
-    explored = coarse_candidates(index, vec, top_n, nms_iou, mask=mask)
+    explored = coarse_candidates(index, vec, top_n, nms_iou, mask=mask, context=context)
     windows: list[Window] = list(explored)
     # keep the other best coarse tiles too, so that refinement never loses what coarse search found
     s = index.embeddings @ vec
     seen = {w.tile_id for w in explored}
-    for i in top_k(s, max(k, top_n) * 2, mask):
+    for i in context_ranked(index, vec, max(k, top_n) * 2, mask, context)[0]:
         if str(index.tile_ids[i]) not in seen:
             windows.append(tile_window(index, int(i), s))
     frontier = list(explored)

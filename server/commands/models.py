@@ -38,6 +38,13 @@ def register(sub) -> None:
     pp.add_argument("--split", default="dev", choices=["dev", "test"], help="test: evaluation only, once")
     pp.add_argument("--gsd", type=float, default=1.7, help="metres per pixel of the grid mosaic")
     pp.add_argument("--seed", type=int, default=0, help="which chip of each class")
+    pp.add_argument(
+        "--context",
+        type=float,
+        default=None,
+        metavar="W",
+        help="rank tiles with their neighbourhood, as geosearch search --context W (default: setting)",
+    )
     pp.add_argument("--device", default=None)
     pp.add_argument("--json", action="store_true")
     pp.set_defaults(func=run_pointing)
@@ -64,9 +71,14 @@ def _settings_for(args):
 
 
 def run_pointing(args) -> int:
+    from geosearch.errors import InputError
     from geosearch.eval.model_checks import pointing
 
     settings = _settings_for(args)
+    if args.context is not None:
+        if not args.context >= 0:
+            raise InputError(f"--context must be 0 or more, not {args.context}")
+        settings = settings.model_copy(update={"search_context": args.context})
     result = pointing(settings.model, split=args.split, gsd_m=args.gsd, seed=args.seed, settings=settings)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -74,7 +86,8 @@ def run_pointing(args) -> int:
         wrong = {c: v["hit_class"] for c, v in result["per_class"].items() if not v["ok"]}
         print(
             f"{result['model']} pointing on {args.split} ({result['grid'][0]}x{result['grid'][1]} at "
-            f"{args.gsd:g} m): {result['pointing']:.3f} of {result['classes']} classes"
+            f"{args.gsd:g} m, search context {result['search_context']:g}): {result['pointing']:.3f} of "
+            f"{result['classes']} classes"
         )
         for cls, got in wrong.items():
             print(f"  {cls}: top-1 on {got or 'no chip'}")

@@ -19,6 +19,15 @@ def register(sub) -> None:
     area.add_argument("--bbox", type=float, nargs=4, metavar=("MINX", "MINY", "MAXX", "MAXY"))
     p.add_argument("--bbox-crs", default="EPSG:4326")
     p.add_argument("--scales", type=float, nargs="+", default=None)
+    p.add_argument(
+        "--context",
+        type=float,
+        default=None,
+        metavar="W",
+        help="weight of each tile's neighbourhood (same-scale tiles within half a side) in the ranking: "
+        "1 finds the place whose surroundings match too, over scenes larger than the tiles (default: "
+        "setting search_context, 0: each tile by its own score)",
+    )
     p.add_argument("--format", choices=["table", "geojson", "json"], default="table")
     p.set_defaults(func=run, fast_exit=True)  # read-only: no interpreter teardown (cli._exit_now)
 
@@ -79,11 +88,14 @@ def run(args) -> int:
             print(f"warning: {index.incomplete_note()}", file=sys.stderr)
         if index.upgrade_note():
             print(f"note: {index.upgrade_note()}", file=sys.stderr)
+    if args.context is not None and not args.context >= 0:
+        raise InputError(f"--context must be 0 or more, not {args.context}")
     area, crs = parse_area(args)
+    opts = dict(area=area, area_crs=crs, scales=args.scales, context=args.context)
     if len(indexes) == 1:
-        hits = search(indexes[0], args.text, args.k, area=area, area_crs=crs, scales=args.scales)
+        hits = search(indexes[0], args.text, args.k, **opts)
     else:
-        hits = search_shards(indexes, args.text, args.k, area=area, area_crs=crs, scales=args.scales)
+        hits = search_shards(indexes, args.text, args.k, **opts)
     if args.format == "geojson":
         print(json.dumps(hits_geojson(hits)))
     elif args.format == "json":
@@ -93,6 +105,7 @@ def run(args) -> int:
             {
                 "rank": h.rank,
                 "score": h.score,
+                "tile_score": h.tile_score,
                 "scale_m": h.scale_m,
                 "tile_id": h.tile_id,
                 "bbox_wgs84": [round(v, 6) for v in h.bbox_wgs84],
@@ -101,5 +114,7 @@ def run(args) -> int:
             for h in hits
         ]
         shards = ["index"] if len(indexes) > 1 else []
-        print(format_table(rows, ["rank", "score", "scale_m", "tile_id", *shards, "bbox_wgs84"]))
+        print(
+            format_table(rows, ["rank", "score", "tile_score", "scale_m", "tile_id", *shards, "bbox_wgs84"])
+        )
     return 0
