@@ -205,33 +205,22 @@ def nms_boxes(boxes: np.ndarray, n: int, iou_max: float, *, strict: bool = False
     return keep
 
 
-def neighbourhoods(bounds: np.ndarray, groups: np.ndarray, reach: float = 0.5):
-    """Row-normalised sparse (N, N) matrix whose row i averages over tile i's neighbourhood: the
-    tiles of its group (same scale and date) whose centres lie within ``reach`` times its side of
-    its own in x and in y, itself included (3 x 3 tiles on a grid with 50 % overlap)."""
-    from scipy import sparse
-    from scipy.spatial import cKDTree
+class CentreTree:
+    """The centres of a set of boxes (one scale and date of an index's tiles) in a k-d tree, to
+    find the boxes around given points without comparing against every box."""
 
-    b = np.asarray(bounds, float).reshape(-1, 4)
-    n = len(b)
-    centres = np.column_stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2])
-    sides = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
-    rows, cols = [np.arange(n)], [np.arange(n)]
-    _, group = np.unique(np.asarray(groups, str), return_inverse=True)
-    for g in range(int(group.max()) + 1 if n else 0):
-        members = np.flatnonzero(group == g)
-        if len(members) < 2:
-            continue
-        pairs = cKDTree(centres[members]).query_pairs(
-            float(sides[members].max()) * reach * (1 + 1e-6), p=np.inf, output_type="ndarray"
-        )
-        if len(pairs):
-            i, j = members[pairs[:, 0]], members[pairs[:, 1]]
-            rows += [i, j]
-            cols += [j, i]
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    m = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
-    return sparse.diags(1.0 / np.asarray(m.sum(axis=1)).ravel()) @ m
+    def __init__(self, positions: np.ndarray, bounds: np.ndarray):
+        from scipy.spatial import cKDTree
+
+        b = np.asarray(bounds, float).reshape(-1, 4)
+        self.positions = np.asarray(positions)
+        self.tree = cKDTree(np.column_stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2]))
+
+    def around(self, points: np.ndarray, half: float) -> list[np.ndarray]:
+        """For each (x, y) point, the positions of the boxes whose centres lie within ``half`` of
+        it in x and in y (a square, not a disc)."""
+        found = self.tree.query_ball_point(np.asarray(points, float).reshape(-1, 2), half, p=np.inf)
+        return [self.positions[np.asarray(f, dtype=np.int64)] for f in found]
 
 
 def square_around(bounds: Bounds, pad: float = 0.0) -> Bounds:

@@ -57,7 +57,7 @@ from geosearch.errors import (
     InputError,
 )
 from geosearch.fileio import check_regular_file
-from geosearch.geo import Bounds, as_crs, boxes_to_wgs84, neighbourhoods, reproject_geom
+from geosearch.geo import Bounds, CentreTree, as_crs, boxes_to_wgs84, reproject_geom
 from geosearch.remote import canonical_url, is_url, url_name
 from geosearch.sandbox import OPEN, FilePolicy, is_virtual
 from geosearch.settings import Settings, get_settings
@@ -798,7 +798,7 @@ class TileIndex:
     _model: EmbeddingModel | None = field(default=None, repr=False)
     _text_model: StarterText | None = field(default=None, repr=False)
     _polys84: list | None = field(default=None, repr=False)
-    _neighbourhoods: object = field(default=None, repr=False)
+    _centre_trees: dict = field(default_factory=dict, repr=False)
     _proposals: ProposalSet | None = field(default=None, repr=False)
     policy: FilePolicy = field(default=OPEN, repr=False)
     store: VectorStore | None = field(default=None, repr=False)
@@ -987,13 +987,31 @@ class TileIndex:
             outlines=list(outl),
         )
 
-    def neighbourhoods(self):
-        """The tiles' neighbourhood-mean matrix (:func:`geosearch.geo.neighbourhoods`, per scale and
-        date), built on first use: coarse ranking weighs a tile's neighbours beside itself."""
-        if self._neighbourhoods is None:
-            groups = np.array([f"{s:g}|{d}" for s, d in zip(self.scales, self.dates)])
-            self._neighbourhoods = neighbourhoods(self.bounds, groups)
-        return self._neighbourhoods
+    def neighbourhoods(self, rows: np.ndarray, reach: float = 0.5) -> list[np.ndarray]:
+        """Each row's neighbourhood: the positions of the tiles of its scale and date whose centres
+        lie within ``reach`` times its side of its own in x and in y, itself included (3 x 3 tiles on
+        a grid with 50 % overlap). A k-d tree of the centres is built per scale and date on first
+        use, so that a search reads only its candidates' neighbours, at any index size."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out: list[np.ndarray] = [np.zeros(0, np.int64)] * len(rows)
+        b = np.asarray(self.bounds[rows], float).reshape(-1, 4)
+        keys = [(float(self.scales[r]), self.dates[r]) for r in rows]
+        for key in dict.fromkeys(keys):
+            tree = self._centre_trees.get(key)
+            if tree is None:
+                same = np.asarray(self.scales) == key[0]
+                same &= np.equal(np.asarray(self.dates, dtype=object), key[1]).astype(bool)
+                members = np.flatnonzero(same)
+                tree = self._centre_trees[key] = CentreTree(members, np.asarray(self.bounds[members]))
+            at = [i for i, k in enumerate(keys) if k == key]
+            sub = b[at]
+            half = (
+                float(np.max(np.maximum(sub[:, 2] - sub[:, 0], sub[:, 3] - sub[:, 1]))) * reach * (1 + 1e-6)
+            )
+            centres = np.column_stack([(sub[:, 0] + sub[:, 2]) / 2, (sub[:, 1] + sub[:, 3]) / 2])
+            for i, near in zip(at, tree.around(centres, half)):
+                out[i] = near
+        return out
 
     def polygons_wgs84(self) -> list:
         if self._polys84 is None:

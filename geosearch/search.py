@@ -174,10 +174,12 @@ def context_ranked(
     order, own = ranked(index, vec, k if w <= 0 else max(k, CONTEXT_POOL), mask)
     if w <= 0 or not len(order):
         return order, own, own
-    rows = index.neighbourhoods()[order]
-    cols = np.unique(rows.indices)
+    hoods = index.neighbourhoods(order)
+    cols, at = np.unique(np.concatenate(hoods), return_inverse=True)
     near = np.asarray(index.embeddings[cols], np.float32) @ vec.astype(np.float32)
-    score = (own + w * (rows[:, cols] @ near)) / (1 + w)
+    ends = np.cumsum([len(h) for h in hoods])
+    mean = np.array([near[at[e - len(h) : e]].mean() for e, h in zip(ends, hoods)])
+    score = (own + w * mean) / (1 + w)
     best = np.lexsort((order, -score))[:k]
     return order[best], own[best], score[best]
 
