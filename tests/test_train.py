@@ -86,3 +86,25 @@ def test_tiny_training_run_loss_falls_and_resumes(class_folders, tmp_path):
     assert trained.image_size == 32 and trained.model_id.endswith(f"@{trained.model_id[-16:]}")
     emb = trained.encode_images(np.zeros((2, 40, 40, 3), np.uint8))
     assert emb.shape == (2, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-3)
+
+
+def test_rank_loss_wants_each_class_prompt_to_pick_its_own_images():
+    import torch
+    import torch.nn.functional as F
+
+    from geosearch.train.loop import rank_loss
+
+    gen = torch.Generator().manual_seed(0)
+    text = F.normalize(torch.randn(3, 16, generator=gen), dim=-1)
+    scale = torch.tensor(30.0)
+    target = torch.tensor([0, 0, 1, 2, 3])  # 3: a generic crop, a negative to every class
+    right = torch.stack([text[0], text[0], text[1], text[2], -text.mean(0)])
+    # a generic crop that looks like class 0 takes class 0's probability mass away
+    lookalike = torch.stack([text[0], text[0], text[1], text[2], text[0]])
+    assert rank_loss(right, text, target, scale) < 0.05
+    assert rank_loss(lookalike, text, target, scale) > rank_loss(right, text, target, scale) + 0.1
+    # gradients flow to the images; a batch of generic crops alone costs nothing
+    img = right.clone().requires_grad_(True)
+    rank_loss(img + 0.1 * torch.randn(5, 16, generator=gen), text, target, scale).backward()
+    assert img.grad is not None and float(img.grad.abs().sum()) > 0
+    assert float(rank_loss(right[-1:], text, target[-1:], scale)) == 0.0

@@ -53,6 +53,7 @@ class TrainConfig:
     warmup_frac: float = 0.05
     template_prob: float = 0.3  # chance that an image's caption is a class-name prompt instead
     class_loss_weight: float = 1.0  # image vs. all class-prompt embeddings (no in-batch false negatives)
+    rank_loss_weight: float = 1.0  # each class prompt vs. all images of the batch (see rank_loss)
     tile_frac: float = 0.5  # share of each batch that is tile-like mosaic crops (geosearch.train.tiles)
     tile_side: tuple[float, float] = (0.25, 2.5)  # their side, in chip sides
     store_size: int | None = None  # decoded side of train images (default: native 150 with tiles)
@@ -173,6 +174,27 @@ def _tile_accuracy(
     feats = encode_split(model, x_all, x_all.shape[-1], class_text.device)
     pred = (feats @ class_text.float().cpu().numpy().T).argmax(axis=1)
     return float((pred[keep] == target.numpy()[keep]).mean()) if keep.any() else 0.0
+
+
+def rank_loss(
+    img: torch.Tensor, class_text: torch.Tensor, target: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Text-to-image ranking: each class present in the batch must pick its own images out of all.
+
+    Search asks the other question than the class term: not "which class is this crop" but "which
+    crop is this class". For each class with images in the batch, a softmax of its prompt over every
+    image of the batch (whole chips, tile crops of any class, generic crops) with all of the class's
+    images as positives (``-log sum_pos p``). A look-alike piece of another scene or a mixed crop that
+    scores above the class's real images costs here, which the image-side terms never see.
+    ``target`` holds class indices; indices >= ``len(class_text)`` (generic) are negatives only.
+    """
+    present = torch.unique(target[target < class_text.shape[0]])
+    if present.numel() == 0:
+        return img.sum() * 0
+    logits = scale * class_text[present] @ img.T  # (classes present, images)
+    positive = target[None, :] == present[:, None]
+    log_p = logits.log_softmax(dim=1)
+    return -(torch.logsumexp(log_p.masked_fill(~positive, float("-inf")), dim=1)).mean()
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -373,6 +395,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             if cfg.class_loss_weight > 0:
                 class_logits = scale * img @ class_text.T
                 loss = loss + cfg.class_loss_weight * F.cross_entropy(class_logits, target.to(device))
+            if cfg.rank_loss_weight > 0:
+                loss = loss + cfg.rank_loss_weight * rank_loss(
+                    img, class_text[:n_cls], target.to(device), scale
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

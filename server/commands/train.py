@@ -30,6 +30,12 @@ def register(sub) -> None:
         help="weight of the image-vs-all-class-prompts term added to ClipLoss (0: ClipLoss only)",
     )
     p.add_argument(
+        "--rank-loss-weight",
+        type=float,
+        default=1.0,
+        help="weight of the text-to-image term: each class prompt against every image of the batch (0: off, v2's recipe)",
+    )
+    p.add_argument(
         "--tile-frac",
         type=float,
         default=0.5,
@@ -77,6 +83,7 @@ def run(args) -> int:
         weight_decay=args.weight_decay,
         template_prob=args.template_prob,
         class_loss_weight=args.class_loss_weight,
+        rank_loss_weight=args.rank_loss_weight,
         tile_frac=args.tile_frac,
         tile_side=tuple(args.tile_side),
         val_tiles=args.val_tiles,
