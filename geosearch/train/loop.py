@@ -176,24 +176,22 @@ def _tile_accuracy(
     return float((pred[keep] == target.numpy()[keep]).mean()) if keep.any() else 0.0
 
 
-def rank_loss(
-    img: torch.Tensor, class_text: torch.Tensor, target: torch.Tensor, scale: torch.Tensor
-) -> torch.Tensor:
+def rank_loss(class_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Text-to-image ranking: each class present in the batch must pick its own images out of all.
 
     Search asks the other question than the class term: not "which class is this crop" but "which
-    crop is this class". For each class with images in the batch, a softmax of its prompt over every
-    image of the batch (whole chips, tile crops of any class, generic crops) with all of the class's
-    images as positives (``-log sum_pos p``). A look-alike piece of another scene or a mixed crop that
-    scores above the class's real images costs here, which the image-side terms never see.
-    ``target`` holds class indices; indices >= ``len(class_text)`` (generic) are negatives only.
+    crop is this class". ``class_logits`` are the (images x classes) scaled similarities that the
+    class term also uses; read down a column instead of along a row, each class with images in the
+    batch gets a softmax over every image of the batch (whole chips, tile crops of any class,
+    generic crops) with all of its images as positives (``-log sum_pos p``). A look-alike piece of
+    another scene or a mixed crop that scores above the class's real images costs here, which the
+    image-side terms never see. ``target`` values >= the number of columns (generic) are negatives only.
     """
-    present = torch.unique(target[target < class_text.shape[0]])
+    present = torch.unique(target[target < class_logits.shape[1]])
     if present.numel() == 0:
-        return img.sum() * 0
-    logits = scale * class_text[present] @ img.T  # (classes present, images)
+        return class_logits.sum() * 0
+    log_p = class_logits[:, present].T.log_softmax(dim=1)  # (classes present, images)
     positive = target[None, :] == present[:, None]
-    log_p = logits.log_softmax(dim=1)
     return -(torch.logsumexp(log_p.masked_fill(~positive, float("-inf")), dim=1)).mean()
 
 
@@ -392,13 +390,13 @@ def train(cfg: TrainConfig) -> TrainResult:
                 img = F.normalize(model.visual(x).float(), dim=-1)
             scale = model.logit_scale.exp()
             loss = loss_fn(img[specific], txt[specific], scale) if bool(specific.any()) else img.sum() * 0
+            if cfg.class_loss_weight > 0 or cfg.rank_loss_weight > 0:
+                class_logits = scale * img @ class_text.T  # images x (classes + generic)
+                target_dev = target.to(device)
             if cfg.class_loss_weight > 0:
-                class_logits = scale * img @ class_text.T
-                loss = loss + cfg.class_loss_weight * F.cross_entropy(class_logits, target.to(device))
+                loss = loss + cfg.class_loss_weight * F.cross_entropy(class_logits, target_dev)
             if cfg.rank_loss_weight > 0:
-                loss = loss + cfg.rank_loss_weight * rank_loss(
-                    img, class_text[:n_cls], target.to(device), scale
-                )
+                loss = loss + cfg.rank_loss_weight * rank_loss(class_logits[:, :n_cls], target_dev)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -33,7 +33,7 @@ def register(sub) -> None:
         "--rank-loss-weight",
         type=float,
         default=1.0,
-        help="weight of the text-to-image term: each class prompt against every image of the batch (0: off, v2's recipe)",
+        help="weight of the term ranking each class prompt over all images of the batch (0: v2's recipe)",
     )
     p.add_argument(
         "--tile-frac",
