@@ -399,9 +399,11 @@ def test_relocate_moves_an_index_between_a_folder_and_a_url_prefix(served, tmp_p
     window = tuple(TileIndex.open(out).bounds[0])
     before = TileIndex.open(out).mosaic().read(window, 32).rgb
 
-    # the file went to a server: the same bytes, so the same imagery
-    assert relocate_index(out, [f"{server.url}/"]) == {"": [f"{server.url}/{name}"]}
+    # the file went to a server: the same bytes, so the same imagery. The bytes are counted from
+    # before the relocation: GDAL's per-process URL cache may already hold every block the read
+    # below needs from the fingerprint check, and then that read sends nothing (a flaky 0 in CI)
     server.reset()
+    assert relocate_index(out, [f"{server.url}/"]) == {"": [f"{server.url}/{name}"]}
     np.testing.assert_array_equal(TileIndex.open(out).mosaic().read(window, 32).rgb, before)
     assert server.bytes_sent[name] > 0
     # other imagery under the same name is refused, and the index is left as it was
