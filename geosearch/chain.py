@@ -279,7 +279,7 @@ def calibrate(
     params = cal.load_calibration(index.meta.get("model_name"))
     s_all = [float(c.features.get("s_region", c.score)) for _, c in passed if not c.features.get("fill")]
     embs = [c.embedding for _, c in passed if not c.features.get("fill") and c.embedding is not None]
-    best_embs = np.stack(embs[: cal.REF_REGIONS]) if embs else None
+    best_embs = np.stack(embs[: max(cal.REF_REGIONS, cal.IMAGE_REGIONS)]) if embs else None
     gen = [c.features.get("s_generic") for _, c in top]
     confs, best_feats = cal.region_confidences(
         index,
@@ -363,6 +363,8 @@ def explain(q: Query, ans: Answer) -> str:
             + (
                 f" (d_ref {f['d_ref']:+.3f} against the reference gallery"
                 + (f"; scene-label agreement {f['g_agree']:.2f}" if "g_agree" in f else "")
+                + (f"; {f['g_above']:.1%} of real scenes score higher" if "g_above" in f else "")
+                + (f"; image likeness to real examples {f['g_image']:.2f}" if "g_image" in f else "")
                 + ")"
                 if "d_ref" in f
                 else ""

@@ -251,6 +251,8 @@ def test_lower_regions_lose_confidence_at_the_calibrations_own_rate():
     fitted = {"features": ["d_ref"], "coef": [50.0], "intercept": 0.0, "threshold": 0.5}
     assert calibrate.region_slope(fitted) == 50.0
     assert calibrate.region_slope({"features": ["z_index"], "coef": [2.0]}) == calibrate.REGION_SLOPE
+    # g_above is recomputed for each region instead (region_confidences), so no extra slope
+    assert calibrate.region_slope({"features": ["g_agree", "g_above"], "coef": [3.0, -250.0]}) == 0.0
 
 
 def test_concurrent_first_queries_load_the_proposals_once(ten_copies, monkeypatch):

@@ -224,6 +224,12 @@ def test_gallery_agreement_compares_scene_labels(tmp_path):
     assert g.nearest_label(np.stack([centres[2], centres[0]])) == ["Lake", "Pond"]
     unlabelled = read_gallery(save_gallery(tmp_path / "u.gallery.npz", emb, [""] * 60, "m@1", "no labels"))
     assert not unlabelled.labelled
+    # g_above: how many real scenes beat a score (the query's own 20 ponds score near 1, the rest ~0)
+    assert g.share_above(query, 0.5) == pytest.approx(20 / 60, abs=1e-6)
+    assert g.share_above(query, 1.01) == 0.0 and g.share_above(query, -1.01) == 1.0
+    # g_image: regions that are images of ponds resemble the query's best real examples; rivers don't
+    assert g.image_match(query, np.stack([centres[0]] * 2)) > 0.95
+    assert g.image_match(query, np.stack([centres[1], centres[2]])) < 0.3
 
 
 def test_gallery_refuses_other_splits(tmp_path):
@@ -265,6 +271,8 @@ def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
     assert present["d_ref"] <= present["d_ref1"]  # the mean of the best three, one of them the square
     # the red square's nearest real scenes are red like the query's; blue's best regions are not blue
     assert present["g_agree"] > absent["g_agree"] + 0.2 and absent["g_agree"] < 0.2
+    # red's best regions look like real red scenes (image to image); blue's are not blue
+    assert "g_above" in present and present["g_image"] > absent["g_image"]
     params = {"features": ["d_ref1"], "coef": [20.0], "intercept": 2.0, "threshold": 0.5, "calibrated": True}
     monkeypatch.setattr(calibrate, "load_calibration", lambda *a, **k: params)
     ans = run_method("answer", index, "a blue lake", 5)
@@ -280,8 +288,27 @@ def test_abstention_uses_gallery_reference(square_index, tmp_path, monkeypatch):
     # just under the threshold: enough decimals to tell them apart (not "0.81 is below 0.81")
     close = calibrate.abstain_reason(0.8061, 0.8099, {"d_ref": -0.035})
     assert close.startswith("not found: best region confidence 0.806 is below 0.810 (")
+    beaten = calibrate.abstain_reason(0.2, 0.5, {"d_ref": -0.05, "g_above": 0.123})
+    assert "and 12.3% of the gallery's real scenes score higher than they do" in beaten
     red = run_method("answer", index, "red", 5)
     assert not red.abstained and "scene-label agreement" in red.explanation
+    assert "of real scenes score higher" in red.explanation and "image likeness" in red.explanation
+    # a calibration on g_above: each lower region gets the g_above a best region that much lower
+    # would have, and never falls slower than REGION_SLOPE
+    by_share = {
+        "features": ["g_above"],
+        "coef": [-8.0],
+        "intercept": 3.0,
+        "threshold": 0.5,
+        "calibrated": True,
+    }
+    monkeypatch.setattr(calibrate, "load_calibration", lambda *a, **k: by_share)
+    ranked = run_method("segment", index, "red", 5).regions
+    conf = [r.confidence for r in ranked]
+    s = [r.details["features"]["s_region"] for r in ranked]
+    assert len(conf) >= 2 and all(a >= b for a, b in zip(conf, conf[1:])) and conf[-1] < conf[0]
+    logit = [np.log(c / (1 - c)) for c in conf]
+    assert all(logit[0] - lo >= calibrate.REGION_SLOPE * (s[0] - si) - 1e-6 for lo, si in zip(logit, s))
     # a gallery embedded with other weights is never used
     G.save_gallery(
         tmp_path / "test-colour.gallery.npz", emb, ["x"] * 12, "test-colour@other", "other weights"
@@ -304,13 +331,42 @@ def test_cross_validation_leaves_each_bench_out(monkeypatch):
         # "local" separates the classes on benches a and b only (reversed on c)
         local = good * (-1.0 if d == "c" else 1.0)
         cols = {"good": good, "local": local}
-        return np.column_stack([cols[n] for n in names]), y
+        return np.column_stack([cols[n] for n in names]), y, y == 1
 
     monkeypatch.setattr(tune, "bench_features", fake)
     res = tune.cross_validate(["a", "b", "c"], [["good"], ["local"]], max_false=0.1)
-    good = res["good"]
+    good = res["good@0.1"]
     assert [f["held_out"] for f in good["folds"]] == ["a", "b", "c"]
     assert good["mean_abstain_recall"] == 1.0 and good["worst_false_abstain_rate"] <= 0.1
-    local = res["local"]
+    assert good["mean_answered_hit@10"] == 1.0 and res["chosen"] == "good@0.1"
+    local = res["local@0.1"]
     assert local["worst_abstain_recall"] == 0.0  # fitted on a and b, it abstains on nothing absent in c
     assert {f["held_out"]: f["abstain_recall"] for f in local["folds"]}["c"] == 0.0
+
+
+def test_calibration_choice_prefers_answering_what_the_ranking_found():
+    """tune.choose: among candidates that abstain well enough (mean and worst fold), the one that
+    answers the most right rankings wins, even over a higher abstain_recall; a candidate under the
+    floors never does; without any candidate over the floors, the highest abstain_recall does."""
+    from geosearch.refine import tune
+
+    def cand(feats, ar, worst, far, answered):
+        fold = {"abstain_recall": worst}
+        return {
+            "features": feats,
+            "folds": [fold],
+            "mean_abstain_recall": ar,
+            "worst_abstain_recall": worst,
+            "mean_false_abstain_rate": far,
+            "mean_answered_hit@10": answered,
+        }
+
+    res = {
+        "strict@0.1": cand(["a"], 0.95, 0.9, 0.1, 0.80),
+        "lenient@0.05": cand(["a", "b"], 0.78, 0.65, 0.05, 0.89),
+        "too-lenient@0.02": cand(["a"], 0.6, 0.3, 0.02, 0.92),
+        "bad-worst@0.05": cand(["a"], 0.8, 0.4, 0.05, 0.91),
+    }
+    assert tune.choose(res) == "lenient@0.05"
+    del res["lenient@0.05"], res["strict@0.1"]
+    assert tune.choose(res) == "bad-worst@0.05"  # nothing over the floors: best recall at FAR <= 0.1

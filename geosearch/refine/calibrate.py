@@ -25,13 +25,17 @@ best regions score like real examples, ``g_agree`` whether they look like the sa
 
 ``confidence = sigmoid(b0 + b . x)`` over the features named in the fitted parameters, fitted by
 logistic regression (L2, Newton steps) on the dev *tuning* benchmark only, with label 1 for
-answerable queries and 0 for ``absent`` ones; lower-ranked regions get the top logit shifted by
-``region_slope`` times their own-extent score gap to the best region. A query is
+answerable queries and 0 for ``absent`` ones; a lower-ranked region gets the ``g_above`` a best
+region that much lower would have, or the top logit shifted by ``region_slope`` times its
+own-extent score gap to the best region. A query is
 answered "not found" when its best region's confidence is below ``threshold`` (chosen on the same
 tuning data, by leave-one-bench-out cross-validation, for a false-abstain budget). Region features
 alone reached abstain_recall 0.28 (false_abstain_rate <= 0.15) and ``bank_count`` 0.56 on one
-tuning benchmark but 0.28 on the reported one; the fitted starter calibration uses ``d_ref``,
-``bank_margin`` and ``g_agree`` (leave-one-bench-out over nine dev benches; docs/refinement.md).
+tuning benchmark but 0.28 on the reported one. ``g_above`` (:func:`gallery_rank_features`) is the
+share of gallery scenes that score above the best regions and ``g_image`` their image-to-image
+likeness to the query's best real examples; the fitted starter calibration uses ``g_agree``,
+``g_above`` and ``g_image`` (leave-one-bench-out over nine dev benches, chosen for the most
+answerable queries answered with a right region; docs/refinement.md).
 Fitted values live in ``calibration.json`` next to this module, with
 a note of the data and model that fitted them; for another model the hand-set fallback
 :data:`FALLBACK` is used and marked as uncalibrated.
@@ -212,17 +216,22 @@ REGION_SLOPE = 10.0  # confidence of lower regions: logit shifted by 10 x their 
 
 
 def region_slope(params: dict) -> float:
-    """How fast a lower region's confidence falls with its own-extent score gap to the best one:
-    the fitted coefficient of the gallery gap (``d_ref*``: a region's own score against what real
-    examples score) when the calibration has one, so that a region scoring like the best region
-    minus x is as sure as a best region x lower would be; else :data:`REGION_SLOPE`."""
+    """How fast a lower region's confidence falls with its own-extent score gap to the best one,
+    beyond what its recomputed ``g_above`` says: the fitted coefficient of the gallery gap
+    (``d_ref*``: a region's own score against what real examples score) when the calibration has
+    one, so that a region scoring like the best region minus x is as sure as a best region x lower
+    would be; 0 when the calibration reads ``g_above`` instead (each region gets its own, see
+    :func:`region_confidences`); else :data:`REGION_SLOPE`."""
     for name, coef in zip(params.get("features", []), params.get("coef", [])):
         if str(name).startswith("d_ref") and float(coef) > 0:
             return float(coef)
+    if "g_above" in params.get("features", []):
+        return 0.0
     return REGION_SLOPE
 
 
 REF_REGIONS = 3  # d_ref compares the mean own-extent score of this many best regions to the gallery
+IMAGE_REGIONS = 5  # g_image compares this many best regions' images with the query's real examples
 
 
 def reference_gap(s_regions: list[float], query_feats: dict, n: int = REF_REGIONS) -> float | None:
@@ -242,6 +251,23 @@ def _labelled_gallery(index: TileIndex, embeddings: np.ndarray | None) -> Galler
         return None
     gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
     return gal if gal is not None and gal.labelled else None
+
+
+def gallery_rank_features(
+    index: TileIndex, vec: np.ndarray, s_regions: list[float], embeddings: np.ndarray | None
+) -> dict:
+    """``g_above`` (share of gallery scenes scoring above the mean own-extent score of the best
+    :data:`REF_REGIONS` regions) and ``g_image`` (the best :data:`IMAGE_REGIONS` regions' image
+    similarity to the query's best real examples); empty without a gallery."""
+    gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
+    out: dict = {}
+    if gal is None:
+        return out
+    if s_regions:
+        out["g_above"] = gal.share_above(vec, float(np.mean(sorted(s_regions, reverse=True)[:REF_REGIONS])))
+    if embeddings is not None and len(embeddings):
+        out["g_image"] = gal.image_match(vec, np.asarray(embeddings, np.float32)[:IMAGE_REGIONS])
+    return out
 
 
 def gallery_agreement(index: TileIndex, vec: np.ndarray, embeddings: np.ndarray | None) -> float | None:
@@ -276,18 +302,31 @@ def region_confidences(
     agree = gallery_agreement(index, vec, embeddings)
     if agree is not None:
         qf["g_agree"] = agree
+    qf.update(gallery_rank_features(index, vec, scores, embeddings))
     if not regions:
         return [], qf
     s_top = float(regions[0][0])
     slope = region_slope(params)
+    gaps = np.maximum(0.0, s_top - np.array([float(r[0]) for r in regions]))
+    # a region x below the best one gets the g_above a best region x lower would have
+    gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
+    above = None
+    if "g_above" in params.get("features", []) and gal is not None and scores:
+        m = float(np.mean(sorted(scores, reverse=True)[:REF_REGIONS]))
+        above = np.atleast_1d(gal.share_above(vec, m - gaps))
     confs, best = [], qf
+    top_logit = 0.0
     for rank, (s_reg, s_gen) in enumerate(regions):
         feats = {**qf, **features_for(index, vec, float(s_reg), s_gen)}
+        if above is not None and rank > 0:
+            feats["g_above"] = float(above[rank])
         p = confidence(feats, params)
-        logit = np.log(max(p, 1e-12) / max(1 - p, 1e-12)) + slope * min(0.0, float(s_reg) - s_top)
-        confs.append(float(1 / (1 + np.exp(-logit))))
+        logit = np.log(max(p, 1e-12) / max(1 - p, 1e-12)) - slope * gaps[rank]
         if rank == 0:
-            best = feats
+            best, top_logit = feats, logit
+        else:  # never slower than REGION_SLOPE: a flat stretch of gallery scores is no reason to keep all
+            logit = min(logit, top_logit - REGION_SLOPE * gaps[rank])
+        confs.append(float(1 / (1 + np.exp(-logit))))
     return confs, best
 
 
@@ -332,12 +371,17 @@ def abstain_reason(
         )
         look = f"; {who} most like {seen} scenes, real examples of the query like {labels[0]}"
     if "d_ref" in f:
+        beaten = (
+            f", and {f['g_above']:.1%} of the gallery's real scenes score higher than they do"
+            if "g_above" in f
+            else ""
+        )
         return (
             f"{head} (the best regions score {-f['d_ref']:.3f} below what real examples of the query "
-            f"score in the reference gallery{look})"
+            f"score in the reference gallery{beaten}{look})"
             if f["d_ref"] < 0
             else f"{head} (the best regions score {f['d_ref']:.3f} above the gallery's real examples, "
-            f"which is still too little for this query{look})"
+            f"which is still too little for this query{beaten}{look})"
         )
     return (
         f"{head} (its score is {f.get('z_index', 0):.1f} SD above this index's tile scores for the query "

@@ -34,6 +34,7 @@ from geosearch.settings import Settings, get_settings
 PACKAGED_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
 REFERENCE_K = 3  # the reference is the mean score of the query's best K gallery scenes
 AGREE_K = 10  # labels of this many nearest gallery scenes describe a query or a region
+IMAGE_MATCH_K = 20  # g_image compares regions with this many of the query's best real examples
 
 
 @dataclass
@@ -93,6 +94,25 @@ class Gallery:
         regions = np.atleast_2d(np.asarray(region_embs, np.float32))
         votes, _ = self.label_votes(np.vstack([np.asarray(query_vec, np.float32)[None], regions]), k)
         return float((votes[1:] @ votes[0]).mean())
+
+    def share_above(self, vec: np.ndarray, score: float | np.ndarray) -> float | np.ndarray:
+        """``g_above``: the share of gallery scenes that score above ``score`` (a number, or an
+        array of them: one product either way) for the query vector. ``d_ref`` compares the best
+        regions with the query's three best real examples only; this asks how many real scenes
+        beat them, so it does not hinge on how extreme those three are."""
+        s = np.sort(self.embeddings @ np.asarray(vec, np.float32))
+        share = 1.0 - np.searchsorted(s, np.asarray(score, float), side="right") / max(len(s), 1)
+        return float(share) if np.ndim(share) == 0 else share
+
+    def image_match(self, query_vec: np.ndarray, region_embs: np.ndarray, k: int = IMAGE_MATCH_K) -> float:
+        """``g_image``: mean over the regions of their best cosine similarity (image to image) to
+        the query's ``k`` best-scoring gallery scenes. A look-alike can score like the query's
+        real examples in text space and still not resemble any of them as an image."""
+        s = self.embeddings @ np.asarray(query_vec, np.float32)
+        k = max(1, min(int(k), len(s)))
+        best = self.embeddings[np.argpartition(-s, k - 1)[:k]]
+        regions = np.atleast_2d(np.asarray(region_embs, np.float32))
+        return float((regions @ best.T).max(axis=1).mean())
 
     def nearest_label(self, vecs: np.ndarray, k: int = AGREE_K) -> list[str]:
         """The most common label among the ``k`` nearest gallery scenes of each row."""
