@@ -251,8 +251,31 @@ def test_lower_regions_lose_confidence_at_the_calibrations_own_rate():
     fitted = {"features": ["d_ref"], "coef": [50.0], "intercept": 0.0, "threshold": 0.5}
     assert calibrate.region_slope(fitted) == 50.0
     assert calibrate.region_slope({"features": ["z_index"], "coef": [2.0]}) == calibrate.REGION_SLOPE
-    # g_above is recomputed for each region instead (region_confidences), so no extra slope
-    assert calibrate.region_slope({"features": ["g_agree", "g_above"], "coef": [3.0, -250.0]}) == 0.0
+    # a slope fitted for "find all" answers wins over the d_ref coefficient
+    assert calibrate.region_slope({**fitted, "region_slope": 70.0}) == 70.0
+
+
+def test_find_all_slope_trades_recall_for_precision():
+    """tune.find_all_quality: a gentle slope returns more regions (every instance, and the wrong
+    ones after them), a steep one only the best; queries under the threshold return nothing."""
+    from geosearch.refine import tune
+
+    rows = [
+        {  # three instances: ranks 1, 2 and 4 hit them, 3 and 5 hit nothing
+            "answerable": True,
+            "n_relevant": 3,
+            "confidence": 0.9,
+            "scores": [0.30, 0.29, 0.28, 0.20, 0.10],
+            "truth": ["a", "b", None, "c", None],
+        },
+        {"answerable": True, "n_relevant": 1, "confidence": 0.2, "scores": [0.3], "truth": ["x"]},
+    ]
+    steep = tune.find_all_quality(rows, 0.5, 300.0)
+    gentle = tune.find_all_quality(rows, 0.5, 5.0)
+    mid = tune.find_all_quality(rows, 0.5, 20.0)
+    assert steep["returned"] == 1 and steep["precision"] == 1.0 and steep["recall"] == pytest.approx(1 / 3)
+    assert gentle["returned"] == 5 and gentle["recall"] == 1.0 and gentle["precision"] == pytest.approx(0.6)
+    assert mid["returned"] == 4 and mid["recall"] == 1.0 and mid["f1"] > max(steep["f1"], gentle["f1"])
 
 
 def test_concurrent_first_queries_load_the_proposals_once(ten_copies, monkeypatch):

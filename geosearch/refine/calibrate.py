@@ -25,9 +25,8 @@ best regions score like real examples, ``g_agree`` whether they look like the sa
 
 ``confidence = sigmoid(b0 + b . x)`` over the features named in the fitted parameters, fitted by
 logistic regression (L2, Newton steps) on the dev *tuning* benchmark only, with label 1 for
-answerable queries and 0 for ``absent`` ones; a lower-ranked region gets the ``g_above`` a best
-region that much lower would have, or the top logit shifted by ``region_slope`` times its
-own-extent score gap to the best region. A query is
+answerable queries and 0 for ``absent`` ones; lower-ranked regions get the top logit shifted by
+``region_slope`` times their own-extent score gap to the best region. A query is
 answered "not found" when its best region's confidence is below ``threshold`` (chosen on the same
 tuning data, by leave-one-bench-out cross-validation, for a false-abstain budget). Region features
 alone reached abstain_recall 0.28 (false_abstain_rate <= 0.15) and ``bank_count`` 0.56 on one
@@ -216,17 +215,16 @@ REGION_SLOPE = 10.0  # confidence of lower regions: logit shifted by 10 x their 
 
 
 def region_slope(params: dict) -> float:
-    """How fast a lower region's confidence falls with its own-extent score gap to the best one,
-    beyond what its recomputed ``g_above`` says: the fitted coefficient of the gallery gap
-    (``d_ref*``: a region's own score against what real examples score) when the calibration has
-    one, so that a region scoring like the best region minus x is as sure as a best region x lower
-    would be; 0 when the calibration reads ``g_above`` instead (each region gets its own, see
-    :func:`region_confidences`); else :data:`REGION_SLOPE`."""
+    """How fast a lower region's confidence (logit) falls with its own-extent score gap to the best
+    one: the calibration's fitted ``region_slope`` (chosen for "find all" answers on the dev
+    benches, :func:`geosearch.refine.tune.fit_region_slope`) when it has one; else the fitted
+    coefficient of the gallery gap (``d_ref*``), so that a region scoring like the best region
+    minus x is as sure as a best region x lower would be; else :data:`REGION_SLOPE`."""
+    if params.get("region_slope") is not None:
+        return float(params["region_slope"])
     for name, coef in zip(params.get("features", []), params.get("coef", [])):
         if str(name).startswith("d_ref") and float(coef) > 0:
             return float(coef)
-    if "g_above" in params.get("features", []):
-        return 0.0
     return REGION_SLOPE
 
 
@@ -307,26 +305,14 @@ def region_confidences(
         return [], qf
     s_top = float(regions[0][0])
     slope = region_slope(params)
-    gaps = np.maximum(0.0, s_top - np.array([float(r[0]) for r in regions]))
-    # a region x below the best one gets the g_above a best region x lower would have
-    gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
-    above = None
-    if "g_above" in params.get("features", []) and gal is not None and scores:
-        m = float(np.mean(sorted(scores, reverse=True)[:REF_REGIONS]))
-        above = np.atleast_1d(gal.share_above(vec, m - gaps))
     confs, best = [], qf
-    top_logit = 0.0
     for rank, (s_reg, s_gen) in enumerate(regions):
         feats = {**qf, **features_for(index, vec, float(s_reg), s_gen)}
-        if above is not None and rank > 0:
-            feats["g_above"] = float(above[rank])
         p = confidence(feats, params)
-        logit = np.log(max(p, 1e-12) / max(1 - p, 1e-12)) - slope * gaps[rank]
-        if rank == 0:
-            best, top_logit = feats, logit
-        else:  # never slower than REGION_SLOPE: a flat stretch of gallery scores is no reason to keep all
-            logit = min(logit, top_logit - REGION_SLOPE * gaps[rank])
+        logit = np.log(max(p, 1e-12) / max(1 - p, 1e-12)) + slope * min(0.0, float(s_reg) - s_top)
         confs.append(float(1 / (1 + np.exp(-logit))))
+        if rank == 0:
+            best = feats
     return confs, best
 
 

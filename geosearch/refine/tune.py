@@ -4,6 +4,7 @@ never on the test split).
     python -m geosearch.refine.tune grid  out/aid-dev-tune  '{"seg_threshold": [0.5, 0.6]}'
     python -m geosearch.refine.tune fit   out/aid-dev-tune,out/aid-dev-tune1 '{"features": ["d_ref"]}'
     python -m geosearch.refine.tune cv    DIR1,DIR2,... '{"features": [["d_ref"], ["g_above"]], "max_false": [0.05, 0.1]}'
+    python -m geosearch.refine.tune slope DIR1,DIR2,...   # the region slope of "find all" answers
 
 ``grid`` runs the ``segment`` method over the benchmark for each combination of options (they
 override the chain settings of :func:`geosearch.chain.chain_config`) and prints hit@10 / map / cost. ``fit`` runs
@@ -282,6 +283,91 @@ def choose(results: dict) -> str:
     )
 
 
+FIND_ALL_SLOPES = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0, 150.0]
+
+
+def find_all_quality(rows: list[dict], threshold: float, slope: float) -> dict:
+    """What a "find all" answer would return for each answered query of a bench at this region slope:
+    the regions whose confidence (the top one's logit minus ``slope`` times the own-extent score gap)
+    passes ``threshold``. ``rows``: per query ``answerable``, ``n_relevant``, ``confidence`` (of the
+    best region), ``scores`` (own-extent, ranked) and ``truth`` (the truth id each ranked region hit,
+    or ``None``). Returns mean recall of the instances, precision and F1 over answered answerable
+    queries (precision counts answered absent queries as 0) and the mean number returned."""
+    lt = np.log(threshold / (1 - threshold))
+    rec, prec, f1, n = [], [], [], []
+    for r in rows:
+        c0 = r["confidence"]
+        if c0 is None or c0 < threshold or not r["scores"]:
+            continue
+        l0, s0 = np.log(c0 / (1 - c0)), r["scores"][0]
+        keep = [i for i, s in enumerate(r["scores"]) if l0 - slope * max(0.0, s0 - s) >= lt]
+        truth = [r["truth"][i] if i < len(r["truth"]) else None for i in keep]
+        p = sum(t is not None for t in truth) / max(len(keep), 1)
+        n.append(len(keep))
+        if r["answerable"]:
+            rc = len({t for t in truth if t is not None}) / max(r["n_relevant"], 1)
+            rec.append(rc)
+            prec.append(p)
+            f1.append(0.0 if rc + p == 0 else 2 * rc * p / (rc + p))
+        else:
+            prec.append(0.0)
+    mean = lambda v: float(np.mean(v)) if v else 0.0  # noqa: E731
+    return {"recall": mean(rec), "precision": mean(prec), "f1": mean(f1), "returned": mean(n)}
+
+
+def fit_region_slope(bench_dirs: list[str], slopes: list[float] | None = None, save: bool = True) -> dict:
+    """Choose the calibration's ``region_slope`` (how fast a lower region's confidence falls with its
+    score gap to the best one, which decides what a "find all" answer returns) on dev benches: the
+    slope with the best mean F1 of the returned instances over the benches (IoU 0.5; every answerable
+    query treated as "find all" of its class), then the worst bench. Saved into the model's entry."""
+    slopes = [float(x) for x in (slopes or FIND_ALL_SLOPES)]
+    index = None
+    per_bench: dict[str, list[dict]] = {}
+    for d in bench_dirs:
+        r = run_bench(d, "segment")
+        index = r["index"]
+        rows = []
+        for run, sc in zip(r["runs"], r["scores"]):
+            regs = run.answer.regions if run.answer else []
+            rows.append(
+                {
+                    "answerable": sc.answerable,
+                    "n_relevant": len(sc.relevant),
+                    "confidence": regs[0].confidence if regs else None,
+                    "scores": [float(x.details.get("features", {}).get("s_region", x.score)) for x in regs],
+                    "truth": [m.truth_id for m in sc.matches],
+                }
+            )
+        per_bench[Path(d).name] = rows
+    params = calibrate.load_calibration(index.meta.get("model_name"))
+    table = []
+    for k in slopes:
+        q = {b: find_all_quality(rows, float(params["threshold"]), k) for b, rows in per_bench.items()}
+        table.append(
+            {
+                "slope": k,
+                "mean_f1": round(float(np.mean([v["f1"] for v in q.values()])), 4),
+                "worst_f1": round(float(np.min([v["f1"] for v in q.values()])), 4),
+                "mean_recall": round(float(np.mean([v["recall"] for v in q.values()])), 4),
+                "mean_precision": round(float(np.mean([v["precision"] for v in q.values()])), 4),
+                "mean_returned": round(float(np.mean([v["returned"] for v in q.values()])), 2),
+                "per_bench": {b: {m: round(x, 4) for m, x in v.items()} for b, v in q.items()},
+            }
+        )
+    best = max(table, key=lambda t: (t["mean_f1"], t["worst_f1"]))
+    out = {"chosen": best["slope"], "table": table}
+    if save and params.get("calibrated"):
+        entry = {key: v for key, v in params.items() if key != "calibrated"}
+        entry["region_slope"] = best["slope"]
+        entry["region_slope_fitted_on"] = (
+            f"{', '.join(per_bench)}: every answerable query as 'find all' of its class, best mean F1 of "
+            f"the returned instances ({best['mean_f1']}, recall {best['mean_recall']}, precision "
+            f"{best['mean_precision']}, {best['mean_returned']} regions per answer)"
+        )
+        calibrate.save_calibration(str(index.meta.get("model_name")), entry)
+    return out
+
+
 def _bench_note(d: str) -> str:
     meta = json.loads((Path(d) / "bench.json").read_text())
     bg = meta.get("background")
@@ -511,6 +597,9 @@ if __name__ == "__main__":
             arg,
             save=bool(arg.pop("save", False)),
         )
+        print(json.dumps(res, indent=1))
+    elif cmd == "slope":  # tune slope DIR1,DIR2,... '{"slopes": [20, 50, 80]}'
+        res = fit_region_slope(bench_dir.split(","), arg.get("slopes"), save=bool(arg.get("save", True)))
         print(json.dumps(res, indent=1))
     elif cmd == "fitq":
         fit_query_level(bench_dir, arg.get("features"))
