@@ -82,10 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("geosearch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``geosearch info X | head``): no traceback
+        _silence_stdout()
+        return 141  # what a shell reports for a command ended by SIGPIPE
     rc = int(result or 0)
     if argv is None and getattr(args, "fast_exit", False):
         _exit_now(rc)
     return rc
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _quiet_openmp() -> None:

@@ -174,6 +174,20 @@ def test_console_ask_exits_fast_with_its_output_flushed(starter_index, tmp_path)
     assert bad.returncode == 2 and "empty query" in bad.stderr
 
 
+def test_a_reader_that_goes_away_gets_no_traceback(starter_index):
+    """``geosearch info X | head -1``: the pipe closes before the command writes; it ends quietly
+    with the shell's SIGPIPE code, not a BrokenPipeError traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geosearch_server", "info", str(starter_index)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err[-2000:]
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
 def test_the_command_lets_openmp_threads_sleep_unless_told_otherwise():
     code = (
         "import os\n"
