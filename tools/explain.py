@@ -62,8 +62,8 @@ class ExplainOutput(BaseModel):
 
 def _calibrations(idx, vec: np.ndarray, emb: np.ndarray) -> tuple[list[tuple[float, dict]], bool]:
     """Confidence and calibration features of each region from its own-extent embedding, the same
-    way the answering chain calibrates (gallery reference ``d_ref`` and agreement ``g_agree`` when
-    the model has a gallery)."""
+    way the answering chain calibrates (with a gallery: ``d_ref``, ``g_agree``, ``g_above`` and
+    ``g_image``, of which the fitted calibration reads its own)."""
     from geosearch.refine import calibrate
 
     params = calibrate.load_calibration(idx.meta.get("model_name"))
