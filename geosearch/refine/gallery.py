@@ -21,7 +21,7 @@ Build one with ``geosearch models gallery`` (train split or a folder of class su
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -44,13 +44,27 @@ class Gallery:
     model_id: str
     source: str
     path: Path | None = None
+    _last: tuple[bytes, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.embeddings)
 
+    def scores(self, vec: np.ndarray) -> np.ndarray:
+        """Every gallery scene's score for a query vector. One answer reads them for ``ref_top``,
+        ``g_above`` and ``g_image`` alike, so the last vector's scores are kept (one entry, replaced
+        whole, so concurrent queries never see another vector's)."""
+        v = np.asarray(vec, np.float32)
+        key = v.tobytes()
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
+        s = self.embeddings @ v
+        self._last = (key, s)
+        return s
+
     def reference(self, vec: np.ndarray, k: int = REFERENCE_K) -> float:
         """Mean of the ``k`` best gallery scores of the query vector: what a real example scores."""
-        s = self.embeddings @ np.asarray(vec, np.float32)
+        s = self.scores(vec)
         k = max(1, min(int(k), len(s)))
         return float(np.partition(s, len(s) - k)[-k:].mean())
 
@@ -62,7 +76,7 @@ class Gallery:
 
     def best_labels(self, vec: np.ndarray, k: int = REFERENCE_K) -> list[str]:
         """Labels of the ``k`` best gallery scenes (shown in explanations)."""
-        s = self.embeddings @ np.asarray(vec, np.float32)
+        s = self.scores(vec)
         return [str(self.labels[i]) for i in np.argsort(-s)[:k]]
 
     @cached_property
@@ -95,20 +109,17 @@ class Gallery:
         votes, _ = self.label_votes(np.vstack([np.asarray(query_vec, np.float32)[None], regions]), k)
         return float((votes[1:] @ votes[0]).mean())
 
-    def share_above(self, vec: np.ndarray, score: float | np.ndarray) -> float | np.ndarray:
-        """``g_above``: the share of gallery scenes that score above ``score`` (a number, or an
-        array of them: one product either way) for the query vector. ``d_ref`` compares the best
-        regions with the query's three best real examples only; this asks how many real scenes
-        beat them, so it does not hinge on how extreme those three are."""
-        s = np.sort(self.embeddings @ np.asarray(vec, np.float32))
-        share = 1.0 - np.searchsorted(s, np.asarray(score, float), side="right") / max(len(s), 1)
-        return float(share) if np.ndim(share) == 0 else share
+    def share_above(self, vec: np.ndarray, score: float) -> float:
+        """``g_above``: the share of gallery scenes that score above ``score`` for the query vector.
+        ``d_ref`` compares the best regions with the query's three best real examples only; this
+        asks how many real scenes beat them, so it does not hinge on how extreme those three are."""
+        return float(np.mean(self.scores(vec) > float(score)))
 
     def image_match(self, query_vec: np.ndarray, region_embs: np.ndarray, k: int = IMAGE_MATCH_K) -> float:
         """``g_image``: mean over the regions of their best cosine similarity (image to image) to
         the query's ``k`` best-scoring gallery scenes. A look-alike can score like the query's
         real examples in text space and still not resemble any of them as an image."""
-        s = self.embeddings @ np.asarray(query_vec, np.float32)
+        s = self.scores(query_vec)
         k = max(1, min(int(k), len(s)))
         best = self.embeddings[np.argpartition(-s, k - 1)[:k]]
         regions = np.atleast_2d(np.asarray(region_embs, np.float32))

@@ -343,14 +343,12 @@ def fit_region_slope(bench_dirs: list[str], slopes: list[float] | None = None, s
     table = []
     for k in slopes:
         q = {b: find_all_quality(rows, float(params["threshold"]), k) for b, rows in per_bench.items()}
+        col = {m: [v[m] for v in q.values()] for m in ("f1", "recall", "precision", "returned")}
         table.append(
             {
                 "slope": k,
-                "mean_f1": round(float(np.mean([v["f1"] for v in q.values()])), 4),
-                "worst_f1": round(float(np.min([v["f1"] for v in q.values()])), 4),
-                "mean_recall": round(float(np.mean([v["recall"] for v in q.values()])), 4),
-                "mean_precision": round(float(np.mean([v["precision"] for v in q.values()])), 4),
-                "mean_returned": round(float(np.mean([v["returned"] for v in q.values()])), 2),
+                **{f"mean_{m}": round(float(np.mean(v)), 4) for m, v in col.items()},
+                "worst_f1": round(float(np.min(col["f1"])), 4),
                 "per_bench": {b: {m: round(x, 4) for m, x in v.items()} for b, v in q.items()},
             }
         )
@@ -587,9 +585,8 @@ if __name__ == "__main__":
     elif cmd == "fit":
         feats = arg.pop("features", None)
         fit(bench_dir, arg, max_false=float(arg.pop("max_false", 0.15)), features=feats)
-    elif (
-        cmd == "cv"
-    ):  # tune cv DIR1,DIR2,... '{"features": [["d_ref"], ["d_ref1"]], "max_false": [0.05, 0.1]}'
+    # tune cv DIR1,DIR2,... '{"features": [["d_ref"], ["g_above"]], "max_false": [0.05, 0.1]}'
+    elif cmd == "cv":
         res = cross_validate(
             bench_dir.split(","),
             arg.pop("features", [["d_ref"]]),
