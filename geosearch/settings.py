@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     proposal_w_size: float = Field(
         0.1, description="rerank weight of log2(side / 100 m) for proposals (option w_size overrides)"
     )
+    proposal_w_agree: float = Field(
+        0.0,
+        description="rerank weight of s_agree (gallery label agreement) for proposals (option w_agree overrides); "
+        "0: it ranks a little better but weakens the abstention (docs/refinement.md section 0)",
+    )
 
     # Limits on what one request may ask (the server refuses more, in one line, before any work)
     max_query_chars: int = Field(2000, ge=10, description="characters in a query")
@@ -244,4 +249,5 @@ CHAIN_FIELDS = (
     "proposal_pyramid",
     "proposal_w_specific",
     "proposal_w_size",
+    "proposal_w_agree",
 )

@@ -370,3 +370,57 @@ def test_calibration_choice_prefers_answering_what_the_ranking_found():
     assert tune.choose(res) == "lenient@0.05"
     del res["lenient@0.05"], res["strict@0.1"]
     assert tune.choose(res) == "bad-worst@0.05"  # nothing over the floors: best recall at FAR <= 0.1
+
+
+def test_agree_term_ranks_the_region_that_looks_like_the_querys_real_examples_first(
+    square_index, tmp_path, monkeypatch
+):
+    """``w_agree``: a query between red and green, nearer red (its best gallery scenes are red).
+    Region 0 sits nearer the query in score but looks green; region 1 is a red scene. With a
+    gallery of red and green scenes, region 1 has s_agree 1 and region 0 has 0, so ``w_agree`` > 0
+    puts the red one first. With ``w_agree`` 0, or no gallery, the score's order stands."""
+    from geosearch.refine import gallery as G
+    from geosearch.refine.rerank import RerankWeights, rerank
+
+    index, _ = square_index
+    model = index.model()
+    red, green = model.encode_images(np.concatenate([_solid((220, 40, 40), 1), _solid((60, 150, 60), 1)]))
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    vec = unit(0.52 * red + 0.48 * green)
+    emb = np.stack([unit(0.45 * red + 0.55 * green), red])
+    assert emb[0] @ vec > emb[1] @ vec  # region 0 scores higher
+
+    def ranked(agree: float) -> dict[int, float]:
+        cands = [
+            Candidate(
+                box(0, 0, 1, 1), box(0, 0, 1, 1), 0.5, (0, 0, 100, 100), scale_m=100.0, features={"i": i}
+            )
+            for i in range(2)
+        ]
+        out = rerank(
+            index,
+            cands,
+            vec,
+            weights=RerankWeights(agree=agree, source=0.0),
+            embeddings=emb,
+            context=emb @ vec,
+        )
+        return {int(c.features["i"]): c.features["s_agree"] for c in out}  # best first
+
+    monkeypatch.setattr(G, "PACKAGED_DIR", tmp_path)
+    monkeypatch.setattr(G, "_LOADED", {})
+    assert list(ranked(5.0)) == [0, 1]  # no gallery: s_agree 0, the score decides
+    G.save_gallery(
+        tmp_path / "test-colour.gallery.npz",
+        model.encode_images(np.concatenate([_solid((220, 40, 40), 12), _solid((60, 150, 60), 12)])),
+        ["red"] * 12 + ["green"] * 12,
+        model.model_id,
+        "solid colours",
+    )
+    monkeypatch.setattr(G, "_LOADED", {})
+    assert list(ranked(0.0)) == [0, 1]
+    out = ranked(5.0)
+    assert list(out) == [1, 0] and out == {1: pytest.approx(1.0), 0: pytest.approx(0.0)}

@@ -101,13 +101,17 @@ class Gallery:
         np.add.at(votes, (np.repeat(np.arange(len(v)), k), codes[near].ravel()), 1.0 / k)
         return votes, [str(n) for n in names]
 
-    def agreement(self, query_vec: np.ndarray, region_embs: np.ndarray, k: int = AGREE_K) -> float:
-        """``g_agree``: mean over the regions of the overlap (dot product of label shares) between
-        the labels of a region's ``k`` nearest gallery scenes and those of the query's. 1: every
-        neighbour of both carries one label; 0: no label in common."""
+    def agreements(self, query_vec: np.ndarray, region_embs: np.ndarray, k: int = AGREE_K) -> np.ndarray:
+        """Per region: the overlap (dot product of label shares) between the labels of its ``k``
+        nearest gallery scenes and those of the query's. 1: every neighbour of both carries one
+        label; 0: no label in common. Refinement ranks with it (``s_agree``)."""
         regions = np.atleast_2d(np.asarray(region_embs, np.float32))
         votes, _ = self.label_votes(np.vstack([np.asarray(query_vec, np.float32)[None], regions]), k)
-        return float((votes[1:] @ votes[0]).mean())
+        return votes[1:] @ votes[0]
+
+    def agreement(self, query_vec: np.ndarray, region_embs: np.ndarray, k: int = AGREE_K) -> float:
+        """``g_agree``: the mean of :meth:`agreements` over the regions (the calibration's view)."""
+        return float(self.agreements(query_vec, region_embs, k).mean())
 
     def share_above(self, vec: np.ndarray, score: float) -> float:
         """``g_above``: the share of gallery scenes that score above ``score`` for the query vector.

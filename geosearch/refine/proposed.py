@@ -5,9 +5,10 @@ built, so one matrix product scores all of them against the query. The best ``pr
 (inside the query's area and dates) get the reranker's features from their stored embeddings
 (negative and generic prompts) and an ``s_context`` from the stored tiles around them (the tiles
 about twice the region's side that hold its centre), and are ranked with the weights of
-:mod:`geosearch.refine.rerank` plus the settings' ``proposal_w_specific`` and ``proposal_w_size``
-(a larger region outranks a piece of it that the model scores alike), then one region per thing is
-kept (box NMS in metres, ``proposal_nms_iou``).
+:mod:`geosearch.refine.rerank` plus the settings' ``proposal_w_specific``, ``proposal_w_size`` (a
+larger region outranks a piece of it that the model scores alike) and ``proposal_w_agree`` (a
+region that looks like the query's real examples in the reference gallery gains; 0 by default),
+then one region per thing is kept (box NMS in metres, ``proposal_nms_iou``).
 """
 
 from __future__ import annotations
@@ -139,7 +140,12 @@ def proposal_candidates(
         vec,
         negatives=negatives,
         weights=rerank_weights(
-            {"w_specific": cfg["proposal_w_specific"], "w_size": cfg["proposal_w_size"], **cfg}
+            {
+                "w_specific": cfg["proposal_w_specific"],
+                "w_size": cfg["proposal_w_size"],
+                "w_agree": cfg["proposal_w_agree"],
+                **cfg,
+            }
         ),
         embeddings=ps.embeddings[pool],
         context=ctx,

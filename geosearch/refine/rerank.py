@@ -17,7 +17,14 @@ Each candidate gets these features (cosine similarities with the unit text vecto
 ``s_size``     ``log2(side / 100 m)``, the candidate's longer side (``Candidate.scale_m``): the
                model judges a small region from a crop blown up far beyond its training framing
                (whole scenes), where its scores run high on pieces of things, so with ``w_size`` >
-               0 a smaller region needs a better score to outrank a larger one.
+               0 a smaller region needs a better score to outrank a larger one;
+``s_agree``    label agreement with real scenes (only when ``w_agree`` != 0 and the model has a
+               labelled reference gallery, :mod:`geosearch.refine.gallery`): the overlap between
+               the labels of the candidate's 10 nearest gallery scenes (image to image) and those
+               of the query's 10 best-scoring ones. The small starter model tells scenes apart far
+               better image to image than text to image, so a candidate that looks like the
+               query's real examples gains on a look-alike that only scores alike; 0 without a
+               gallery.
 
 Final score::
 
@@ -26,6 +33,7 @@ Final score::
             + w_specific * (s_region - s_generic)
             + w_context * (s_region - s_context)
             + w_size * s_size
+            + w_agree * s_agree
             + sum(w_e * features[e] for e in extras)
 
 ``extras`` are hooks for relation results and GIS priors: any per-candidate feature (e.g.
@@ -33,9 +41,11 @@ Final score::
 
 Default weights (tuned on the dev *tuning* benchmark ``out/aid-dev-tune``, seed 7, only; see
 docs/refinement.md): w_region 1.0, w_source 0.5, w_neg 0.5, neg_margin 0.0, w_specific 0.0,
-w_context 1.0, w_size 0.0, extras {"relation": 0.2, "prior": 0.1}. The index's region proposals
-are ranked with ``w_specific`` and ``w_size`` of their own (settings ``proposal_w_specific`` and
-``proposal_w_size``, :mod:`geosearch.refine.proposed`).
+w_context 1.0, w_size 0.0, w_agree 0.0, extras {"relation": 0.2, "prior": 0.1}. The index's
+region proposals are ranked with ``w_specific``, ``w_size`` and ``w_agree`` of their own (settings
+``proposal_w_specific``, ``proposal_w_size`` and ``proposal_w_agree``; :mod:`geosearch.refine.proposed`).
+``proposal_w_agree`` is 0: on the nine tuning benches 0.15 ranked a little better but left the
+abstention fewer right answers (docs/refinement.md section 0).
 """
 
 from __future__ import annotations
@@ -104,6 +114,7 @@ class RerankWeights:
     specific: float = 0.0
     context: float = 1.0
     size: float = 0.0
+    agree: float = 0.0
     extras: dict[str, float] = field(default_factory=lambda: {"relation": 0.2, "prior": 0.1})
 
 
@@ -133,6 +144,16 @@ def negative_prompts(look_for: str, exclusions: Sequence[str] = ()) -> list[str]
     negs = [f"an aerial image of {e}" for e in exclusions if e and e.strip()]
     negs += [f"an aerial image of {n}" for n in hard_negatives(look_for)]
     return list(dict.fromkeys(negs))
+
+
+def gallery_agreements(index: TileIndex, vec: np.ndarray, emb: np.ndarray) -> np.ndarray:
+    """``s_agree`` of each candidate embedding (zeros when the weights have no labelled gallery)."""
+    from geosearch.refine.gallery import find_gallery
+
+    gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
+    if gal is None or not gal.labelled or not len(emb):
+        return np.zeros(len(emb))
+    return gal.agreements(vec, emb)
 
 
 def region_embeddings(index: TileIndex, cands: Sequence[Candidate], pad: float = 0.0) -> np.ndarray:
@@ -178,6 +199,9 @@ def rerank(
         if negatives:
             s_neg = (emb @ model.encode_text(list(negatives)).T).max(axis=1)
         s_gen = (emb @ model.encode_text(GENERIC_PROMPTS).T).max(axis=1)
+    s_agree = np.zeros(len(cands))
+    if emb is not None and w.agree != 0:
+        s_agree = gallery_agreements(index, vec, emb)
     s_ctx = s_region
     if context is not None:
         s_ctx = np.asarray(context, float)
@@ -198,6 +222,7 @@ def rerank(
                 "s_generic": float(s_gen[i]),
                 "s_context": float(s_ctx[i]),
                 "s_size": size_feature(c.scale_m),
+                "s_agree": float(s_agree[i]),
             }
         )
         score = (
@@ -207,6 +232,7 @@ def rerank(
             + w.specific * (f["s_region"] - f["s_generic"])
             + w.context * (f["s_region"] - f["s_context"])
             + w.size * f["s_size"]
+            + w.agree * f["s_agree"]
         )
         score += sum(wt * float(f.get(name, 0.0)) for name, wt in w.extras.items())
         c.score = float(score)
