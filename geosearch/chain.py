@@ -42,7 +42,7 @@ from geosearch.refine.regions import refine_candidates, window_candidates
 from geosearch.refine.rerank import negative_prompts, rerank
 from geosearch.refine.vocabulary import check_vocabulary
 from geosearch.relations.apply import FLAG_NOT_CHECKABLE, RelationReport, apply_relations
-from geosearch.settings import CHAIN_FIELDS, Settings, get_settings
+from geosearch.settings import CHAIN_FIELDS, Settings, check_options, get_settings
 
 FLAG_INCOMPLETE = "index_incomplete"
 FIND_ALL_K = 100  # regions considered for a "find all" query (those above the threshold are kept)
@@ -73,7 +73,7 @@ def chain_config(settings: Settings | None = None, options: dict | None = None) 
     name (and ``w_<name>`` rerank weights)."""
     st = settings or get_settings()
     cfg: dict[str, Any] = {name: getattr(st, name) for name in CHAIN_FIELDS}
-    for key, value in (options or {}).items():
+    for key, value in check_options(options).items():
         if key in cfg or key.startswith("w_"):
             cfg[key] = value
     return cfg

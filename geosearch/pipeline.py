@@ -18,6 +18,7 @@ from shapely.geometry import mapping
 from geosearch.errors import InputError
 from geosearch.index import TileIndex
 from geosearch.search import search
+from geosearch.settings import check_options
 
 
 @dataclass
@@ -186,7 +187,9 @@ def run_method(
         raise InputError(f"unknown method {name!r}; known: {', '.join(sorted(_METHODS))}")
     if not isinstance(text, str) or not text.strip():
         raise InputError("empty query: give some words to search for")
-    return _METHODS[name].fn(index, text, k, context or MethodContext())
+    context = context or MethodContext()
+    check_options(context.options)  # a bad override is refused before any work
+    return _METHODS[name].fn(index, text, k, context)
 
 
 # Modules that register further methods when they exist (refinement, relations, abstention...).

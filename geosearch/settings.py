@@ -7,6 +7,7 @@ the defaults below. Nothing else in the code reads the environment directly.
 from __future__ import annotations
 
 import json
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -251,3 +252,52 @@ CHAIN_FIELDS = (
     "proposal_w_size",
     "proposal_w_agree",
 )
+
+# ``w_<name>`` options: the reranker's weights (geosearch.refine.rerank.RerankWeights) and the change
+# methods' (geosearch.change.methods)
+WEIGHT_OPTIONS = (
+    "region",
+    "source",
+    "neg",
+    "neg_margin",
+    "specific",
+    "context",
+    "size",
+    "agree",
+    "change",
+    "level",
+    "spectral",
+)
+
+
+def check_options(options: dict | None) -> dict:
+    """Per-call overrides checked like the settings themselves, before any work: a chain field gets
+    its declared type and bounds (``pyramid_top_n=-3`` or ``region_shape="circle"`` are refused), a
+    ``w_<name>`` must name a weight (:data:`WEIGHT_OPTIONS`) and be a finite number. Other keys (the
+    methods' own options) pass unchanged. Returns the options, chain fields coerced to their types.
+    Raises :class:`~geosearch.errors.InputError`."""
+    from pydantic import ValidationError
+
+    from geosearch.errors import InputError
+
+    out = dict(options or {})
+    probe = None
+    for key, value in out.items():
+        if key in CHAIN_FIELDS:
+            probe = probe or Settings.model_construct()
+            try:
+                Settings.__pydantic_validator__.validate_assignment(probe, key, value)
+            except ValidationError as e:
+                msg = e.errors()[0].get("msg", str(e))
+                raise InputError(f"option {key}={value!r}: {msg}") from None
+            out[key] = getattr(probe, key)
+        elif key.startswith("w_"):
+            if key[2:] not in WEIGHT_OPTIONS:
+                raise InputError(
+                    f"unknown weight {key!r}; weights: {', '.join('w_' + w for w in WEIGHT_OPTIONS)}"
+                )
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok:
+                raise InputError(f"option {key}={value!r}: a weight is a finite number")
+            out[key] = float(value)
+    return out

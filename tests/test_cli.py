@@ -99,3 +99,41 @@ def test_bad_input_exit_2(built, capsys, tmp_path):
         assert rc == 2, (argv, err)
         assert needle in err, (argv, err)
         assert "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_bad_eval_options_exit_2_before_any_work(capsys, tmp_path):
+    """``--option`` values are checked like the settings: wrong types, out-of-range values, choices
+    that do not exist and unknown weights give one line and exit 2 (they used to raise a traceback
+    mid-run, or pass silently)."""
+    bench = str(tmp_path / "no-bench")  # never opened: the options are refused first
+    cases = [
+        ("proposal_pool=abc", "valid integer"),
+        ("pyramid_top_n=-3", "greater than or equal to 1"),
+        ("region_shape=circle", "'bbox' or 'polygon'"),
+        ("w_size=abc", "a weight is a finite number"),
+        ("w_size=NaN", "a weight is a finite number"),
+        ("w_sise=0.1", "unknown weight 'w_sise'"),
+    ]
+    for option, needle in cases:
+        rc, err = _err(capsys, ["eval", bench, "--method", "segment", "--option", option])
+        assert rc == 2, (option, err)
+        assert needle in err, (option, err)
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_check_options_coerces_and_knows_every_rerank_weight():
+    import dataclasses
+
+    from geosearch.errors import InputError
+    from geosearch.refine.rerank import RerankWeights
+    from geosearch.settings import WEIGHT_OPTIONS, check_options
+
+    assert check_options({"pyramid_top_n": "8", "w_agree": 1, "exclude": ["x"]}) == {
+        "pyramid_top_n": 8,
+        "w_agree": 1.0,
+        "exclude": ["x"],
+    }
+    scalar = {f.name for f in dataclasses.fields(RerankWeights) if f.name != "extras"}
+    assert scalar <= set(WEIGHT_OPTIONS)
+    with pytest.raises(InputError, match="proposal_nms_iou"):
+        check_options({"proposal_nms_iou": 2.0})

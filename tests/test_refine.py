@@ -424,3 +424,14 @@ def test_agree_term_ranks_the_region_that_looks_like_the_querys_real_examples_fi
     assert list(ranked(0.0)) == [0, 1]
     out = ranked(5.0)
     assert list(out) == [1, 0] and out == {1: pytest.approx(1.0), 0: pytest.approx(0.0)}
+
+
+def test_bad_chain_options_are_refused_before_any_work(square_index):
+    """The engine checks per-call overrides itself (the Python API and every method, not only the
+    CLI): a refused value raises InputError instead of failing mid-chain or passing silently."""
+    index, _ = square_index
+    for options in ({"pyramid_top_n": 0}, {"region_shape": "circle"}, {"w_size": "big"}, {"w_nope": 1.0}):
+        with pytest.raises(InputError):
+            run_method("answer", index, "red", 5, MethodContext(options=options))
+    ans = run_method("segment", index, "red", 5, MethodContext(options={"pyramid_top_n": "2"}))
+    assert ans.regions

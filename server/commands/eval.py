@@ -93,7 +93,7 @@ def parse_options(items: list[str]) -> dict:
     import json
 
     from geosearch.errors import InputError
-    from geosearch.settings import CHAIN_FIELDS
+    from geosearch.settings import CHAIN_FIELDS, check_options
 
     out: dict = {}
     for item in items:
@@ -110,7 +110,7 @@ def parse_options(items: list[str]) -> dict:
                 f"unknown option {key!r}; chain settings: {', '.join(CHAIN_FIELDS)}, w_<weight>, "
                 f"or {', '.join(sorted(KNOWN_METHOD_OPTIONS))}"
             )
-    return out
+    return check_options(out)
 
 
 # options that individual methods read (see their docstrings)
