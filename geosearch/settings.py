@@ -219,7 +219,20 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings. A ``GEOSEARCH_*`` variable that does not validate is an
+    :class:`~geosearch.errors.InputError` naming it (one line at the CLI, exit 2), not a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as e:
+        from geosearch.errors import InputError
+
+        err = e.errors()[0]
+        name = str(err["loc"][0]).upper() if err.get("loc") else "?"
+        raise InputError(
+            f"environment variable GEOSEARCH_{name}={err.get('input')!r}: {err.get('msg', 'invalid')}"
+        ) from None
 
 
 CHAIN_FIELDS = (

@@ -202,3 +202,44 @@ def test_the_command_lets_openmp_threads_sleep_unless_told_otherwise():
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.stdout.split()[-2:] == ["ACTIVE", "True"], proc.stderr[-2000:]
+
+
+def test_a_bad_settings_variable_is_one_line_not_a_traceback(starter_index):
+    """A ``GEOSEARCH_*`` variable that does not validate names itself in one line, exit 2 (it used
+    to end in a pydantic traceback, exit 1), for ``ask`` and ``serve`` alike."""
+    for var, value, needle in [
+        ("GEOSEARCH_PROPOSAL_W_SIZE", "abc", "valid number"),
+        ("GEOSEARCH_PYRAMID_TOP_N", "-1", "greater than or equal to 1"),
+    ]:
+        env = {**os.environ, var: value}
+        for argv in (
+            ["ask", str(starter_index), "a bright square"],
+            ["serve", "--root", str(starter_index.parent)],
+        ):
+            proc = subprocess.run(
+                [sys.executable, "-m", "geosearch_server", *argv],
+                capture_output=True,
+                text=True,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                timeout=300,
+            )
+            err = proc.stderr.strip()
+            assert proc.returncode == 2, (argv, err[-2000:])
+            assert f"{var}={value!r}" in err and needle in err, err
+            assert "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_get_settings_names_the_bad_variable(monkeypatch):
+    from geosearch.errors import InputError
+    from geosearch.settings import get_settings
+
+    monkeypatch.setenv("GEOSEARCH_REGION_SHAPE", "circle")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(InputError, match="GEOSEARCH_REGION_SHAPE='circle'.*'bbox' or 'polygon'"):
+            get_settings()
+    finally:
+        monkeypatch.delenv("GEOSEARCH_REGION_SHAPE")
+        get_settings.cache_clear()
+    assert get_settings().region_shape in ("bbox", "polygon")
