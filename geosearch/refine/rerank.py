@@ -199,7 +199,7 @@ def rerank(
         if negatives:
             s_neg = (emb @ model.encode_text(list(negatives)).T).max(axis=1)
         s_gen = (emb @ model.encode_text(GENERIC_PROMPTS).T).max(axis=1)
-    s_agree = np.zeros(len(cands))
+    s_agree = None  # only when weighted: a region's features never show an agreement not computed
     if emb is not None and w.agree != 0:
         s_agree = gallery_agreements(index, vec, emb)
     s_ctx = s_region
@@ -222,9 +222,10 @@ def rerank(
                 "s_generic": float(s_gen[i]),
                 "s_context": float(s_ctx[i]),
                 "s_size": size_feature(c.scale_m),
-                "s_agree": float(s_agree[i]),
             }
         )
+        if s_agree is not None:
+            f["s_agree"] = float(s_agree[i])
         score = (
             w.region * f["s_region"]
             + w.source * src
@@ -232,7 +233,7 @@ def rerank(
             + w.specific * (f["s_region"] - f["s_generic"])
             + w.context * (f["s_region"] - f["s_context"])
             + w.size * f["s_size"]
-            + w.agree * f["s_agree"]
+            + w.agree * f.get("s_agree", 0.0)
         )
         score += sum(wt * float(f.get(name, 0.0)) for name, wt in w.extras.items())
         c.score = float(score)
