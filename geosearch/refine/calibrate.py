@@ -51,7 +51,7 @@ import numpy as np
 
 from geosearch.fileio import atomic_write_text
 from geosearch.index import TileIndex
-from geosearch.refine.gallery import Gallery, find_gallery
+from geosearch.refine.gallery import Gallery, index_gallery
 from geosearch.refine.rerank import GENERIC_PROMPTS
 
 CALIBRATION_PATH = Path(__file__).parent / "calibration.json"
@@ -205,7 +205,7 @@ def query_features(index: TileIndex, vec: np.ndarray) -> dict:
         "bank_margin": bm,
         "bank_sim": float(tsim[j]),
     }
-    gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
+    gal = index_gallery(index)
     if gal is not None:
         out["ref_top"] = gal.reference(vec)
     return out
@@ -247,8 +247,7 @@ def _labelled_gallery(index: TileIndex, embeddings: np.ndarray | None) -> Galler
     """The index model's gallery when it is labelled and there are region embeddings to compare."""
     if embeddings is None or not len(embeddings):
         return None
-    gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
-    return gal if gal is not None and gal.labelled else None
+    return index_gallery(index, labelled=True)
 
 
 def gallery_rank_features(
@@ -257,7 +256,7 @@ def gallery_rank_features(
     """``g_above`` (share of gallery scenes scoring above the mean own-extent score of the best
     :data:`REF_REGIONS` regions) and ``g_image`` (the best :data:`IMAGE_REGIONS` regions' image
     similarity to the query's best real examples); empty without a gallery."""
-    gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
+    gal = index_gallery(index)
     out: dict = {}
     if gal is None:
         return out

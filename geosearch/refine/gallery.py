@@ -199,6 +199,14 @@ def find_gallery(
     return _LOADED[key]
 
 
+def index_gallery(index, labelled: bool = False) -> Gallery | None:
+    """:func:`find_gallery` for the weights an index was embedded with (its ``model_name`` and
+    ``model_id``); with ``labelled``, only a gallery whose every scene has a label (what label votes
+    and agreements need)."""
+    gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
+    return gal if gal is not None and (gal.labelled or not labelled) else None
+
+
 def check_gallery_source(source: str | Path, split: str | None) -> Path:
     """A manifest's ``train`` split or a folder; anything else is refused before a model loads."""
     src = Path(source)

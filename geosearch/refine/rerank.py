@@ -58,6 +58,7 @@ import numpy as np
 from geosearch.geo import own_extent_window
 from geosearch.index import TileIndex
 from geosearch.refine.common import embed_windows, query_vector
+from geosearch.refine.gallery import index_gallery
 from geosearch.refine.heatmap import Candidate
 
 GENERIC_PROMPTS: list[str] = [
@@ -148,12 +149,8 @@ def negative_prompts(look_for: str, exclusions: Sequence[str] = ()) -> list[str]
 
 def gallery_agreements(index: TileIndex, vec: np.ndarray, emb: np.ndarray) -> np.ndarray:
     """``s_agree`` of each candidate embedding (zeros when the weights have no labelled gallery)."""
-    from geosearch.refine.gallery import find_gallery
-
-    gal = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
-    if gal is None or not gal.labelled or not len(emb):
-        return np.zeros(len(emb))
-    return gal.agreements(vec, emb)
+    gal = index_gallery(index, labelled=True)
+    return gal.agreements(vec, emb) if gal is not None and len(emb) else np.zeros(len(emb))
 
 
 def region_embeddings(index: TileIndex, cands: Sequence[Candidate], pad: float = 0.0) -> np.ndarray:

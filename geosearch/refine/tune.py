@@ -263,24 +263,11 @@ def choose(results: dict) -> str:
         and v["worst_abstain_recall"] >= MIN_WORST_RECALL
         and v["mean_false_abstain_rate"] <= MAX_MEAN_FALSE
     ]
-    if ok:
-        return max(
-            ok,
-            key=lambda k: (
-                cands[k]["mean_answered_hit@10"],
-                cands[k]["mean_abstain_recall"],
-                -len(cands[k]["features"]),
-            ),
-        )
-    within = [k for k, v in cands.items() if v["mean_false_abstain_rate"] <= MAX_MEAN_FALSE] or list(cands)
-    return max(
-        within,
-        key=lambda k: (
-            cands[k]["mean_abstain_recall"],
-            cands[k]["worst_abstain_recall"],
-            -len(cands[k]["features"]),
-        ),
-    )
+    order = ("mean_answered_hit@10", "mean_abstain_recall")
+    if not ok:
+        ok = [k for k, v in cands.items() if v["mean_false_abstain_rate"] <= MAX_MEAN_FALSE] or list(cands)
+        order = ("mean_abstain_recall", "worst_abstain_recall")
+    return max(ok, key=lambda k: (*(cands[k][m] for m in order), -len(cands[k]["features"])))
 
 
 FIND_ALL_SLOPES = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0, 150.0]

@@ -77,10 +77,10 @@ def _floor(index: TileIndex, gallery) -> tuple[float, str] | None:
 
 def check_vocabulary(index: TileIndex, text: str) -> VocabularyCheck | None:
     """The check for ``text`` (what the image should show), or None without a labelled gallery."""
-    from geosearch.refine.gallery import find_gallery
+    from geosearch.refine.gallery import index_gallery
     from geosearch.search import text_vector
 
-    gallery = find_gallery(index.meta.get("model_name"), index.meta.get("model_id"))
+    gallery = index_gallery(index)
     if gallery is None or not text.strip():
         return None
     floor = _floor(index, gallery)
