@@ -146,10 +146,11 @@ class _ShardEmbedder:
 
     def __init__(self, mosaic_args: dict, model_settings: dict, model_id: str) -> None:
         from geosearch.models import get_model
+        from geosearch.models.base import views_of
 
         settings = Settings(**model_settings)
         self.mosaic = Mosaic(**mosaic_args)
-        self.model = get_model(settings.model, settings=settings)
+        self.model = get_model(settings.model, settings=settings, views=views_of(model_id))
         if self.model.model_id != model_id:
             raise GeoSearchError(
                 f"a Ray worker loaded {self.model.model_id!r}, the driver {model_id!r}: the workers "

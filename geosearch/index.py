@@ -1082,9 +1082,12 @@ class TileIndex:
     def model(self, settings: Settings | None = None) -> EmbeddingModel:
         """The model the index was built with (refuses other weights under the same name)."""
         if self._model is None:
+            from geosearch.models.base import views_of
             from geosearch.models.registry import shared_model
 
-            self.attach_model(shared_model(self.meta["model_name"], settings))
+            # the views the index was embedded with, whatever the settings say now
+            views = views_of(self.meta["model_id"])
+            self.attach_model(shared_model(self.meta["model_name"], settings, views=views))
         return self._model  # type: ignore[return-value]
 
     def text_model(self, settings: Settings | None = None) -> EmbeddingModel | StarterText:

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | mps")
     threads: int = Field(0, description="torch CPU threads; 0 keeps torch's default.")
     batch_size: int = Field(64, ge=1)
+    image_views: Literal[0, 1, 2, 4, 8] = Field(
+        0,
+        description="Dihedral views averaged per embedded image (1, 2, 4, 8); 0: the model's own "
+        "default (1 for every registered model). Part of the model id: an index keeps its own.",
+    )
     offline: bool = Field(False, description="Never download weights (HF_HUB_OFFLINE=1 also counts).")
     models_dir: Path = Field(
         Path.home() / ".cache" / "geosearch" / "models",

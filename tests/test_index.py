@@ -190,3 +190,16 @@ def test_relocate_points_an_index_at_moved_imagery(tmp_path, tiny_settings, monk
     idx = TileIndex.open(work / "i.duckdb")
     assert idx.meta["mosaic"]["files"] == [str(new / "m.tif")]
     assert idx.mosaic().read(idx.bounds[0], 8).rgb.shape == (8, 8, 3)
+
+
+def test_an_index_keeps_the_views_it_was_built_with(tmp_path, raster, tiny_settings):
+    built_with = tiny_settings.model_copy(update={"image_views": 4})
+    build_index([raster], tmp_path / "i.duckdb", settings=built_with, progress=False)
+    idx = TileIndex.open(tmp_path / "i.duckdb")
+    assert idx.meta["model_id"] == "geosearch-tiny@random-seed0+views4"
+    # a query-time model follows the index, not today's settings (which ask for one view)
+    model = idx.model(tiny_settings.model_copy(update={"image_views": 1}))
+    assert model.views == 4 and model.model_id == idx.meta["model_id"]
+    # rebuilding with other views is another model: refused, not mixed into the same index
+    with pytest.raises(IndexMismatchError, match="built with model"):
+        build_index([raster], tmp_path / "i.duckdb", settings=tiny_settings, progress=False)

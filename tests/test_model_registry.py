@@ -59,3 +59,43 @@ def test_a_missing_preset_fails_fast_when_the_hub_is_unreachable(tmp_path, monke
     with pytest.raises(WeightsMissingError, match="not reachable"):
         get_weight("remoteclip-vit-b-32", Settings(offline=False, models_dir=tmp_path))
     assert not called  # the hub client (and its retries) was never started
+
+
+def test_views_average_rotations_and_name_the_model():
+    from geosearch.models.base import base_model_id, view_model_id, views_of
+
+    one = get_model("geosearch-tiny", views=1)
+    four = get_model("geosearch-tiny", views=4)
+    eight = get_model("geosearch-tiny", settings=Settings(image_views=8))
+    assert one.model_id == "geosearch-tiny@random-seed0"
+    assert four.model_id == "geosearch-tiny@random-seed0+views4" and four.views == 4
+    assert eight.model_id.endswith("+views8")
+    assert views_of(four.model_id) == 4 and views_of(one.model_id) == 1
+    assert base_model_id(eight.model_id) == one.model_id == view_model_id(four.model_id, 1)
+    img = np.random.default_rng(1).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    turned = np.ascontiguousarray(np.rot90(img, 1, axes=(1, 2)))
+    mirrored = np.ascontiguousarray(img[:, :, ::-1])
+    # one view sees a turned scene as another image; four views see the same scene
+    assert not np.allclose(one.encode_images(img), one.encode_images(turned), atol=1e-3)
+    assert np.allclose(four.encode_images(img), four.encode_images(turned), atol=1e-5)
+    assert not np.allclose(four.encode_images(img), four.encode_images(mirrored), atol=1e-3)
+    assert np.allclose(eight.encode_images(img), eight.encode_images(mirrored), atol=1e-5)
+    assert np.allclose(np.linalg.norm(four.encode_images(img), axis=1), 1, atol=1e-5)
+
+
+def test_bad_view_counts_are_refused():
+    from pydantic import ValidationError
+
+    with pytest.raises(GeoSearchError, match="image views must be one of 1, 2, 4, 8"):
+        get_model("geosearch-tiny", views=3)
+    with pytest.raises(ValidationError):
+        Settings(image_views=3)
+
+
+def test_views_are_opt_in():
+    # four views lift the ranking but cost answers after abstention (MODEL_CARD.md): one by default
+    from geosearch.models.registry import _REGISTRY, _ensure_builtin
+
+    _ensure_builtin()
+    assert {spec.views for spec in _REGISTRY.values()} == {1}
+    assert get_model("geosearch-tiny").views == 1 and Settings().image_views == 0

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geosearch.errors import GeoSearchError
 from geosearch.models.text import TextCache
 
 
@@ -48,6 +49,37 @@ def torch_threads(n: int):
 
 TEXT_BATCH = 256  # texts per text-tower batch
 
+# (horizontal flip, quarter turns) of each view: 2 = a half turn, 4 = the four rotations, 8 = the
+# dihedral group (the rotations of the image and of its mirror image)
+VIEWS: dict[int, tuple[tuple[bool, int], ...]] = {
+    1: ((False, 0),),
+    2: ((False, 0), (False, 2)),
+    4: tuple((False, k) for k in range(4)),
+    8: tuple((f, k) for f in (False, True) for k in range(4)),
+}
+
+
+def check_views(views: int) -> int:
+    if int(views) not in VIEWS:
+        raise GeoSearchError(f"image views must be one of {', '.join(map(str, VIEWS))}, got {views!r}")
+    return int(views)
+
+
+def base_model_id(model_id: str) -> str:
+    """``name@digest`` without its ``+viewsN`` suffix: the weights alone."""
+    return str(model_id).split("+views", 1)[0]
+
+
+def views_of(model_id: str) -> int:
+    """How many views an index or gallery recorded in its ``model_id`` was embedded with."""
+    _, _, n = str(model_id).partition("+views")
+    return int(n) if n.isdigit() and int(n) in VIEWS else 1
+
+
+def view_model_id(model_id: str, views: int) -> str:
+    base = base_model_id(model_id)
+    return base if views == 1 else f"{base}+views{views}"
+
 
 @dataclass
 class EmbeddingModel:
@@ -68,6 +100,7 @@ class EmbeddingModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 64
     text_cache_size: int = 1024
+    views: int = 1  # dihedral views averaged per image (see :meth:`with_views`)
 
     def __post_init__(self) -> None:
         self.model.eval().to(self.device)
@@ -112,11 +145,30 @@ class EmbeddingModel:
         out = []
         for start in range(0, len(images), self.batch_size):
             x = self.preprocess(images[start : start + self.batch_size])
-            feats = self.model.encode_image(x)
-            out.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
+            out.append(self._encode_views(x).cpu().numpy())
         if not out:
             return np.zeros((0, self._dim_guess()), np.float32)
         return np.concatenate(out).astype(np.float32)
+
+    def _encode_views(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings of a preprocessed batch: the mean over :data:`VIEWS`\\[``views``] (an
+        aerial scene has no up, so its rotations are the same scene; averaging them steadies a
+        small model's embedding and makes it the same for any rotation of the input)."""
+        acc = None
+        for flip, turns in VIEWS[self.views]:
+            xv = torch.rot90(x.flip(-1) if flip else x, k=turns, dims=(-2, -1)) if flip or turns else x
+            f = F.normalize(self.model.encode_image(xv).float(), dim=-1)
+            acc = f if acc is None else acc + f
+        return F.normalize(acc, dim=-1)
+
+    def with_views(self, views: int) -> EmbeddingModel:
+        """This model embedding images as the mean of ``views`` dihedral views (1, 2, 4 or 8). The
+        count is part of ``model_id`` (``...+views4``): an index or gallery embedded with other views
+        is another model's."""
+        views = check_views(views)
+        if views == self.views:
+            return self
+        return replace(self, views=views, model_id=view_model_id(self.model_id, views))
 
     def _square(self, im: np.ndarray) -> np.ndarray:
         if im.shape[0] == im.shape[1] == self.image_size:

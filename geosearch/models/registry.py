@@ -49,6 +49,7 @@ class ModelSpec:
     hub_filename: str | None = None
     builder: Callable[[ModelSpec, torch.device, Settings], EmbeddingModel] | None = None
     default: bool = False
+    views: int = 1  # dihedral views averaged per image unless settings.image_views says otherwise
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -134,9 +135,16 @@ def weights_present(name: str, settings: Settings | None = None) -> bool:
 
 
 def get_model(
-    name: str | None = None, *, device: str | None = None, settings: Settings | None = None
+    name: str | None = None,
+    *,
+    device: str | None = None,
+    settings: Settings | None = None,
+    views: int | None = None,
 ) -> EmbeddingModel:
-    """Build a ready-to-use :class:`EmbeddingModel` by registry name or ``ARCH:CHECKPOINT``."""
+    """Build a ready-to-use :class:`EmbeddingModel` by registry name or ``ARCH:CHECKPOINT``.
+
+    ``views`` (else ``settings.image_views``, else the model's own default) is how many dihedral
+    views of each image are averaged (:meth:`EmbeddingModel.with_views`)."""
     settings = settings or get_settings()
     name = name or settings.model or default_model_name()
     apply_threads(settings.threads)
@@ -145,9 +153,11 @@ def get_model(
     if name in _REGISTRY:
         spec = _REGISTRY[name]
         if spec.builder is not None:
-            return spec.builder(spec, dev, settings)
-        return _build_open_clip(name, spec.arch, get_weight(name, settings), dev, settings)
-    if ":" in name:
+            model = spec.builder(spec, dev, settings)
+        else:
+            model = _build_open_clip(name, spec.arch, get_weight(name, settings), dev, settings)
+        default_views = spec.views
+    elif ":" in name:
         arch, ckpt = name.split(":", 1)
         path = Path(ckpt).expanduser()
         if not path.is_file():
@@ -155,25 +165,29 @@ def get_model(
         from geosearch.models.starter import STARTER_ARCH, starter_model
 
         if arch == STARTER_ARCH:  # a `geosearch train` checkpoint: the starter loader, offline
-            return starter_model(name, path, dev, settings)
-        return _build_open_clip(name, arch, path, dev, settings)
-    known = ", ".join(sorted(_REGISTRY))
-    raise GeoSearchError(f"unknown model {name!r}; known: {known}, or ARCH:/path/to/checkpoint")
+            model = starter_model(name, path, dev, settings)
+        else:
+            model = _build_open_clip(name, arch, path, dev, settings)
+        default_views = 1
+    else:
+        known = ", ".join(sorted(_REGISTRY))
+        raise GeoSearchError(f"unknown model {name!r}; known: {known}, or ARCH:/path/to/checkpoint")
+    return model.with_views(views or settings.image_views or default_views)
 
 
 _SHARED: dict[tuple, EmbeddingModel] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_model(name: str, settings: Settings | None = None) -> EmbeddingModel:
-    """One loaded model per (name, device) in this process, built once under a lock: every index
-    of a server that uses the same weights shares them (read-only inference)."""
+def shared_model(name: str, settings: Settings | None = None, views: int | None = None) -> EmbeddingModel:
+    """One loaded model per (name, device, views) in this process, built once under a lock: every
+    index of a server that uses the same weights shares them (read-only inference)."""
     settings = settings or get_settings()
-    key = (name, str(resolve_device(settings.device)))
+    key = (name, str(resolve_device(settings.device)), views)
     with _SHARED_LOCK:
         model = _SHARED.get(key)
         if model is None:
-            model = _SHARED[key] = get_model(name, settings=settings)
+            model = _SHARED[key] = get_model(name, settings=settings, views=views)
         return model
 
 

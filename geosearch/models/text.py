@@ -261,7 +261,7 @@ def starter_text(model_id: str, cache_size: int = 1024) -> StarterText | None:
     """The shipped starter's text tower for an index built with it (``model_id`` names the very
     weights file shipped here), or None: another model, other weights, or an architecture whose
     text half this module does not compute (then the full model embeds the text)."""
-    name, _, digest = model_id.rpartition("@")
+    name, _, digest = model_id.split("+views", 1)[0].rpartition("@")  # views: images only
     if name != STARTER_NAME or not STARTER_WEIGHTS.is_file():
         return None
     if sha256_cached(STARTER_WEIGHTS)[:16] != digest:

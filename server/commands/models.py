@@ -57,6 +57,14 @@ def register(sub) -> None:
     pt.add_argument("--scales", type=float, nargs="+", default=[128.0, 256.0], help="tile sides in metres")
     pt.add_argument("--json", action="store_true")
     pt.set_defaults(func=run_tiles)
+    for sp in (pe, pg, pp, pt):
+        sp.add_argument(
+            "--views",
+            type=int,
+            choices=[1, 2, 4, 8],
+            default=None,
+            help="dihedral views averaged per image (default: GEOSEARCH_IMAGE_VIEWS, else the model's own)",
+        )
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -67,6 +75,8 @@ def _settings_for(args):
     upd = {"model": args.model} if args.model else {}
     if getattr(args, "device", None):
         upd["device"] = args.device
+    if getattr(args, "views", None):
+        upd["image_views"] = args.views
     return settings.model_copy(update=upd) if upd else settings
 
 
@@ -125,6 +135,7 @@ def run_list(args) -> int:
             "name": s.name,
             "default": "*" if s.name == default else "",
             "arch": s.arch,
+            "views": s.views,
             "weights": "present" if weights_present(s.name) else "missing",
             "description": s.description,
         }
@@ -133,7 +144,7 @@ def run_list(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(format_table(rows, ["name", "default", "arch", "weights", "description"]))
+        print(format_table(rows, ["name", "default", "arch", "views", "weights", "description"]))
     return 0
 
 
@@ -142,7 +153,7 @@ def run_eval(args) -> int:
     from geosearch.train.data import decode_images, load_source
     from geosearch.train.evaluate import evaluate_model, format_metrics
 
-    model = get_model(args.model, device=args.device)
+    model = get_model(settings=_settings_for(args))
     data = load_source(args.data, args.split)
     images = decode_images(data.records, max(model.image_size, 150))
     metrics = evaluate_model(model, data, images)
@@ -158,7 +169,7 @@ def run_gallery(args) -> int:
     from geosearch.refine.gallery import build_gallery, check_gallery_source
 
     check_gallery_source(args.source, args.split)
-    model = get_model(args.model, device=args.device)
+    model = get_model(settings=_settings_for(args))
     out, n = build_gallery(model, args.source, args.split, out=args.out, progress=True)
     print(f"gallery of {n} images for {model.model_id}: {out}")
     return 0
