@@ -276,7 +276,7 @@ def calibrate(
     passed = [(key, c) for key, c in keyed if report.holds(key)]
     failed = [(key, c) for key, c in keyed if not report.holds(key)]
     top = passed[: q.k]
-    params = cal.load_calibration(index.meta.get("model_name"))
+    params = cal.load_calibration(index.meta.get("model_name"), model_id=index.meta.get("model_id"))
     s_all = [float(c.features.get("s_region", c.score)) for _, c in passed if not c.features.get("fill")]
     embs = [c.embedding for _, c in passed if not c.features.get("fill") and c.embedding is not None]
     best_embs = np.stack(embs[: max(cal.REF_REGIONS, cal.IMAGE_REGIONS)]) if embs else None

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | mps")
     threads: int = Field(0, description="torch CPU threads; 0 keeps torch's default.")
     batch_size: int = Field(64, ge=1)
-    image_views: Literal[0, 1, 2, 4, 8] = Field(
+    image_views: int = Field(
         0,
         description="Dihedral views averaged per embedded image (1, 2, 4, 8); 0: the model's own "
         "default (1 for every registered model). Part of the model id: an index keeps its own.",
@@ -209,6 +209,13 @@ class Settings(BaseSettings):
             for sep in seps:
                 text = text.replace(sep, "\n")
             return [part for part in text.split("\n") if part]
+        return value
+
+    @field_validator("image_views")
+    @classmethod
+    def _check_views(cls, value: int) -> int:
+        if value not in (0, 1, 2, 4, 8):
+            raise ValueError("Input should be 0, 1, 2, 4 or 8")
         return value
 
     @field_validator("allowed_hosts", "allowed_origins", "remote_prefixes", mode="before")

@@ -88,8 +88,21 @@ def test_bad_view_counts_are_refused():
 
     with pytest.raises(GeoSearchError, match="image views must be one of 1, 2, 4, 8"):
         get_model("geosearch-tiny", views=3)
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="0, 1, 2, 4 or 8"):
         Settings(image_views=3)
+
+
+def test_views_come_from_the_environment(monkeypatch):
+    # environment values are strings: "4" is four views, "3" and "four" are refused by name
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("GEOSEARCH_IMAGE_VIEWS", "4")
+    assert Settings().image_views == 4
+    assert get_model("geosearch-tiny", settings=Settings()).model_id.endswith("+views4")
+    for bad in ("3", "four"):
+        monkeypatch.setenv("GEOSEARCH_IMAGE_VIEWS", bad)
+        with pytest.raises(ValidationError, match="image_views"):
+            Settings()
 
 
 def test_views_are_opt_in():
@@ -99,3 +112,16 @@ def test_views_are_opt_in():
     _ensure_builtin()
     assert {spec.views for spec in _REGISTRY.values()} == {1}
     assert get_model("geosearch-tiny").views == 1 and Settings().image_views == 0
+
+
+def test_a_fit_for_other_embeddings_is_not_used(tmp_path):
+    import json
+
+    from geosearch.refine.calibrate import load_calibration
+
+    path = tmp_path / "calibration.json"
+    entry = {"model": "m", "model_id": "m@abc", "features": ["g_above"], "coef": [1.0], "intercept": 0.0}
+    path.write_text(json.dumps({"models": {"m": entry}}))
+    assert load_calibration("m", path, model_id="m@abc")["calibrated"]
+    assert load_calibration("m", path)["calibrated"]  # no id to compare: the name decides
+    assert not load_calibration("m", path, model_id="m@abc+views4")["calibrated"]

@@ -103,12 +103,16 @@ def index_stats(index: TileIndex) -> IndexStats:
     return st
 
 
-def load_calibration(model_name: str | None = None, path: Path = CALIBRATION_PATH) -> dict:
-    """Fitted parameters for ``model_name`` (or the fallback, marked ``calibrated: false``)."""
+def load_calibration(
+    model_name: str | None = None, path: Path = CALIBRATION_PATH, model_id: str | None = None
+) -> dict:
+    """Fitted parameters for ``model_name`` (or the fallback, marked ``calibrated: false``). With
+    ``model_id``, a fit recorded for other embeddings of that name (other weights, other image
+    views) is not used: its features would come from another space."""
     if path.is_file():
         data = json.loads(path.read_text())
         entry = data.get("models", {}).get(model_name or "")
-        if entry:
+        if entry and (model_id is None or entry.get("model_id") in (None, model_id)):
             return {**entry, "calibrated": True}
     return {**FALLBACK, "calibrated": False}
 
