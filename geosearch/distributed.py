@@ -146,7 +146,7 @@ class _ShardEmbedder:
 
     def __init__(self, mosaic_args: dict, model_settings: dict, model_id: str) -> None:
         from geosearch.models import get_model
-        from geosearch.models.base import views_of
+        from geosearch.models.model_id import views_of
 
         settings = Settings(**model_settings)
         self.mosaic = Mosaic(**mosaic_args)

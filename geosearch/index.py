@@ -1082,7 +1082,7 @@ class TileIndex:
     def model(self, settings: Settings | None = None) -> EmbeddingModel:
         """The model the index was built with (refuses other weights under the same name)."""
         if self._model is None:
-            from geosearch.models.base import views_of
+            from geosearch.models.model_id import views_of
             from geosearch.models.registry import shared_model
 
             # the views the index was embedded with, whatever the settings say now

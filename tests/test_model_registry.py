@@ -62,7 +62,7 @@ def test_a_missing_preset_fails_fast_when_the_hub_is_unreachable(tmp_path, monke
 
 
 def test_views_average_rotations_and_name_the_model():
-    from geosearch.models.base import base_model_id, view_model_id, views_of
+    from geosearch.models.model_id import base_model_id, view_model_id, views_of
 
     one = get_model("geosearch-tiny", views=1)
     four = get_model("geosearch-tiny", views=4)

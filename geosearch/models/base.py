@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from geosearch.errors import GeoSearchError
+from geosearch.models.model_id import VIEW_COUNTS, view_model_id
 from geosearch.models.text import TextCache
 
 
@@ -57,28 +58,13 @@ VIEWS: dict[int, tuple[tuple[bool, int], ...]] = {
     4: tuple((False, k) for k in range(4)),
     8: tuple((f, k) for f in (False, True) for k in range(4)),
 }
+assert tuple(VIEWS) == VIEW_COUNTS
 
 
 def check_views(views: int) -> int:
     if int(views) not in VIEWS:
         raise GeoSearchError(f"image views must be one of {', '.join(map(str, VIEWS))}, got {views!r}")
     return int(views)
-
-
-def base_model_id(model_id: str) -> str:
-    """``name@digest`` without its ``+viewsN`` suffix: the weights alone."""
-    return str(model_id).split("+views", 1)[0]
-
-
-def views_of(model_id: str) -> int:
-    """How many views an index or gallery recorded in its ``model_id`` was embedded with."""
-    _, _, n = str(model_id).partition("+views")
-    return int(n) if n.isdigit() and int(n) in VIEWS else 1
-
-
-def view_model_id(model_id: str, views: int) -> str:
-    base = base_model_id(model_id)
-    return base if views == 1 else f"{base}+views{views}"
 
 
 @dataclass

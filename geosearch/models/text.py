@@ -26,6 +26,7 @@ import numpy as np
 
 from geosearch.checksums import sha256_cached
 from geosearch.errors import GeoSearchError
+from geosearch.models.model_id import base_model_id
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 STARTER_NAME = "geosearch-starter"
@@ -261,7 +262,7 @@ def starter_text(model_id: str, cache_size: int = 1024) -> StarterText | None:
     """The shipped starter's text tower for an index built with it (``model_id`` names the very
     weights file shipped here), or None: another model, other weights, or an architecture whose
     text half this module does not compute (then the full model embeds the text)."""
-    name, _, digest = model_id.split("+views", 1)[0].rpartition("@")  # views: images only
+    name, _, digest = base_model_id(model_id).rpartition("@")  # views change images only
     if name != STARTER_NAME or not STARTER_WEIGHTS.is_file():
         return None
     if sha256_cached(STARTER_WEIGHTS)[:16] != digest:
