@@ -1,9 +1,11 @@
 """Answers into GIS: one row per region (and near-miss) with its provenance and score breakdown,
 written as GeoJSON, GeoPackage, FlatGeobuf, GeoParquet or CSV by the file's extension.
 
-The GeoJSON is the answer as served (a FeatureCollection with the answer's own properties); the
-other formats are flat tables, so nested values are spread into columns (``f_<name>`` for the score
-breakdown) or joined into text. Every file is written atomically."""
+Every format holds the same rows in the same order: regions, then near-misses (``kind``), with
+nested values spread into columns (``f_<name>`` for the score breakdown) or joined into text. The
+GeoJSON file keeps the answer's own properties (reason, provenance, ...) on its collection, so it
+reads like the other formats in a GIS and still carries the whole answer. Every file is written
+atomically."""
 
 from __future__ import annotations
 
@@ -86,12 +88,23 @@ def answer_frame(geojson: dict[str, Any]):
     return gpd.GeoDataFrame(rows, columns=cols, geometry=geoms, crs="EPSG:4326")
 
 
+def answer_collection(geojson: dict[str, Any]) -> dict[str, Any]:
+    """The GeoJSON file of an answer: :func:`answer_rows` as features (so a GIS sees the
+    near-misses of an abstention too), the answer's properties on the collection."""
+    props = {k: v for k, v in (geojson.get("properties") or {}).items() if k != "near_misses"}
+    feats = []
+    for row in answer_rows(geojson):
+        geometry = row.pop("geometry")
+        feats.append({"type": "Feature", "geometry": geometry, "properties": row})
+    return {"type": "FeatureCollection", "properties": props, "features": feats}
+
+
 def write_answer(geojson: dict[str, Any], path: str | Path) -> str:
     """Write the answer to ``path`` in the format its extension names; returns that format."""
     fmt = format_for(path)
     path = Path(path)
     if fmt == "GeoJSON":
-        atomic_write_json(path, geojson)
+        atomic_write_json(path, answer_collection(geojson))
         return fmt
     gdf = answer_frame(geojson)
     with atomic_path(path) as tmp:

@@ -607,6 +607,11 @@ def parse_query(text: str) -> ParsedQuery:
             work = _cut(work, span)
             if negated or spec.predicate == "far_from":
                 image = _cut(image, span)
+            elif spec.predicate == "near" and _has_dist(m) and m.lastindex and m.lastindex >= 3:
+                # the layers check the distance; the image model sees "near water" whatever the number
+                plain = f"near {m.group(3)}"
+                if len(plain) <= span[1] - span[0]:
+                    image = image[: span[0]] + plain.ljust(span[1] - span[0]) + image[span[1] :]
 
     # Exclusions.
     for m in list(_EXCLUSION.finditer(work.lower())):
@@ -622,8 +627,9 @@ def parse_query(text: str) -> ParsedQuery:
     image_text = re.sub(r"\s+", " ", FILLER.sub("", _clean_phrase(image))).strip(" ,;.:-")
     find_all = bool(FIND_ALL.match(rest))
     if find_all:  # "all the", "every", "how many" say how many, not what to look for
+        counting = not re.match(r"all\b", rest, re.I)  # "every", "each", "how many": count nouns
         rest = FIND_ALL.sub("", rest)
-        image_text = FIND_ALL.sub("", image_text)
+        image_text = one_instance(FIND_ALL.sub("", image_text), counting)
     rest = LEAD_DETERMINERS.sub("", rest)
     rest = re.sub(r"\b(?:that|which|who)\s+(?:are|is)\s*$", "", rest, flags=re.I)
     pieces = [
@@ -661,6 +667,44 @@ def parse_query(text: str) -> ParsedQuery:
         image_text=image_text or " and ".join(t.text for t in targets),
         find_all=find_all,
     )
+
+
+_HEAD_END = re.compile(
+    r"\s(?:in|on|near|with|without|of|along|by|at|next|beside|around|inside|within)\s", re.I
+)
+_NOT_PLURAL = set("grass glass gas bus campus cactus bias lens oasis sports species".split())
+
+
+def singular(word: str) -> str:
+    """English plural to singular for the head nouns of place queries (lakes, quarries, churches)."""
+    w = word.lower()
+    if len(w) < 4 or w in _NOT_PLURAL or w.endswith(("ss", "us", "is")) or not w.endswith("s"):
+        return word
+    if w.endswith("ies"):
+        return word[:-3] + "y"
+    if w.endswith(("ches", "shes", "xes", "sses", "zes")):
+        return word[:-2]
+    return word[:-1]
+
+
+def one_instance(phrase: str, count_noun: bool = False) -> str:
+    """What one instance of a "find all" phrase looks like: "lakes" -> "a lake", "parking lots near
+    the river" -> "a parking lot near the river", so "all the lakes", "every lake" and "a lake" embed
+    alike and rank the same regions (a plural or a bare noun moves the text embedding). A mass noun
+    ("all the farmland") keeps no article unless ``count_noun`` ("every ...") says it counts."""
+    phrase = phrase.strip()
+    m = _HEAD_END.search(f" {phrase} ")
+    cut = m.start() - 1 if m and m.start() > 0 else len(phrase)  # -1: the search ran on " phrase "
+    head, tail = phrase[:cut], phrase[cut:]
+    words = head.split()
+    if not words or words[0].lower() in {"a", "an", "the"}:
+        return phrase
+    one = singular(words[-1])
+    if one == words[-1] and not count_noun:
+        return phrase
+    words[-1] = one
+    article = "an" if words[0][0].lower() in "aeiou" else "a"
+    return f"{article} {' '.join(words)}{tail}"
 
 
 def _has_dist(m: re.Match[str]) -> bool:

@@ -160,10 +160,13 @@ def test_image_text_keeps_what_can_be_seen():
 @pytest.mark.parametrize(
     "text, find_all, look",
     [
-        ("all the quarries", True, "quarries"),
-        ("show me all red roofs", True, "red roofs"),
-        ("find every parking lot", True, "parking lot"),
-        ("how many ships", True, "ships"),
+        ("all the quarries", True, "a quarry"),
+        ("show me all red roofs", True, "a red roof"),
+        ("find every parking lot", True, "a parking lot"),
+        ("how many ships", True, "a ship"),
+        ("all the churches near the river", True, "a church near the river"),
+        ("all the farmland", True, "farmland"),  # a mass noun keeps no article
+        ("every oil tank", True, "an oil tank"),
         ("a quarry", False, "a quarry"),
         ("the allotments", False, "the allotments"),
     ],
@@ -172,3 +175,20 @@ def test_find_all_queries(text, find_all, look):
     p = parse_query(text)
     assert p.find_all is find_all
     assert p.look_for() == look
+
+
+def test_find_all_looks_for_one_instance():
+    """The words "all the lakes", "every lake" and "a lake" embed the same text, so they rank the same regions
+    (the plural moved the embedding: a new user saw the best lake of "a lake" missing from "all the
+    lakes", and "every lake" return another set)."""
+    looks = {parse_query(q).look_for() for q in ("all the lakes", "every lake", "a lake", "each lake")}
+    assert looks == {"a lake"}
+
+
+@pytest.mark.parametrize("dist", ["5 m", "200 m", "5000 m", "2 km"])
+def test_a_distance_is_checked_on_layers_not_embedded(dist):
+    """The number goes to the relation; the image model sees the same words at any distance."""
+    p = parse_query(f"farmland within {dist} of water")
+    assert p.look_for() == "farmland near water"
+    assert p.relations[0].predicate == "near" and p.relations[0].layer == "water"
+    assert p.relations[0].distance_m == {"5 m": 5, "200 m": 200, "5000 m": 5000, "2 km": 2000}[dist]

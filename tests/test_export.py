@@ -1,0 +1,45 @@
+"""The GeoJSON file holds the same rows as every other format: regions, then near-misses."""
+
+from __future__ import annotations
+
+import json
+
+from test_answer_chain import chain_root  # noqa: F401
+
+
+def _cli(*argv: str) -> int:
+    from geosearch_server.cli import main
+
+    return main(list(argv))
+
+
+def test_geojson_rows_match_the_other_formats(chain_root, tmp_path):  # noqa: F811
+    import geopandas as gpd
+
+    gj, gpkg = tmp_path / "a.geojson", tmp_path / "a.gpkg"
+    for out in (gj, gpkg):
+        assert _cli("ask", str(chain_root / "scene.duckdb"), "red", "-k", "3", "--out", str(out)) == 0
+    doc = json.loads(gj.read_text())
+    rows = [f["properties"] for f in doc["features"]]
+    table = gpd.read_file(gpkg)
+    assert [r["rank"] for r in rows] == list(table["rank"]) == list(range(1, len(rows) + 1))
+    assert [r["kind"] for r in rows] == list(table["kind"])
+    assert [r["id"] for r in rows] == list(table["id"])
+    assert rows[0]["kind"] == "region" and rows[0]["query"] == "red" and "colour" in rows[0]["model"]
+    assert any(k.startswith("f_") for k in rows[0])
+    assert "provenance" in doc["properties"] and "near_misses" not in doc["properties"]
+
+
+def test_an_abstention_geojson_lists_its_near_misses_as_features(chain_root, tmp_path):  # noqa: F811
+    import geosearch
+
+    out = tmp_path / "blue.geojson"
+    assert _cli("ask", str(chain_root / "scene.duckdb"), "blue", "--out", str(out)) == 0
+    doc = json.loads(out.read_text())
+    assert doc["properties"]["abstained"] is True and doc["properties"]["reason"]
+    kinds = [f["properties"]["kind"] for f in doc["features"]]
+    assert kinds and set(kinds) == {"near_miss"}  # a GIS shows what came close, marked as such
+    assert all(f["properties"]["abstained"] for f in doc["features"])
+    ans = geosearch.open(chain_root / "scene.duckdb").ask("blue")
+    assert len(kinds) == len(ans.near_misses)
+    assert ans.to_geojson()["properties"]["near_misses"]  # the served answer keeps its own shape
