@@ -117,7 +117,8 @@ def answer_map_html(index: TileIndex, geojson: dict[str, Any], *, title: str | N
                 "colour": confidence_colour(p.get("confidence")) if kind == "region" else "#e040fb",
                 "flags": p.get("flags") or [],
                 "scale_m": p.get("scale_m"),
-                "features": p.get("features") or {},
+                # the score breakdown; a proposal's id is not a score
+                "features": {k: v for k, v in (p.get("features") or {}).items() if k != "proposal"},
                 "relations": p.get("relations") or [],
                 "rings": rings,
                 "thumb": thumb,

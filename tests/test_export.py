@@ -43,3 +43,12 @@ def test_an_abstention_geojson_lists_its_near_misses_as_features(chain_root, tmp
     ans = geosearch.open(chain_root / "scene.duckdb").ask("blue")
     assert len(kinds) == len(ans.near_misses)
     assert ans.to_geojson()["properties"]["near_misses"]  # the served answer keeps its own shape
+
+
+def test_the_map_page_lists_scores_not_proposal_ids(chain_root, tmp_path):  # noqa: F811
+    import geosearch
+
+    ans = geosearch.open(chain_root / "scene.duckdb").ask("red", k=3)
+    assert "proposal" in ans.regions[0].details["features"]  # the region came from a stored proposal
+    page = ans.show(tmp_path / "m.html", open_browser=False).read_text()
+    assert '"s_region"' in page and '"proposal"' not in page
