@@ -8,13 +8,14 @@ reads GEOMETRY columns without it, and only the ``ST_*`` functions of relations 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 
-from geosearch.errors import DatabaseDamagedError, DatabaseLockedError, GeoSearchError
+from geosearch.errors import DatabaseDamagedError, DatabaseLockedError, GeoSearchError, InputError
 from geosearch.fileio import check_regular_file
 
 
@@ -48,11 +49,15 @@ def connect(
     Failures name what is wrong: locked by a writer, damaged, not a database, not a regular file."""
     config = {"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}
     database = ":memory:" if path is None else str(path)
+    existed = True
     if path is not None:
         check_regular_file(Path(path), "index", must_exist=read_only)  # a FIFO would hang
+        existed = os.path.lexists(path)
     try:
         con = duckdb.connect(database, read_only=read_only, config=config)
     except duckdb.Error as exc:
+        if not existed and not os.path.lexists(database):  # creating it failed: not a damaged index
+            raise cannot_create_error(Path(database), str(exc)) from exc
         raise describe_error(exc, database) from exc
     try:
         if spatial:
@@ -64,6 +69,25 @@ def connect(
         con.close()
         raise describe_error(exc, database) from exc
     return con
+
+
+def cannot_create_error(path: Path, reason: str) -> InputError:
+    """A new database file (or its folder) that cannot be created, as one clear line."""
+    low = reason.lower()
+    missing = next((p for p in reversed(path.parents) if not os.path.isdir(p)), None)
+    if "permission denied" in low or "operation not permitted" in low:
+        why = "permission denied"
+    elif "read-only file system" in low:
+        why = "read-only file system"
+    elif "no space left" in low:
+        why = "no space left on device"
+    elif missing is not None:
+        why = f"folder {missing} does not exist"
+    elif "no such file" in low:
+        why = f"folder {path.parent} does not accept new files"
+    else:
+        why = reason.splitlines()[0][:200] if reason else "unknown error"
+    return InputError(f"cannot create {path}: {why}")
 
 
 def describe_error(exc: Exception, database: str) -> GeoSearchError:

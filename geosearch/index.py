@@ -146,6 +146,21 @@ def _index_settings(settings: Settings, mosaic: Mosaic) -> dict:
     }
 
 
+def check_date(value: str, flag: str = "--date") -> str:
+    """An index date: a real calendar date written YYYY-MM-DD (``2020-13-45`` is refused)."""
+    import datetime as dt
+    import re
+
+    text = str(value).strip()
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"{flag} {value!r}: not a date; give a real date as YYYY-MM-DD") from None
+    return day.isoformat()
+
+
 def build_index(
     inputs: Sequence[str | Path],
     out: str | Path,
@@ -174,7 +189,12 @@ def build_index(
     t_start = time.perf_counter()
     from geosearch.mosaic import open_mosaic
 
+    if date is not None:
+        date = check_date(date)
     mosaic = open_mosaic(inputs, bands=bands, stretch=stretch, asset=asset)  # type: ignore[arg-type]
+    from geosearch.tiling import check_scales
+
+    check_scales(mosaic, settings.scales_m)  # before the model loads or the index file is created
     from geosearch.models import EmbeddingModel, get_model
 
     emb_model = model if isinstance(model, EmbeddingModel) else get_model(model, settings=settings)
@@ -186,9 +206,20 @@ def build_index(
         shutil.rmtree(store_root(out), ignore_errors=True)
     if out.exists() and out.is_dir():
         raise InputError(f"index path is a folder: {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    con = db.connect(out)
+    if not 0 <= settings.overlap < 1:  # every setting is checked before the index file is created
+        raise InputError("overlap must be in [0, 1)")
+    # a file (and folders) this run creates is removed again if the run fails before its first
+    # tile is embedded (a refused plan): a later run must not find it and its refused settings
+    fresh = not os.path.lexists(out)
+    made = _make_folders(out)
+    try:
+        con = db.connect(out)
+    except BaseException:
+        if fresh:
+            _discard_new_index(out, made)
+        raise
     stack = ExitStack()  # stops a segmentation still running when the build fails
+    planned = False  # True once the plan is accepted and tiles are about to be embedded
     try:
         con.execute(SCHEMA)
         meta = _read_meta(con)
@@ -240,6 +271,7 @@ def build_index(
             ).fetchall()
         }
         todo = [(t, f) for t, f in zip(tiles, fracs) if t.tile_id not in done]
+        planned = True
         planned_total = len(tiles)
         report = BuildReport(planned_total, 0, 0, 0.0, 0.0, 0.0, mosaic.area_km2)
         batch = max(1, settings.batch_size)
@@ -296,7 +328,40 @@ def build_index(
             con.close()
         except duckdb.Error:
             pass
+        if fresh and not planned:
+            _discard_new_index(out, made)
     return report
+
+
+def _make_folders(out: Path) -> list[Path]:
+    """Create the folder of ``out`` (and its missing parents); returns the folders created,
+    deepest first. A folder that cannot be created is one clear error."""
+    made = []
+    folder = out.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise db.cannot_create_error(out, exc.strerror or str(exc)) from None
+    return made
+
+
+def _discard_new_index(out: Path, made: list[Path]) -> None:
+    """Remove an index file this run created (with its WAL and store folder) and the folders it
+    made for it, when the run was refused before any tile was embedded."""
+    for p in (out, Path(str(out) + ".wal")):
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass
+    shutil.rmtree(store_root(out), ignore_errors=True)
+    for folder in made:
+        try:
+            folder.rmdir()  # only while empty
+        except OSError:
+            break
 
 
 def _current_store(
@@ -335,7 +400,9 @@ def upgrade_index(
     if not path.is_file():
         raise InputError(f"index not found: {path}")
     settings = settings or get_settings()
-    con = db.connect(path, spatial=False)
+    # spatial loaded: the CHECKPOINT below (and the one DuckDB makes on close) fails with a FATAL
+    # error on an index whose vector layers carry an RTREE index unless the extension is loaded
+    con = db.connect(path)
     try:
         meta = _read_meta(con)
         if "model_id" not in meta:

@@ -2,12 +2,13 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from geosearch import db
-from geosearch.errors import IndexMismatchError, InputError
+from geosearch.errors import GeoSearchError, IndexMismatchError, InputError
 from geosearch.index import TileIndex, build_index
 from geosearch.settings import Settings
 from tests.fixtures.faults import fail_nth_insert
@@ -73,6 +74,60 @@ def test_refuses_other_mosaic_and_tiling(tmp_path, raster, tiny_settings):
             progress=False,
         )
     build_index([other], tmp_path / "i.duckdb", settings=tiny_settings, progress=False, overwrite=True)
+
+
+def test_a_refused_build_leaves_nothing_behind(tmp_path, capsys):
+    """Settings refused before any tile is embedded leave no index (nor folder) that would block
+    the next run with "other tiling settings"; an existing index is never removed."""
+    from geosearch_server.cli import main
+
+    small = write_raster(tmp_path / "s.tif", width=64, height=64)
+    out = tmp_path / "new" / "s1.duckdb"
+    base = ["index", str(small), "--out", str(out), "--model", "geosearch-tiny", "--quiet"]
+    refusals = [
+        (["--scales", "-5"], "positive numbers of metres"),
+        (["--scales", "0"], "positive numbers of metres"),
+        (["--scales", "1000"], "no tile fits the mosaic"),  # found after the file was opened
+        (["--overlap", "1.5"], "overlap must be in [0, 1)"),
+    ]
+    for extra, why in refusals:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err
+        assert not (tmp_path / "new").exists(), extra
+    assert main([*base, "--scales", "32"]) == 0, capsys.readouterr().err
+    assert TileIndex.open(out).meta["tiling"]["scales_m"] == [32.0]
+    assert main([*base, "--scales", "1000"]) == 2  # refused for this index: it stays as it was
+    assert "tiling settings" in capsys.readouterr().err
+    assert len(TileIndex.open(out)) > 0
+
+
+def test_an_index_that_cannot_be_created_is_not_called_damaged(tmp_path, capsys):
+    from geosearch_server.cli import main
+
+    small = write_raster(tmp_path / "s.tif", width=64, height=64)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    cases = [(blocker / "x.duckdb", f"cannot create {blocker / 'x.duckdb'}: folder {blocker} does not exist")]
+    if sys.platform == "linux":
+        cases += [
+            (Path("/sys/x.duckdb"), "cannot create /sys/x.duckdb: permission denied"),
+            (Path("/proc/x.duckdb"), "cannot create /proc/x.duckdb: folder /proc does not accept new files"),
+        ]
+    for out, want in cases:
+        rc = main(
+            ["index", str(small), "--out", str(out), "--model", "geosearch-tiny", "--scales", "32", "--quiet"]
+        )
+        err = capsys.readouterr().err
+        assert rc == 2 and want in err, err
+        assert "damaged" not in err and "Traceback" not in err
+    with pytest.raises(InputError, match="cannot create .*does not exist"):
+        db.connect(tmp_path / "no" / "such" / "i.duckdb")
+    damaged = tmp_path / "d.duckdb"  # an existing file DuckDB cannot read is still reported as such
+    damaged.write_bytes(b"DUCK" + b"\0" * 5000)
+    with pytest.raises(GeoSearchError) as caught:
+        db.connect(damaged)
+    assert "cannot create" not in str(caught.value)
 
 
 def test_resume_after_kill(tmp_path, raster):

@@ -385,3 +385,30 @@ def test_warm_reads_the_ann_and_tile_arrays_but_not_the_vectors(ann_index, monke
         assert read[name] == (folder / name).stat().st_size, name  # every byte, through the page cache
     assert "vectors.f32.npy" not in read  # the float32 rows are read per query, never all at once
     assert [h.tile_id for h in search(index, vectors.queries(1, seed=3)[0], 10)] == want
+
+
+def test_upgrade_rebuild_of_an_index_with_a_vector_layer(tmp_path, capsys):
+    """A layer's RTREE index needs the spatial extension at every checkpoint: ``upgrade --rebuild``
+    (and ``--ann on``) succeed, leave no .wal, and keep only the current store version."""
+    import geopandas as gpd
+
+    from geosearch.relations import list_layers, store_layer
+    from geosearch_server.cli import main
+
+    path = tmp_path / "l.duckdb"
+    write_synthetic_index(path, 600, dim=16, vectors=SyntheticVectors(dim=16, clusters=8))
+    upgrade_index(path, Settings())
+    lakes = gpd.GeoDataFrame(geometry=[box(15.0, 40.0, 15.01, 40.01)], crs="EPSG:4326")
+    store_layer(path, "water", lakes, source="test", role="water")
+    for extra in (["--rebuild"], ["--rebuild"], ["--ann", "on"]):
+        assert main(["upgrade", str(path), *extra]) == 0, capsys.readouterr().err
+        assert not (tmp_path / "l.duckdb.wal").exists()
+        assert len(list(store_root(path).iterdir())) == 1  # superseded versions removed
+    assert "search ann" in capsys.readouterr().out
+    assert [layer.name for layer in list_layers(path)] == ["water"]
+    with db.connect(path, read_only=True) as con:  # the RTREE index survived the checkpoints
+        assert (
+            con.execute("SELECT count(*) FROM duckdb_indexes() WHERE index_name LIKE '%rtree'").fetchone()[0]
+            == 2
+        )
+    assert TileIndex.open(path).info()["search"]["mode"] == "ann"
