@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import shapely
 from pyproj import CRS, Geod, Transformer
+from pyproj.exceptions import CRSError
 from shapely.geometry import box, mapping, shape
 
 from geosearch.errors import InputError
@@ -25,7 +26,12 @@ def as_crs(crs) -> CRS:
         return crs
     if hasattr(crs, "to_wkt"):
         return CRS.from_wkt(crs.to_wkt())
-    return CRS.from_user_input(crs)
+    try:
+        return CRS.from_user_input(crs)
+    except CRSError:
+        raise InputError(
+            f"unknown CRS {crs!r} (give e.g. EPSG:4326, EPSG:32614 or a WKT / PROJ string)"
+        ) from None
 
 
 @lru_cache(maxsize=64)

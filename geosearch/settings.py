@@ -9,12 +9,29 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEVICES = "auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+MAX_CONTEXT = 100.0  # the largest neighbourhood weight (search --context, coarse_search's context)
+
+
+def check_device(value: str, source: str = "--device") -> str:
+    """``value`` if it names a device :func:`geosearch.models.base.resolve_device` knows, else an
+    :class:`~geosearch.errors.InputError` naming ``source`` (the flag or variable) and the choices.
+    Whether the device is present is checked when a model loads (``resolve_device``)."""
+    text = str(value).strip().lower()
+    if not _DEVICE.fullmatch(text):
+        from geosearch.errors import InputError
+
+        raise InputError(f"{source} {value!r}: not a device; use {DEVICES}")
+    return text
 
 
 class Settings(BaseSettings):
@@ -23,8 +40,8 @@ class Settings(BaseSettings):
 
     # Embedding model
     model: str = Field("geosearch-starter", description="Registry name or open_clip 'arch:checkpoint'.")
-    device: str = Field("auto", description="auto | cpu | cuda | mps")
-    threads: int = Field(0, description="torch CPU threads; 0 keeps torch's default.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default.")
     batch_size: int = Field(64, ge=1)
     image_views: int = Field(
         0,
@@ -95,6 +112,7 @@ class Settings(BaseSettings):
     search_context: float = Field(
         0.0,
         ge=0,
+        le=MAX_CONTEXT,
         description="coarse ranking: weight of a tile's neighbourhood (same-scale tiles within half a "
         "side) against its own score; 0 (default) ranks tiles by their own score alone",
     )
@@ -210,6 +228,14 @@ class Settings(BaseSettings):
                 text = text.replace(sep, "\n")
             return [part for part in text.split("\n") if part]
         return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        text = str(value).strip().lower()
+        if not _DEVICE.fullmatch(text):
+            raise ValueError(f"not a device; use {DEVICES}")
+        return text
 
     @field_validator("image_views")
     @classmethod

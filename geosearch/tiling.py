@@ -43,12 +43,29 @@ def _starts(extent_px: float, size_px: float, stride_px: float) -> list[float]:
     return [min(i * stride_px, extent_px - size_px) for i in range(n)]
 
 
+MIN_TILE_PX = 8  # the smallest tile side in pixels of the mosaic: below, a tile holds no image
+
+
+def check_scales(mosaic: Mosaic, scales_m: Sequence[float]) -> None:
+    """Refuse tile sizes that are not positive numbers of metres, or that span fewer than
+    :data:`MIN_TILE_PX` pixels of ``mosaic`` (``--scales 1`` on a 5 m raster would plan millions of
+    sub-pixel tiles and never finish)."""
+    if not scales_m or any((not np.isfinite(s)) or s <= 0 for s in scales_m):
+        raise InputError("tile scales must be positive numbers of metres")
+    px = max(mosaic.pixel_size_m)
+    small = sorted({float(s) for s in scales_m if s < MIN_TILE_PX * px})
+    if small:
+        raise InputError(
+            f"tile scale {small[0]:g} m is too small for this raster: a tile must span at least "
+            f"{MIN_TILE_PX} pixels, i.e. {MIN_TILE_PX * px:g} m at its {px:g} m pixels"
+        )
+
+
 def plan_tiles(mosaic: Mosaic, scales_m: Sequence[float], overlap: float = 0.5) -> list[Tile]:
     """All tiles at every scale over the mosaic's extent (nodata not yet considered)."""
     if not 0 <= overlap < 1:
         raise InputError("overlap must be in [0, 1)")
-    if not scales_m or any((not np.isfinite(s)) or s <= 0 for s in scales_m):
-        raise InputError("tile scales must be positive numbers of metres")
+    check_scales(mosaic, scales_m)
     width_px, height_px = mosaic.size_px
     mx, my = mosaic.pixel_size_m
     x0, _, _, y1 = mosaic.bounds

@@ -137,3 +137,136 @@ def test_check_options_coerces_and_knows_every_rerank_weight():
     assert scalar <= set(WEIGHT_OPTIONS)
     with pytest.raises(InputError, match="proposal_nms_iou"):
         check_options({"proposal_nms_iou": 2.0})
+
+
+def test_bad_area_crs_and_context_exit_2(built, capsys):
+    """An unknown ``--bbox-crs`` is one line (was a pyproj traceback), ``--bbox-crs`` without
+    ``--bbox`` is refused (was ignored), and a non-finite or absurd ``--context`` is refused (was
+    NaN scores)."""
+    _, _, out = built
+    bbox = ["--bbox", "1", "2", "3", "4"]
+    cases = [
+        (["search", str(out), "a lake", "--bbox-crs", "EPSG:99999", *bbox], "unknown CRS 'EPSG:99999'"),
+        (["search", str(out), "a lake", "--bbox-crs", "banana", *bbox], "unknown CRS 'banana'"),
+        (["like", str(out), *bbox, "--bbox-crs", "EPSG:99999"], "unknown CRS 'EPSG:99999'"),
+        (["search", str(out), "a lake", "--bbox-crs", "EPSG:4326"], "--bbox-crs needs --bbox"),
+        (["like", str(out), "--tile", "x", "--bbox-crs", "EPSG:4326"], "--bbox-crs needs --bbox"),
+        (["search", str(out), "a lake", "--context", "inf"], "--context must be a number from 0 to 100"),
+        (["search", str(out), "a lake", "--context", "1e308"], "--context must be a number from 0 to 100"),
+        (["search", str(out), "a lake", "--context", "nan"], "--context must be a number from 0 to 100"),
+        (["search", str(out), "a lake", "--context", "-1"], "--context must be a number from 0 to 100"),
+    ]
+    for argv, needle in cases:
+        rc, err = _err(capsys, argv)
+        assert rc == 2, (argv, err)
+        assert needle in err, (argv, err)
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_ask_output_not_writable_exit_2_before_any_work(built, capsys, tmp_path, monkeypatch):
+    """``ask --out`` / ``--html`` into a folder that cannot be written is refused up front (it used
+    to run the whole answer, then crash with a PermissionError traceback)."""
+    import tempfile
+
+    _, _, out = built
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(kwargs.get("dir"))
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    import geosearch_tools.answer as t_answer
+
+    monkeypatch.setattr(t_answer, "run", lambda *a, **k: pytest.fail("the answer ran before the check"))
+    for flag, name in (("--out", "x.geojson"), ("--out", "x.gpkg"), ("--html", "x.html")):
+        rc, err = _err(capsys, ["ask", str(out), "a lake", flag, str(tmp_path / name)])
+        assert rc == 2, err
+        assert f"{flag} " in err and "is not writable (Permission denied)" in err, err
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert calls and all(str(c) == str(tmp_path) for c in calls)
+    rc, err = _err(capsys, ["ask", str(out), "a lake", "--out", str(tmp_path / "no" / "x.geojson")])
+    assert rc == 2 and "does not exist" in err, err
+
+
+def test_ask_write_error_is_one_line(built, capsys, tmp_path, monkeypatch):
+    """An OSError while the answer is written (disk full, ...) is one line and exit 2 too."""
+    import geosearch.fileio
+
+    _, _, out = built
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(geosearch.fileio, "atomic_write_text", full)
+    rc, err = _err(capsys, ["ask", str(out), "bright square", "--html", str(tmp_path / "m.html")])
+    assert rc == 2, err
+    assert (
+        err
+        == f"geosearch: error: --html {str(tmp_path / 'm.html')!r}: cannot write it: No space left on device"
+    )
+    assert not (tmp_path / "m.html").exists()
+
+
+def test_bad_index_options_exit_2_before_anything_is_created(built, capsys, tmp_path, monkeypatch):
+    """Device, batch size, threads, tile scales and date are checked before the index file exists."""
+    import torch
+
+    _, raster, _ = built  # 1 m pixels: a tile must be at least 8 m
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    dest = tmp_path / "s.duckdb"
+    base = ["index", str(raster), "--out", str(dest), "--model", "geosearch-tiny", "--quiet"]
+    cases = [
+        (["--device", "tpu"], "--device 'tpu': not a device; use auto, cpu, cuda, cuda:N"),
+        (
+            ["--device", "cuda"],
+            "device 'cuda' (--device / GEOSEARCH_DEVICE) requested but CUDA is not available",
+        ),
+        (["--batch-size", "0"], "argument --batch-size: must be at least 1, not 0"),
+        (["--threads", "0"], "argument --threads: must be at least 1, not 0"),
+        (["--threads", "-3"], "argument --threads: must be at least 1, not -3"),
+        (
+            ["--scales", "4", "64"],
+            "tile scale 4 m is too small for this raster: a tile must span at least 8 pixels",
+        ),
+        (["--date", "2020-13-45"], "--date '2020-13-45': not a date; give a real date as YYYY-MM-DD"),
+        (["--date", "2020"], "--date '2020': not a date"),
+    ]
+    for extra, needle in cases:
+        rc, err = _err(capsys, base + extra)
+        assert rc == 2, (extra, err)
+        assert needle in err, (extra, err)
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+        assert not dest.exists(), extra
+
+
+def test_device_and_threads_settings_are_checked(monkeypatch):
+    """GEOSEARCH_DEVICE / GEOSEARCH_THREADS that do not validate name the variable (exit 2 at the
+    CLI); resolve_device refuses names and devices this machine lacks."""
+    import torch
+
+    from geosearch.errors import GeoSearchError, InputError
+    from geosearch.models.base import resolve_device
+    from geosearch.settings import Settings, get_settings
+
+    assert Settings(device="CUDA:1").device == "cuda:1"
+    for name, value, needle in (
+        ("GEOSEARCH_DEVICE", "tpu", "GEOSEARCH_DEVICE='tpu'"),
+        ("GEOSEARCH_THREADS", "-3", "GEOSEARCH_THREADS='-3'"),
+        ("GEOSEARCH_SEARCH_CONTEXT", "inf", "GEOSEARCH_SEARCH_CONTEXT='inf'"),
+    ):
+        monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        try:
+            with pytest.raises(InputError, match=needle):
+                get_settings()
+        finally:
+            monkeypatch.delenv(name)
+            get_settings.cache_clear()
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(GeoSearchError, match="not a device"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(GeoSearchError, match="CUDA is not available"):
+        resolve_device("cuda:0")
+    assert resolve_device("auto").type in ("cpu", "mps")

@@ -18,12 +18,34 @@ from geosearch.models.text import TextCache
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device for ``device`` (auto, cpu, cuda, cuda:N or mps). A name that is not a
+    device, or a device this machine does not have, is a :class:`GeoSearchError` (one line)."""
+    from geosearch.settings import check_device
+
+    device = check_device(device, "device")
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if mps:
             return torch.device("mps")
         return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GeoSearchError(
+                f"device {device!r} (--device / GEOSEARCH_DEVICE) requested but CUDA is not available on this machine "
+                "(no GPU, or torch built without CUDA); use cpu or auto"
+            )
+        n = int(device.partition(":")[2] or 0)
+        if n >= torch.cuda.device_count():
+            raise GeoSearchError(
+                f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
+    if device == "mps" and not mps:
+        raise GeoSearchError(
+            "device 'mps' requested but MPS is not available on this machine; use cpu or auto"
+        )
     return torch.device(device)
 
 

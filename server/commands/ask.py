@@ -54,13 +54,11 @@ def _run(args) -> int:
     from geosearch.timing import phase
 
     with phase("imports"):
-        from pathlib import Path
-
         from pydantic import ValidationError
 
         from geosearch.errors import InputError
         from geosearch.export import format_for
-        from geosearch_server.commands._common import format_table
+        from geosearch_server.commands._common import check_output_file, format_table
         from geosearch_tools import answer as t_answer
         from geosearch_tools.common import Workspace, tool_error_message
 
@@ -70,11 +68,7 @@ def _run(args) -> int:
         raise InputError(f"--html {args.html!r}: give a file name ending in .html")
     for flag, target in (("--out", args.out), ("--html", args.html)):
         if target:
-            folder = Path(target).expanduser().absolute().parent
-            if not folder.is_dir():
-                raise InputError(f"{flag} {target!r}: the folder {folder} does not exist")
-            if Path(target).is_dir():
-                raise InputError(f"{flag} {target!r} is a folder: give a file name")
+            check_output_file(flag, target)  # folder exists and is writable: before any work
     ws = Workspace([], restrict=False, warm=False)  # one query: no read-ahead of the whole ANN
     path = str(ws.resolve(args.index))
     try:
@@ -100,13 +94,20 @@ def _run(args) -> int:
     if args.out:
         from geosearch.export import write_answer
 
-        fmt = write_answer(out.geojson, args.out)
+        try:
+            fmt = write_answer(out.geojson, args.out)
+        except OSError as exc:
+            raise InputError(f"--out {args.out!r}: cannot write it: {exc.strerror or exc}") from None
     if args.html:
         from geosearch.fileio import atomic_write_text
         from geosearch.mapview import answer_map_html
 
         with ws.using(path) as h:
-            atomic_write_text(args.html, answer_map_html(h.index, out.geojson))
+            page = answer_map_html(h.index, out.geojson)
+        try:
+            atomic_write_text(args.html, page)
+        except OSError as exc:
+            raise InputError(f"--html {args.html!r}: cannot write it: {exc.strerror or exc}") from None
     if args.format == "geojson":
         print(json.dumps(out.geojson))
         return 0

@@ -15,7 +15,7 @@ def register(sub) -> None:
     ex.add_argument("--tile", nargs="+", metavar="ID", help="example tile id(s) (a result id)")
     ex.add_argument("--bbox", type=float, nargs=4, metavar=("MINX", "MINY", "MAXX", "MAXY"))
     ex.add_argument("--area", help="GeoJSON / vector file with the example polygon")
-    p.add_argument("--bbox-crs", default="EPSG:4326")
+    p.add_argument("--bbox-crs", default=None, help="CRS of --bbox (default EPSG:4326, lon/lat)")
     p.add_argument(
         "--text", default=None, help='modification, e.g. "but closer to the river", "without the ships"'
     )
@@ -37,12 +37,14 @@ def run(args) -> int:
     from geosearch.change.compose import Example, query_by_example
     from geosearch.geo import area_from_bbox, load_area
     from geosearch.index import TileIndex
+    from geosearch_server.commands.search import check_bbox_crs
 
+    check_bbox_crs(args)
     index = TileIndex.open(args.index)
     if args.tile:
         pos = [Example(tile_id=t, date=args.date) for t in args.tile]
     elif args.bbox:
-        geom, crs = area_from_bbox(args.bbox, args.bbox_crs)
+        geom, crs = area_from_bbox(args.bbox, args.bbox_crs or "EPSG:4326")
         pos = [Example(geometry=geom, crs=crs, date=args.date)]
     else:
         geom, crs = load_area(args.area)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from geosearch_server.commands._common import positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("index", help="build (or resume) a multi-scale tile index of a mosaic")
@@ -37,9 +39,11 @@ def register(sub) -> None:
     )
     p.add_argument("--stretch", choices=["auto", "percentile", "minmax", "none"], default="auto")
     p.add_argument("--date", default=None, help="acquisition date of this mosaic (YYYY-MM-DD)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None, help="tiles per model batch (1 or more)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (1 or more; default: torch's)"
+    )
     p.add_argument(
         "--proposals",
         choices=["superpixels", "sam", "sam+superpixels", "none"],
@@ -87,6 +91,10 @@ def settings_from_args(args):
         updates["proposal_backend"] = proposals
     if getattr(args, "sam_weights", None):
         updates["sam_weights"] = Path(args.sam_weights)
+    if updates.get("device") is not None:
+        from geosearch.settings import check_device
+
+        updates["device"] = check_device(updates["device"], "--device")
     settings = get_settings().model_copy(update=updates)
     if not 0 <= settings.overlap < 1:
         from geosearch.errors import InputError
@@ -97,6 +105,10 @@ def settings_from_args(args):
 
 def run(args) -> int:
     settings = settings_from_args(args)
+    if args.date is not None:
+        from geosearch.index import check_date
+
+        args.date = check_date(args.date)
     kwargs = dict(
         model=settings.model,
         settings=settings,

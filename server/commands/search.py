@@ -17,16 +17,16 @@ def register(sub) -> None:
     area = p.add_mutually_exclusive_group()
     area.add_argument("--area", help="GeoJSON / vector file restricting the search")
     area.add_argument("--bbox", type=float, nargs=4, metavar=("MINX", "MINY", "MAXX", "MAXY"))
-    p.add_argument("--bbox-crs", default="EPSG:4326")
+    p.add_argument("--bbox-crs", default=None, help="CRS of --bbox (default EPSG:4326, lon/lat)")
     p.add_argument("--scales", type=float, nargs="+", default=None)
     p.add_argument(
         "--context",
         type=float,
         default=None,
         metavar="W",
-        help="weight of each tile's neighbourhood (same-scale tiles within half a side) in the ranking: "
-        "1 finds the place whose surroundings match too, over scenes larger than the tiles (default: "
-        "setting search_context, 0: each tile by its own score)",
+        help="weight of each tile's neighbourhood (same-scale tiles within half a side) in the ranking, "
+        "0 to 100: 1 finds the place whose surroundings match too, over scenes larger than the tiles "
+        "(default: setting search_context, 0: each tile by its own score)",
     )
     p.add_argument("--format", choices=["table", "geojson", "json"], default="table")
     p.set_defaults(func=run, fast_exit=True)  # read-only: no interpreter teardown (cli._exit_now)
@@ -38,8 +38,16 @@ def parse_area(args):
     if getattr(args, "area", None):
         return load_area(args.area)
     if getattr(args, "bbox", None):
-        return area_from_bbox(args.bbox, args.bbox_crs)
+        return area_from_bbox(args.bbox, getattr(args, "bbox_crs", None) or "EPSG:4326")
     return None, "EPSG:4326"
+
+
+def check_bbox_crs(args) -> None:
+    """``--bbox-crs`` only means something with ``--bbox``; alone it is refused (exit 2), not ignored."""
+    from geosearch.errors import InputError
+
+    if getattr(args, "bbox_crs", None) is not None and not getattr(args, "bbox", None):
+        raise InputError("--bbox-crs needs --bbox (it gives the CRS of the --bbox numbers)")
 
 
 def hits_geojson(hits) -> dict:
@@ -79,17 +87,19 @@ def run(args) -> int:
     from geosearch.errors import InputError
     from geosearch.index import TileIndex
     from geosearch.search import search, search_shards
+    from geosearch.settings import MAX_CONTEXT
 
     if not args.text.strip():
         raise InputError("empty query: give some words to search for")
+    if args.context is not None and not 0 <= args.context <= MAX_CONTEXT:  # NaN fails both
+        raise InputError(f"--context must be a number from 0 to {MAX_CONTEXT:g}, not {args.context}")
+    check_bbox_crs(args)
     indexes = [TileIndex.open(path) for path in index_paths(args.index)]
     for index in indexes:
         if not index.complete:
             print(f"warning: {index.incomplete_note()}", file=sys.stderr)
         if index.upgrade_note():
             print(f"note: {index.upgrade_note()}", file=sys.stderr)
-    if args.context is not None and not args.context >= 0:
-        raise InputError(f"--context must be 0 or more, not {args.context}")
     area, crs = parse_area(args)
     opts = dict(area=area, area_crs=crs, scales=args.scales, context=args.context)
     if len(indexes) == 1:
