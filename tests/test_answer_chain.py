@@ -108,6 +108,14 @@ def _from_geojson(gj: dict) -> dict:
     return _summary(gj["features"], p["abstained"], p["near_misses"])
 
 
+def _from_file(gj: dict) -> dict:
+    """An ``ask --out`` GeoJSON file: the rows of every export format (regions, then near-misses)."""
+    feats = gj["features"]
+    by_kind = {k: [f for f in feats if f["properties"]["kind"] == k] for k in ("region", "near_miss")}
+    assert by_kind["region"] + by_kind["near_miss"] == feats
+    return _summary(by_kind["region"], gj["properties"]["abstained"], by_kind["near_miss"])
+
+
 def _eval_answers(root: Path) -> list[dict]:
     """The queries answered by `geosearch eval`'s own phase-1 loop with its default method."""
     from geosearch.eval.harness import DEFAULT_METHOD, answer_queries
@@ -158,7 +166,7 @@ def _ask_answers(root: Path, tmp_path: Path) -> list[dict]:
             timeout=300,
         )
         assert proc.returncode == 0, proc.stderr
-        out.append(_from_geojson(json.loads(dest.read_text())))
+        out.append(_from_file(json.loads(dest.read_text())))
     return out
 
 
