@@ -45,6 +45,7 @@ from geosearch.relations.apply import FLAG_NOT_CHECKABLE, RelationReport, apply_
 from geosearch.settings import CHAIN_FIELDS, Settings, check_options, get_settings
 
 FLAG_INCOMPLETE = "index_incomplete"
+FLAG_BELOW = "below_threshold"  # a lower region whose own confidence is under the abstention threshold
 FIND_ALL_K = 100  # regions considered for a "find all" query (those above the threshold are kept)
 
 STAGES = ("parse", "retrieve", "refine", "relate", "calibrate", "explain")
@@ -340,6 +341,10 @@ def calibrate(
     elif q.parsed.find_all:  # every instance: the regions the calibration would answer with
         ans.regions = [r for r in regions if r.confidence is not None and r.confidence >= thr]
         details["find_all"] = len(ans.regions)
+    else:  # the best region passed; the others are listed, and say when they alone would not
+        for r in ans.regions[1:]:
+            if r.confidence is not None and r.confidence < thr and FLAG_BELOW not in r.flags:
+                r.flags = sorted([*r.flags, FLAG_BELOW])
     return ans
 
 

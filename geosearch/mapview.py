@@ -124,12 +124,16 @@ def answer_map_html(index: TileIndex, geojson: dict[str, Any], *, title: str | N
                 "thumb": thumb,
             }
         )
+    explanation = props.get("explanation") or ""
+    if props.get("abstained") and props.get("reason"):  # the status box shows the reason already
+        why = str(props["reason"]).removeprefix("not found: ")
+        explanation = explanation.removeprefix(f'Not found for "{props.get("query")}": {why}.').strip()
     meta = {
         "query": props.get("query"),
         "method": props.get("method"),
         "abstained": bool(props.get("abstained")),
         "reason": props.get("reason"),
-        "explanation": props.get("explanation"),
+        "explanation": explanation,
         "index": props.get("index"),
         "model": props.get("model") or index.meta.get("model_id"),
         "created": props.get("created"),

@@ -52,3 +52,32 @@ def test_the_map_page_lists_scores_not_proposal_ids(chain_root, tmp_path):  # no
     assert "proposal" in ans.regions[0].details["features"]  # the region came from a stored proposal
     page = ans.show(tmp_path / "m.html", open_browser=False).read_text()
     assert '"s_region"' in page and '"proposal"' not in page
+
+
+def test_lower_regions_under_the_threshold_say_so(chain_root):  # noqa: F811
+    """The best region passed, so the answer stands; a lower region whose own confidence is under
+    the threshold is flagged ``below_threshold`` (a user read 0.57 beside a 0.77 line unflagged)."""
+    from geosearch.chain import FLAG_BELOW, answer
+    from geosearch.index import TileIndex
+    from geosearch.pipeline import MethodContext
+
+    index = TileIndex.open(chain_root / "scene.duckdb")
+    free = answer(index, "red", 5, MethodContext(options={"abstain_threshold": 0.0}))
+    assert not free.abstained and len(free.regions) >= 2
+    assert not any(FLAG_BELOW in r.flags for r in free.regions)
+    confs = [r.confidence for r in free.regions]
+    thr = (confs[0] + min(confs[1:])) / 2  # between the best and the lowest: some lower regions fall under
+    ans = answer(index, "red", 5, MethodContext(options={"abstain_threshold": thr}))
+    assert not ans.abstained and FLAG_BELOW not in ans.regions[0].flags
+    flagged = [FLAG_BELOW in r.flags for r in ans.regions[1:]]
+    assert flagged == [r.confidence < thr for r in ans.regions[1:]] and any(flagged)
+
+
+def test_a_not_found_page_gives_its_reason_once(chain_root, tmp_path):  # noqa: F811
+    import geosearch
+
+    ans = geosearch.open(chain_root / "scene.duckdb").ask("blue")
+    assert ans.abstained and ans.reason
+    page = ans.show(tmp_path / "nf.html", open_browser=False).read_text()
+    why = ans.reason.removeprefix("not found: ")
+    assert page.count(why[:60]) == 1  # in the status box, not again in the explanation below it

@@ -446,7 +446,7 @@ def store_layer(
         table = table_for(name)
         exists = con.execute("SELECT count(*) FROM layers WHERE name = ?", [name]).fetchone()[0]
         if (exists or table_exists(con, f"layer_{name}")) and not replace:
-            raise GeoSearchError(f"layer {name!r} already exists (use replace)")
+            raise GeoSearchError(f"layer {name!r} already exists (replace it: --replace, or replace=True)")
         try:
             with transaction(con, _gs_layer_src=src):
                 con.execute(f"DROP TABLE IF EXISTS {table}")
