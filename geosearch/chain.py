@@ -310,6 +310,7 @@ def calibrate(
         "calibration_features": {k: round(float(v), 5) for k, v in best_feats.items()},
         "relations_checked": report.checked,
         "relations_unchecked": report.unchecked,
+        "relations_failed": len(failed),  # every candidate that failed, not only those shown
     }
     ans = Answer(q.text, method, regions, near_misses=near, details=details)
     if not abstain:
@@ -382,10 +383,16 @@ def explain(q: Query, ans: Answer) -> str:
         lines.append(f"Pushed away from {', '.join(q.parsed.exclusions)}.")
     checked, unchecked = ans.details.get("relations_checked", []), ans.details.get("relations_unchecked", [])
     if checked:
-        n_fail = sum(1 for r in ans.near_misses if "relation_failed" in r.flags)
+        shown = sum(1 for r in ans.near_misses if "relation_failed" in r.flags)
+        n_fail = max(int(ans.details.get("relations_failed", 0)), shown)
         lines.append(
             f"Relations checked on vector layers: {', '.join(checked)}"
-            + (f"; {n_fail} candidate(s) failed them and are near-misses" if n_fail else "")
+            + (
+                f"; {n_fail} candidate(s) failed them"
+                + (f", the best {shown} shown as near-misses" if shown < n_fail else " and are near-misses")
+                if n_fail
+                else ""
+            )
             + "."
         )
     if unchecked:

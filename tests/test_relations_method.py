@@ -51,6 +51,18 @@ def test_regions_failing_the_relation_become_near_misses(setup):
         assert _own_box(index, r)[0] - (x0 + 5) > 20 - 1e-6
 
 
+def test_the_explanation_counts_every_candidate_that_failed(setup):
+    """Only a few failures are shown as near-misses; the explanation counts all of them (it said
+    "3 candidate(s) failed" when 82 had)."""
+    index, layers = setup
+    ctx = MethodContext(layers_dir=str(layers), options={"abstain_threshold": 0.0, "max_near_misses": 1})
+    ans = run_method("answer", index, "a bright square far from a road", 20, ctx)
+    n_fail = ans.details["relations_failed"]
+    shown = sum("relation_failed" in r.flags for r in ans.near_misses)
+    assert n_fail > shown == 1
+    assert f"{n_fail} candidate(s) failed them, the best 1 shown as near-misses" in ans.explanation
+
+
 def test_missing_layer_is_flagged_not_guessed(setup):
     index, layers = setup
     ctx = MethodContext(layers_dir=str(layers), options={"abstain_threshold": 0.0})
