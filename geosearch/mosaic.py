@@ -16,6 +16,7 @@ import hashlib
 import math
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -26,7 +27,7 @@ from typing import Literal
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.errors import NodataShadowWarning, RasterioError, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import from_bounds
 
@@ -34,6 +35,11 @@ from geosearch import remote
 from geosearch.errors import InputError
 from geosearch.geo import WGS84, Bounds, as_crs, pixel_size_m, reproject_bounds, transformer
 from geosearch.sandbox import OPEN, FilePolicy
+
+# An RGBA raster with a nodata value warns on every masked read that the nodata mask shadows the
+# alpha band (about 30 lines per build). The reader means that: nodata first, the alpha band only
+# when there is no nodata value (Mosaic.read).
+warnings.filterwarnings("ignore", category=NodataShadowWarning)
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".geotiff"}
 Stretch = Literal["auto", "percentile", "minmax", "none"]

@@ -270,3 +270,12 @@ def test_device_and_threads_settings_are_checked(monkeypatch):
     with pytest.raises(GeoSearchError, match="CUDA is not available"):
         resolve_device("cuda:0")
     assert resolve_device("auto").type in ("cpu", "mps")
+
+
+def test_an_empty_ask_is_one_message(built, capsys):
+    """``ask ""`` said "invalid input: text: String should have at least 1 character" where
+    ``ask "   "`` said "empty query": both now say the latter."""
+    _, _, out = built
+    for text in ("", "   "):
+        rc, err = _err(capsys, ["ask", str(out), text])
+        assert rc == 2 and err == "geosearch: error: empty query: give some words to search for", err

@@ -69,6 +69,8 @@ def _run(args) -> int:
     for flag, target in (("--out", args.out), ("--html", args.html)):
         if target:
             check_output_file(flag, target)  # folder exists and is writable: before any work
+    if not args.text.strip():  # the same line for "" and "   " (pydantic's would name a field)
+        raise InputError("empty query: give some words to search for")
     ws = Workspace([], restrict=False, warm=False)  # one query: no read-ahead of the whole ANN
     path = str(ws.resolve(args.index))
     try:
