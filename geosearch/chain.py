@@ -30,7 +30,7 @@ from shapely.geometry import box
 from geosearch.errors import InputError
 from geosearch.geo import to_wgs84
 from geosearch.index import TileIndex
-from geosearch.pipeline import Answer, MethodContext, Region, register_method
+from geosearch.pipeline import Answer, MethodContext, Region, not_found_sentence, register_method
 from geosearch.query import ParsedQuery, parse_query
 from geosearch.refine import calibrate as cal
 from geosearch.refine.common import query_vector
@@ -356,8 +356,7 @@ def explain(q: Query, ans: Answer) -> str:
     shown = ans.regions or ans.near_misses
     lines = []
     if ans.abstained:
-        why = (ans.reason or "").removeprefix("not found: ")
-        lines.append(f'Not found for "{q.text}": {why}.')
+        lines.append(not_found_sentence(q.text, ans.reason))
     if shown:
         b = shown[0]
         s = b.details.get("features", {}).get("s_region", b.score)

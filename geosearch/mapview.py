@@ -126,8 +126,11 @@ def answer_map_html(index: TileIndex, geojson: dict[str, Any], *, title: str | N
         )
     explanation = props.get("explanation") or ""
     if props.get("abstained") and props.get("reason"):  # the status box shows the reason already
-        why = str(props["reason"]).removeprefix("not found: ")
-        explanation = explanation.removeprefix(f'Not found for "{props.get("query")}": {why}.').strip()
+        from geosearch.pipeline import not_found_sentence
+
+        explanation = explanation.removeprefix(
+            not_found_sentence(props.get("query"), props["reason"])
+        ).strip()
     meta = {
         "query": props.get("query"),
         "method": props.get("method"),

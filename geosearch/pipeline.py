@@ -45,6 +45,11 @@ class Region:
         return {"type": "Feature", "geometry": mapping(self.polygon_wgs84), "properties": props}
 
 
+def not_found_sentence(query: str, reason: str | None) -> str:
+    """The explanation's first line for an abstention (the map page drops it under its own box)."""
+    return f'Not found for "{query}": {(reason or "").removeprefix("not found: ")}.'
+
+
 @dataclass
 class Answer:
     query: str

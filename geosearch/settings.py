@@ -26,12 +26,18 @@ def check_device(value: str, source: str = "--device") -> str:
     """``value`` if it names a device :func:`geosearch.models.base.resolve_device` knows, else an
     :class:`~geosearch.errors.InputError` naming ``source`` (the flag or variable) and the choices.
     Whether the device is present is checked when a model loads (``resolve_device``)."""
-    text = str(value).strip().lower()
-    if not _DEVICE.fullmatch(text):
+    text = _device_name(value)
+    if text is None:
         from geosearch.errors import InputError
 
         raise InputError(f"{source} {value!r}: not a device; use {DEVICES}")
     return text
+
+
+def _device_name(value: str) -> str | None:
+    """The normalised device name, or None when ``value`` names none (the one rule for flag and setting)."""
+    text = str(value).strip().lower()
+    return text if _DEVICE.fullmatch(text) else None
 
 
 class Settings(BaseSettings):
@@ -232,8 +238,8 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        text = str(value).strip().lower()
-        if not _DEVICE.fullmatch(text):
+        text = _device_name(value)
+        if text is None:
             raise ValueError(f"not a device; use {DEVICES}")
         return text
 

@@ -84,8 +84,6 @@ def _run(args) -> int:
         )
     except ValidationError as exc:
         raise InputError(tool_error_message(exc)) from exc
-    if not inp.text.strip():
-        raise InputError("empty query: give some words to search for")
     with phase("answer"):
         if args.llm:
             from geosearch_server.planner import run_llm_planner
